@@ -1,0 +1,74 @@
+//! `flowcast check`: compile flow files and report every problem, rustc-style or as JSON.
+
+use super::ExitCode;
+use crate::diagnostic::{render_human, to_json};
+use crate::model;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Files or directories (every `*.flow` below a directory).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// `human` (rustc-style, on stderr) or `json` (one object per line, on stdout).
+    #[arg(long, value_enum, default_value = "human")]
+    pub format: Format,
+    /// Treat warnings as errors.
+    #[arg(long)]
+    pub deny_warnings: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let comp = match model::load(&args.paths) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::Usage);
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for (file, d) in &comp.diagnostics {
+        match args.format {
+            Format::Human => eprintln!("{}", render_human(&comp.sources, *file, d)),
+            Format::Json => writeln!(
+                out,
+                "{}",
+                serde_json::to_string(&to_json(&comp.sources, *file, d))?
+            )?,
+        }
+    }
+    let errors = comp.error_count();
+    let warnings = comp.warning_count();
+    eprintln!(
+        "checked {} file{}: {} flow{} ok, {} error{}, {} warning{}",
+        comp.sources.files.len(),
+        plural(comp.sources.files.len()),
+        comp.flows.len(),
+        plural(comp.flows.len()),
+        errors,
+        plural(errors),
+        warnings,
+        plural(warnings)
+    );
+    Ok(if errors > 0 || (args.deny_warnings && warnings > 0) {
+        ExitCode::InputErrors
+    } else {
+        ExitCode::Ok
+    })
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}

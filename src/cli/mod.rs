@@ -1,0 +1,99 @@
+//! The command line: argument parsing and one module per subcommand. Errors from the layers
+//! below get their context here; exit codes are 0 ok, 1 the input has errors, 2 usage or IO.
+
+pub mod check;
+pub mod graph;
+
+use crate::model::{self, CompiledFlow};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flowcast",
+    version,
+    about = "Predictive monitoring of cloud processes from their notifications"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse and validate .flow files; report every problem.
+    Check(check::CheckArgs),
+    /// Draw a flow as Graphviz dot or Mermaid.
+    Graph(graph::GraphArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    Ok = 0,
+    InputErrors = 1,
+    Usage = 2,
+}
+
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Check(a) => check::run(a),
+        Command::Graph(a) => graph::run(a),
+    };
+    match result {
+        Ok(code) => std::process::ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(ExitCode::Usage as u8)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Loads flows for a command that needs them all valid. On errors prints the diagnostics and
+/// returns the exit code to use; `only` keeps one flow by name.
+pub fn load_flows(
+    paths: &[PathBuf],
+    only: Option<&str>,
+) -> anyhow::Result<Result<Vec<CompiledFlow>, ExitCode>> {
+    let comp = match model::load(paths) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(Err(ExitCode::Usage));
+        }
+    };
+    if comp.has_errors() {
+        eprintln!("{}", comp.render());
+        eprintln!(
+            "error: the flow files have {} error(s); run `flowcast check` for details",
+            comp.error_count()
+        );
+        return Ok(Err(ExitCode::InputErrors));
+    }
+    let mut flows = comp.flows;
+    if let Some(name) = only {
+        let names: Vec<String> = flows.iter().map(|f| f.name.clone()).collect();
+        flows.retain(|f| f.name == name);
+        if flows.is_empty() {
+            let hint = model::did_you_mean(name, names.iter().map(String::as_str))
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            eprintln!(
+                "error: no flow named `{name}`{hint}; the files define: {}",
+                names.join(", ")
+            );
+            return Ok(Err(ExitCode::Usage));
+        }
+    }
+    Ok(Ok(flows))
+}

@@ -1,0 +1,166 @@
+//! `CompiledFlow`: a flow that passed every check. Only `model::compile` builds one, so the rest
+//! of the program never meets an unknown state name, a transition out of a final state, a
+//! threshold outside [0, 1] or a zero duration: states are indices, not names.
+
+use super::cond::{Cond, FieldPath};
+use serde::Serialize;
+
+/// Index of a state in `CompiledFlow::states`.
+pub type StateId = u16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Initial,
+    #[serde(rename = "state")]
+    Ordinary,
+    Terminal,
+    Artifact,
+}
+
+impl Kind {
+    /// Terminal states and artifacts end an object's run: they are absorbing in the model.
+    pub fn is_final(self) -> bool {
+        matches!(self, Kind::Terminal | Kind::Artifact)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct State {
+    pub name: String,
+    pub label: Option<String>,
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub cond: Cond,
+    pub target: StateId,
+    /// 1-based line of the rule in its file, for messages.
+    pub line: usize,
+}
+
+/// What to do with an observed transition the file does not list (patent claim 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unlisted {
+    /// Learn it like any other transition.
+    Learn,
+    /// Report it as unexpected and keep it out of the model.
+    Report,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Learning {
+    /// Half-life of the recency weighting in ms; `None` weighs all observations alike.
+    pub half_life_ms: Option<i64>,
+    /// How many observed transitions one a priori count is worth.
+    pub prior_weight: f64,
+    /// How many of the last states condition the next-state prediction (claim 3).
+    pub history: usize,
+    /// Observed weight a history context needs before it is trusted over a shorter one.
+    pub min_observations: f64,
+    /// Objects not seen for this long are evicted with an outcome record.
+    pub expire_ms: i64,
+}
+
+impl Default for Learning {
+    fn default() -> Learning {
+        Learning {
+            half_life_ms: Some(7 * 86_400_000),
+            prior_weight: 1.0,
+            history: 1,
+            min_observations: 10.0,
+            expire_ms: 86_400_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct AlertLevel {
+    /// Risk at or above which an alert fires.
+    pub threshold: f64,
+    /// Risk below which a firing alert resolves (hysteresis); never above `threshold`.
+    pub resolve: f64,
+    pub severity: Severity,
+}
+
+impl Default for AlertLevel {
+    fn default() -> AlertLevel {
+        AlertLevel {
+            threshold: 0.5,
+            resolve: 0.4,
+            severity: Severity::Warning,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CompiledFlow {
+    pub name: String,
+    pub description: String,
+    /// Where the flow was written, for messages: `models/x.flow:3`.
+    pub origin: String,
+    /// Key paths tried in order; the first present, non-null one names the object.
+    pub keys: Vec<FieldPath>,
+    /// Messages must satisfy this to belong to the flow at all.
+    pub filter: Option<Cond>,
+    pub states: Vec<State>,
+    /// In file order: the first rule whose condition holds decides the state.
+    pub rules: Vec<Rule>,
+    /// A priori transition counts (claim 4), `(from, to, count)`.
+    pub priors: Vec<(StateId, StateId, f64)>,
+    pub unlisted: Unlisted,
+    /// Per state: after how long an object still there reaches which artifact.
+    pub timeouts: Vec<Option<(i64, StateId)>>,
+    pub learning: Learning,
+    /// Per state (only artifacts are read): the alert level for that artifact.
+    pub alerts: Vec<AlertLevel>,
+}
+
+impl CompiledFlow {
+    pub fn state_id(&self, name: &str) -> Option<StateId> {
+        self.states
+            .iter()
+            .position(|s| s.name == name)
+            .map(|i| i as StateId)
+    }
+
+    pub fn state(&self, id: StateId) -> &State {
+        &self.states[id as usize]
+    }
+
+    pub fn name_of(&self, id: StateId) -> &str {
+        &self.states[id as usize].name
+    }
+
+    pub fn artifacts(&self) -> impl Iterator<Item = StateId> + '_ {
+        self.states
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.kind == Kind::Artifact)
+            .map(|(i, _)| i as StateId)
+    }
+
+    pub fn is_listed(&self, from: StateId, to: StateId) -> bool {
+        self.priors.iter().any(|&(f, t, _)| f == from && t == to)
+    }
+}

@@ -1,0 +1,12 @@
+//! Model: the AST -> validated, compiled flows (`CompiledFlow`), with every error and warning.
+//! Knows nothing of the engine, of time or of IO beyond reading the files it is given.
+
+mod checks;
+mod compile;
+pub mod cond;
+pub mod flow;
+mod sources;
+
+pub use compile::{compile_files, did_you_mean, Compilation};
+pub use flow::*;
+pub use sources::{collect_flow_files, load, LoadError};
