@@ -99,9 +99,12 @@ pub fn compile_files(files: impl IntoIterator<Item = (String, Vec<u8>)>) -> Comp
                     .with_label(*first, "first defined here")
                     .with_help("flow names are unique across all loaded files"),
                 ));
-                continue;
             }
-            flow_names.insert(flow.name.name.clone(), flow.name.span);
+            // A duplicate is still compiled, so that its own problems are reported too.
+            let duplicate = flow_names.contains_key(&flow.name.name);
+            flow_names
+                .entry(flow.name.name.clone())
+                .or_insert(flow.name.span);
             let line = c.sources.get(id).line_col(flow.span.start as usize).0;
             let origin = format!("{}:{}", c.sources.get(id).name, line);
             let mut fc = FlowCompiler {
@@ -113,7 +116,9 @@ pub fn compile_files(files: impl IntoIterator<Item = (String, Vec<u8>)>) -> Comp
             let mut diags = fc.diags;
             if let (false, Some(cf)) = (had_errors, compiled) {
                 diags.extend(checks::warnings(&cf, flow, id));
-                c.flows.push(cf);
+                if !duplicate {
+                    c.flows.push(cf);
+                }
             }
             c.diagnostics.extend(diags.into_iter().map(|d| (id, d)));
         }
@@ -819,7 +824,7 @@ fn negate(negated: bool, c: Cond) -> Cond {
 
 /// The closest known name within a small edit distance, for "did you mean" help.
 pub fn did_you_mean<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    let limit = (name.len() / 3).max(1);
+    let limit = name.chars().count().div_ceil(3).max(1);
     known
         .map(|k| (levenshtein(name, k), k))
         .filter(|(d, _)| *d <= limit)

@@ -550,15 +550,19 @@ impl Lower {
                         inner = Some(self.expr(part));
                     }
                 }
-                let mut e = inner.expect("unary operand");
-                for not_span in nots.into_iter().rev() {
-                    let s = Span {
-                        end: e.span().end,
-                        ..not_span
-                    };
-                    e = Expr::Not(Box::new(e), s);
+                let e = inner.expect("unary operand");
+                // `not not x` is `x`: only the parity matters, and folding it keeps a long
+                // run of `not`s from building a tree deep enough to overflow the stack.
+                match nots.first() {
+                    Some(first) if nots.len() % 2 == 1 => {
+                        let s = Span {
+                            end: e.span().end,
+                            ..*first
+                        };
+                        Expr::Not(Box::new(e), s)
+                    }
+                    _ => e,
                 }
-                e
             }
             Rule::event_glob => {
                 Expr::EventGlob(self.string(p.into_inner().next().expect("string")))
