@@ -6,5 +6,7 @@
 
 pub mod cli;
 pub mod diagnostic;
+pub mod engine;
 pub mod model;
+pub mod service;
 pub mod syntax;

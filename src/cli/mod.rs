@@ -3,6 +3,8 @@
 
 pub mod check;
 pub mod graph;
+pub mod model_cmd;
+pub mod replay;
 
 use crate::model::{self, CompiledFlow};
 use clap::{Parser, Subcommand};
@@ -25,6 +27,10 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Draw a flow as Graphviz dot or Mermaid.
     Graph(graph::GraphArgs),
+    /// Show a flow's model: transition counts (FIG. 10) and predictions (FIG. 11).
+    Model(model_cmd::ModelArgs),
+    /// Run the engine over recorded messages; alerts and outcomes as JSON lines on stdout.
+    Replay(replay::ReplayArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +46,8 @@ pub fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Check(a) => check::run(a),
         Command::Graph(a) => graph::run(a),
+        Command::Model(a) => model_cmd::run(a),
+        Command::Replay(a) => replay::run(a),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code as u8),

@@ -1,0 +1,161 @@
+//! `flowcast replay`: run the engine over recorded messages (JSONL, one message a line, plain
+//! or in an oslo envelope). Records go to stdout as JSON lines; a summary goes to stderr.
+
+use super::{load_flows, ExitCode};
+use crate::engine::message::decode;
+use crate::engine::{Engine, Stats};
+use crate::service::state_dir;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// Directory (or file) of flow definitions.
+    #[arg(long, default_value = "models")]
+    pub models: PathBuf,
+    /// Messages, one JSON object a line; `-` or nothing reads stdin.
+    pub input: Option<PathBuf>,
+    /// Load learned counts from this directory before, and save them after.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Print the summary as JSON (on stderr) instead of text.
+    #[arg(long)]
+    pub summary_json: bool,
+    /// Emit only alerts and resolutions, not outcomes or unexpected transitions.
+    #[arg(long)]
+    pub alerts_only: bool,
+}
+
+pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let flows = match load_flows(&[args.models.clone()], None)? {
+        Ok(f) => f,
+        Err(code) => return Ok(code),
+    };
+    let mut engine = Engine::new(flows);
+    if let Some(dir) = &args.state_dir {
+        if let Some(learned) = state_dir::load_learned(dir)? {
+            let (loaded, dropped) = engine.import_learned(&learned);
+            tracing::info!(flows = loaded, dropped, dir = %dir.display(), "Loaded learned counts.");
+        }
+    }
+    let input: Box<dyn Read> = match &args.input {
+        None => Box::new(std::io::stdin()),
+        Some(p) if p.as_os_str() == "-" => Box::new(std::io::stdin()),
+        Some(p) => match std::fs::File::open(p) {
+            Ok(f) => Box::new(f),
+            Err(e) => {
+                eprintln!("error: {}: {e}", p.display());
+                return Ok(ExitCode::Usage);
+            }
+        },
+    };
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let stats = replay(
+        &mut engine,
+        BufReader::with_capacity(1 << 20, input),
+        &mut out,
+        args.alerts_only,
+    )?;
+    out.flush()?;
+    if let Some(dir) = &args.state_dir {
+        state_dir::save_learned(dir, engine.export_learned())?;
+    }
+    let in_flight = engine.objects_in_flight();
+    if args.summary_json {
+        let mut v = serde_json::to_value(&stats)?;
+        v["in_flight"] = in_flight.into();
+        eprintln!("{v}");
+    } else {
+        eprintln!("{}", summary(&stats, in_flight));
+    }
+    Ok(ExitCode::Ok)
+}
+
+/// Feeds every line to the engine and writes the records; returns the final counters.
+pub fn replay(
+    engine: &mut Engine,
+    mut input: impl BufRead,
+    out: &mut impl Write,
+    alerts_only: bool,
+) -> anyhow::Result<Stats> {
+    let mut line = Vec::with_capacity(4096);
+    let mut records = Vec::new();
+    let mut line_no = 0u64;
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        line_no += 1;
+        let text = trim_ascii(&line);
+        if text.is_empty() {
+            continue;
+        }
+        match decode(text) {
+            Ok(msg) => engine.observe(&msg, &mut records),
+            Err(e) => {
+                engine.count_malformed();
+                let n = engine.stats.malformed;
+                // Bounded logging: the first ten, then every thousandth.
+                if n <= 10 || n % 1000 == 0 {
+                    tracing::warn!(
+                        line = line_no,
+                        malformed = n,
+                        "Skipped a malformed message: {e}"
+                    );
+                }
+            }
+        }
+        for r in records.drain(..) {
+            if alerts_only
+                && !matches!(
+                    r,
+                    crate::engine::output::Record::Alert(_)
+                        | crate::engine::output::Record::Resolved(_)
+                )
+            {
+                continue;
+            }
+            serde_json::to_writer(&mut *out, &r)?;
+            out.write_all(b"\n")?;
+        }
+    }
+    Ok(engine.stats.clone())
+}
+
+fn trim_ascii(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map(|i| i + 1)
+        .unwrap_or(start);
+    &b[start..end]
+}
+
+pub fn summary(s: &Stats, in_flight: usize) -> String {
+    format!(
+        "replay: {} read ({} malformed), {} matched, {} unmatched, {} missing key, {} late, {} after end, {} multi-flow; \
+         {} transitions ({} unexpected), {} alerts, {} resolved, {} outcomes ({} timeouts, {} expired); {} in flight",
+        s.messages + s.malformed,
+        s.malformed,
+        s.matched,
+        s.unmatched,
+        s.missing_key,
+        s.late,
+        s.after_end,
+        s.multi_flow,
+        s.transitions,
+        s.unexpected,
+        s.alerts,
+        s.resolved,
+        s.outcomes,
+        s.timeouts,
+        s.expired,
+        in_flight
+    )
+}

@@ -1,0 +1,92 @@
+//! Object keys, stored compactly: a UUID (what OpenStack uses) in 16 bytes, anything else as text.
+
+use serde_json::Value;
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectKey {
+    Uuid([u8; 16]),
+    Text(Box<str>),
+}
+
+impl ObjectKey {
+    /// A key from a message field: strings and numbers name objects; anything else does not.
+    pub fn from_value(v: &Value) -> Option<ObjectKey> {
+        match v {
+            Value::String(s) if !s.is_empty() => Some(ObjectKey::parse(s)),
+            Value::Number(n) => Some(ObjectKey::Text(n.to_string().into())),
+            _ => None,
+        }
+    }
+
+    pub fn parse(s: &str) -> ObjectKey {
+        parse_uuid(s)
+            .map(ObjectKey::Uuid)
+            .unwrap_or_else(|| ObjectKey::Text(s.into()))
+    }
+}
+
+/// Canonical lowercase hyphenated UUIDs only, so that the key prints back exactly as it came.
+fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let b = s.as_bytes();
+    if b.len() != 36 || b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    let mut j = 0;
+    let mut i = 0;
+    while i < 36 {
+        if b[i] == b'-' {
+            i += 1;
+            continue;
+        }
+        let hi = hex(b[i])?;
+        let lo = hex(b[i + 1])?;
+        out[j] = hi << 4 | lo;
+        j += 1;
+        i += 2;
+    }
+    Some(out)
+}
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ObjectKey::Text(t) => f.write_str(t),
+            ObjectKey::Uuid(u) => {
+                for (i, byte) in u.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        f.write_str("-")?;
+                    }
+                    write!(f, "{byte:02x}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_round_trip_and_others_stay_text() {
+        let s = "178b0921-8f85-4257-88b6-2e743b5a975c";
+        let k = ObjectKey::parse(s);
+        assert!(matches!(k, ObjectKey::Uuid(_)));
+        assert_eq!(k.to_string(), s);
+        let upper = ObjectKey::parse("178B0921-8F85-4257-88B6-2E743B5A975C");
+        assert!(matches!(upper, ObjectKey::Text(_)));
+        assert_eq!(ObjectKey::parse("req-1").to_string(), "req-1");
+        assert_eq!(std::mem::size_of::<ObjectKey>(), 24);
+    }
+}

@@ -1,0 +1,656 @@
+//! The predictive state model of one flow: a priori counts blended with observed transitions
+//! (claims 4-6), recency weighting ([0099]), history contexts (claim 3), and the exact solution
+//! of the absorbing Markov chain (FIG. 11).
+//!
+//! Weight of a transition = prior count x prior weight + decayed observed count. Observations
+//! decay with the flow's half-life by *event* time. To avoid touching every count on every
+//! event, an observation at time t is stored as 2^((t - epoch)/half_life); the effective value
+//! at time `now` is stored x 2^(-(now - epoch)/half_life). The epoch is moved forward (and all
+//! stored values rescaled) before the stored numbers grow large.
+//!
+//! Solving is O(n^3), so it is never done per event: the solution is cached and refreshed only
+//! when the observed weight changed materially (1% of the total, or one observation while the
+//! total is small) or when decay has moved the weights by more than 1%.
+
+use super::dwell::DwellHist;
+use crate::model::{CompiledFlow, Kind, StateId, Unlisted};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// Up to 4 states, oldest first, padded with `NONE`.
+pub type Context = [StateId; 4];
+pub const NONE: StateId = StateId::MAX;
+const REBASE_EXP: f64 = 60.0;
+
+#[derive(Debug, Clone)]
+pub struct Solution {
+    pub n: usize,
+    /// Row-stochastic next-state probabilities, n x n; a row of zeros where nothing is known.
+    pub p: Vec<f64>,
+    /// Effective weight of each row (prior x weight + decayed observations).
+    pub row_weight: Vec<f64>,
+    /// The absorbing (final) states, in state order.
+    pub finals: Vec<StateId>,
+    /// n x finals.len(): probability of ending in each final state, from each state.
+    pub absorb: Vec<f64>,
+    /// Expected time to reach any final state, ms, from each state (at entry).
+    pub expected_ms: Vec<f64>,
+    /// Increments every refresh; predictions carry it.
+    pub version: u64,
+}
+
+impl Solution {
+    pub fn absorb_row(&self, s: StateId) -> &[f64] {
+        let k = self.finals.len();
+        &self.absorb[s as usize * k..(s as usize + 1) * k]
+    }
+
+    pub fn p_row(&self, s: StateId) -> &[f64] {
+        &self.p[s as usize * self.n..(s as usize + 1) * self.n]
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FlowModel {
+    pub n: usize,
+    kinds: Vec<Kind>,
+    /// The timeout artifact of each state, if any: its dwell is known (the timeout itself).
+    timeout_target: Vec<Option<StateId>>,
+    listed: Vec<bool>,
+    unlisted: Unlisted,
+    pub prior: Vec<f64>,
+    prior_weight: f64,
+    /// Stored (scaled) observed counts, n x n.
+    pub obs: Vec<f64>,
+    /// Stored (scaled) dwell histograms per (from, to).
+    pub dwell: HashMap<(StateId, StateId), DwellHist>,
+    /// Pooled dwell per state, over the transitions that are not its timeout.
+    pub dwell_state: Vec<DwellHist>,
+    /// Stored (scaled) next-state counts per history context of length 2..=history.
+    pub contexts: HashMap<Context, Vec<(StateId, f64)>>,
+    pub history: usize,
+    min_observations: f64,
+    half_life_ms: Option<i64>,
+    pub epoch_ms: i64,
+    pub now_ms: i64,
+    /// Effective observed weight added since the last solve.
+    changed: f64,
+    solved_at_ms: i64,
+    solution: Option<Solution>,
+    version: u64,
+}
+
+impl FlowModel {
+    pub fn new(flow: &CompiledFlow) -> FlowModel {
+        let n = flow.states.len();
+        let mut prior = vec![0.0; n * n];
+        let mut listed = vec![false; n * n];
+        for &(f, t, c) in &flow.priors {
+            prior[f as usize * n + t as usize] = c;
+            listed[f as usize * n + t as usize] = true;
+        }
+        for (s, t) in flow.timeouts.iter().enumerate() {
+            if let Some((_, a)) = t {
+                // A timeout is a transition the operator declared, even without a count.
+                listed[s * n + *a as usize] = true;
+            }
+        }
+        FlowModel {
+            n,
+            kinds: flow.states.iter().map(|s| s.kind).collect(),
+            timeout_target: flow.timeouts.iter().map(|t| t.map(|(_, a)| a)).collect(),
+            listed,
+            unlisted: flow.unlisted,
+            prior,
+            prior_weight: flow.learning.prior_weight,
+            obs: vec![0.0; n * n],
+            dwell: HashMap::new(),
+            dwell_state: vec![DwellHist::default(); n],
+            contexts: HashMap::new(),
+            history: flow.learning.history,
+            min_observations: flow.learning.min_observations,
+            half_life_ms: flow.learning.half_life_ms,
+            epoch_ms: 0,
+            now_ms: 0,
+            changed: 0.0,
+            solved_at_ms: 0,
+            solution: None,
+            version: 0,
+        }
+    }
+
+    pub fn is_listed(&self, from: StateId, to: StateId) -> bool {
+        self.listed[from as usize * self.n + to as usize]
+    }
+
+    /// Whether an observed transition is learned, by the flow's policy for unlisted ones.
+    pub fn learns(&self, from: StateId, to: StateId) -> bool {
+        self.unlisted == Unlisted::Learn || self.is_listed(from, to)
+    }
+
+    /// Moves the model's clock; never backwards.
+    pub fn set_now(&mut self, now_ms: i64) {
+        if self.now_ms == 0 && self.epoch_ms == 0 {
+            self.epoch_ms = now_ms;
+        }
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
+    /// The stored weight of one observation at `now`, rebasing first if it would grow large.
+    fn obs_weight(&mut self) -> f64 {
+        let Some(hl) = self.half_life_ms else {
+            return 1.0;
+        };
+        let exp = (self.now_ms - self.epoch_ms) as f64 / hl as f64;
+        if exp > REBASE_EXP {
+            self.rescale(2f64.powf(-exp));
+            self.epoch_ms = self.now_ms;
+            return 1.0;
+        }
+        2f64.powf(exp)
+    }
+
+    fn rescale(&mut self, f: f64) {
+        for x in self.obs.iter_mut() {
+            *x *= f;
+        }
+        for h in self.dwell.values_mut() {
+            h.scale(f);
+        }
+        for h in self.dwell_state.iter_mut() {
+            h.scale(f);
+        }
+        for row in self.contexts.values_mut() {
+            for (_, w) in row.iter_mut() {
+                *w *= f;
+            }
+        }
+    }
+
+    /// Factor turning stored weights into effective weights at `now`.
+    pub fn decay_factor(&self) -> f64 {
+        match self.half_life_ms {
+            None => 1.0,
+            Some(hl) => 2f64.powf(-((self.now_ms - self.epoch_ms) as f64) / hl as f64),
+        }
+    }
+
+    /// Learns one transition. `history` holds the states before `from`, oldest first.
+    pub fn observe(&mut self, history: &[StateId], from: StateId, to: StateId, dwell_ms: i64) {
+        let w = self.obs_weight();
+        let n = self.n;
+        self.obs[from as usize * n + to as usize] += w;
+        self.dwell.entry((from, to)).or_default().add(dwell_ms, w);
+        if self.timeout_target[from as usize] != Some(to) {
+            self.dwell_state[from as usize].add(dwell_ms, w);
+        }
+        // Contexts of length 2..=history ending in `from`.
+        for len in 2..=self.history {
+            if history.len() + 1 < len {
+                break;
+            }
+            let ctx = context_key(&history[history.len() + 1 - len..], from);
+            let row = self.contexts.entry(ctx).or_default();
+            match row.iter_mut().find(|(s, _)| *s == to) {
+                Some((_, c)) => *c += w,
+                None => row.push((to, w)),
+            }
+        }
+        self.changed += w * self.decay_factor();
+    }
+
+    /// Effective (decayed) observed count of one transition.
+    pub fn observed(&self, from: StateId, to: StateId) -> f64 {
+        self.obs[from as usize * self.n + to as usize] * self.decay_factor()
+    }
+
+    pub fn total_observed(&self) -> f64 {
+        self.obs.iter().sum::<f64>() * self.decay_factor()
+    }
+
+    fn needs_refresh(&self) -> bool {
+        if self.solution.is_none() {
+            return true;
+        }
+        let total = self.total_observed();
+        // Material change: 1% of the observed weight, or any change while the model is young.
+        if self.changed > 0.0 && (self.changed >= 0.01 * total || total < 100.0) {
+            return true;
+        }
+        // Decay alone moves every weight; 1.45% of a half-life moves them by 1%.
+        match self.half_life_ms {
+            Some(hl) => {
+                total > 0.0 && (self.now_ms - self.solved_at_ms) as f64 > 0.0145 * hl as f64
+            }
+            None => false,
+        }
+    }
+
+    /// The cached solution, refreshed first if the counts changed materially.
+    pub fn solution(&mut self) -> &Solution {
+        if self.needs_refresh() {
+            self.refresh();
+        }
+        self.solution.as_ref().expect("refresh sets the solution")
+    }
+
+    /// The cached solution without refreshing, if there is one.
+    pub fn cached(&self) -> Option<&Solution> {
+        self.solution.as_ref()
+    }
+
+    /// Solves the chain now, whatever the cache says.
+    pub fn refresh(&mut self) {
+        let n = self.n;
+        let f = self.decay_factor();
+        let mut p = vec![0.0; n * n];
+        let mut row_weight = vec![0.0; n];
+        for s in 0..n {
+            if self.kinds[s].is_final() {
+                continue;
+            }
+            let row = &mut p[s * n..(s + 1) * n];
+            let mut total = 0.0;
+            for t in 0..n {
+                let w = self.prior[s * n + t] * self.prior_weight + self.obs[s * n + t] * f;
+                row[t] = w;
+                total += w;
+            }
+            if total > 0.0 {
+                for x in row.iter_mut() {
+                    *x /= total;
+                }
+            }
+            row_weight[s] = total;
+        }
+        let mean_dwell: Vec<f64> = (0..n)
+            .map(|s| {
+                let mut h = self.dwell_state[s].clone();
+                if let Some(to) = self.timeout_target[s] {
+                    if let Some(t) = self.dwell.get(&(s as StateId, to)) {
+                        h.merge(t);
+                    }
+                }
+                h.mean()
+            })
+            .collect();
+        let finals: Vec<StateId> = (0..n)
+            .filter(|&s| self.kinds[s].is_final())
+            .map(|s| s as StateId)
+            .collect();
+        let (absorb, expected_ms) = solve_absorbing(n, &p, &finals, &mean_dwell);
+        self.version += 1;
+        self.solution = Some(Solution {
+            n,
+            p,
+            row_weight,
+            finals,
+            absorb,
+            expected_ms,
+            version: self.version,
+        });
+        self.changed = 0.0;
+        self.solved_at_ms = self.now_ms;
+    }
+
+    /// First-step distribution for an object in `state` that came through `history` (oldest
+    /// first): the longest context with enough observed weight, else the first-order row.
+    pub fn next_distribution(
+        &self,
+        sol: &Solution,
+        history: &[StateId],
+        state: StateId,
+        out: &mut Vec<(StateId, f64)>,
+    ) {
+        out.clear();
+        let f = self.decay_factor();
+        for len in (2..=self.history.min(history.len() + 1)).rev() {
+            let ctx = context_key(&history[history.len() + 1 - len..], state);
+            if let Some(row) = self.contexts.get(&ctx) {
+                let total: f64 = row.iter().map(|(_, w)| w * f).sum();
+                if total >= self.min_observations.max(f64::MIN_POSITIVE) {
+                    out.extend(row.iter().map(|&(s, w)| (s, w * f / total)));
+                    return;
+                }
+            }
+        }
+        let row = sol.p_row(state);
+        out.extend(
+            row.iter()
+                .enumerate()
+                .filter(|(_, p)| **p > 0.0)
+                .map(|(s, p)| (s as StateId, *p)),
+        );
+    }
+
+    /// Survival of the dwell before moving `from -> to`, given `elapsed_ms` spent in `from`.
+    fn survival(&self, from: StateId, to: StateId, elapsed_ms: f64) -> f64 {
+        if elapsed_ms <= 0.0 || self.timeout_target[from as usize] == Some(to) {
+            return 1.0;
+        }
+        match self.dwell.get(&(from, to)) {
+            Some(h) if h.total > 0.0 => h.survival(elapsed_ms),
+            _ => self.dwell_state[from as usize].survival(elapsed_ms),
+        }
+    }
+
+    /// Risk of ending in each final state (aligned with `sol.finals`) for an object in `state`
+    /// with `history`, having spent `elapsed_ms` there; and the expected time to the end, ms.
+    /// The first step uses the history context and is re-weighted by the chance that each
+    /// successor's dwell is still running after `elapsed_ms`; after it the chain is first-order.
+    pub fn predict(
+        &self,
+        sol: &Solution,
+        history: &[StateId],
+        state: StateId,
+        elapsed_ms: f64,
+        scratch: &mut Vec<(StateId, f64)>,
+        risk_out: &mut Vec<f64>,
+    ) -> f64 {
+        let k = sol.finals.len();
+        risk_out.clear();
+        risk_out.resize(k, 0.0);
+        if self.kinds[state as usize].is_final() {
+            risk_out.copy_from_slice(sol.absorb_row(state));
+            return 0.0;
+        }
+        self.next_distribution(sol, history, state, scratch);
+        if elapsed_ms > 0.0 {
+            let mut total = 0.0;
+            for (to, p) in scratch.iter_mut() {
+                *p *= self.survival(state, *to, elapsed_ms);
+                total += *p;
+            }
+            if total > 0.0 {
+                for (_, p) in scratch.iter_mut() {
+                    *p /= total;
+                }
+            } else {
+                // Longer than anything ever seen: fall back to the unconditioned distribution.
+                self.next_distribution(sol, history, state, scratch);
+            }
+        }
+        let mut expected = 0.0;
+        for &(to, p) in scratch.iter() {
+            for (r, a) in risk_out.iter_mut().zip(sol.absorb_row(to)) {
+                *r += p * a;
+            }
+            let residual = match self.dwell.get(&(state, to)) {
+                Some(h) if h.total > 0.0 => h.mean_residual(elapsed_ms),
+                _ => self.dwell_state[state as usize].mean_residual(elapsed_ms),
+            };
+            expected += p * (residual + sol.expected_ms[to as usize]);
+        }
+        expected
+    }
+
+    /// Builds the stored-form counts back from a snapshot (see `snapshot.rs`).
+    pub fn restore_epoch(&mut self, epoch_ms: i64, now_ms: i64) {
+        self.epoch_ms = epoch_ms;
+        self.now_ms = now_ms;
+        self.solution = None;
+    }
+
+    pub fn timeout_target(&self, s: StateId) -> Option<StateId> {
+        self.timeout_target[s as usize]
+    }
+
+    pub fn kind(&self, s: StateId) -> Kind {
+        self.kinds[s as usize]
+    }
+}
+
+pub fn context_key(before: &[StateId], last: StateId) -> Context {
+    let mut k = [NONE; 4];
+    let len = before.len() + 1;
+    k[..before.len()].copy_from_slice(before);
+    k[len - 1] = last;
+    k
+}
+
+/// Solves the absorbing chain: for every state, the probability of ending in each final state
+/// and the expected time to get there. States that cannot reach any final state (no data, or a
+/// closed loop) are given zero probabilities and zero time rather than making the system
+/// singular.
+pub fn solve_absorbing(
+    n: usize,
+    p: &[f64],
+    finals: &[StateId],
+    mean_dwell: &[f64],
+) -> (Vec<f64>, Vec<f64>) {
+    let k = finals.len();
+    let is_final: Vec<bool> = {
+        let mut v = vec![false; n];
+        for &f in finals {
+            v[f as usize] = true;
+        }
+        v
+    };
+    // Which transient states reach a final state with positive probability.
+    let mut reaches = is_final.clone();
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for s in 0..n {
+            if !reaches[s] && (0..n).any(|t| p[s * n + t] > 0.0 && reaches[t]) {
+                reaches[s] = true;
+                changed = true;
+            }
+        }
+    }
+    let transient: Vec<usize> = (0..n).filter(|&s| !is_final[s] && reaches[s]).collect();
+    let m = transient.len();
+    let mut pos = vec![usize::MAX; n];
+    for (i, &s) in transient.iter().enumerate() {
+        pos[s] = i;
+    }
+    // Augmented system [I - Q | R | d], m x (m + k + 1).
+    let w = m + k + 1;
+    let mut a = vec![0.0; m * w];
+    for (i, &s) in transient.iter().enumerate() {
+        a[i * w + i] = 1.0;
+        for t in 0..n {
+            let pst = p[s * n + t];
+            if pst == 0.0 {
+                continue;
+            }
+            if pos[t] != usize::MAX {
+                a[i * w + pos[t]] -= pst;
+            } else if is_final[t] {
+                let fi = finals
+                    .iter()
+                    .position(|&f| f as usize == t)
+                    .expect("final listed");
+                a[i * w + m + fi] += pst;
+            }
+            // Transitions into states that never end contribute nothing to either.
+        }
+        a[i * w + m + k] = mean_dwell[s];
+    }
+    // Gaussian elimination with partial pivoting.
+    for col in 0..m {
+        let piv = (col..m)
+            .max_by(|&x, &y| a[x * w + col].abs().total_cmp(&a[y * w + col].abs()))
+            .unwrap_or(col);
+        if a[piv * w + col].abs() < 1e-300 {
+            continue;
+        }
+        if piv != col {
+            for j in 0..w {
+                a.swap(piv * w + j, col * w + j);
+            }
+        }
+        let d = a[col * w + col];
+        for j in col..w {
+            a[col * w + j] /= d;
+        }
+        for r in 0..m {
+            if r == col {
+                continue;
+            }
+            let factor = a[r * w + col];
+            if factor == 0.0 {
+                continue;
+            }
+            for j in col..w {
+                a[r * w + j] -= factor * a[col * w + j];
+            }
+        }
+    }
+    let mut absorb = vec![0.0; n * k];
+    let mut expected = vec![0.0; n];
+    for (fi, &f) in finals.iter().enumerate() {
+        absorb[f as usize * k + fi] = 1.0;
+    }
+    for (i, &s) in transient.iter().enumerate() {
+        for fi in 0..k {
+            absorb[s * k + fi] = a[i * w + m + fi].clamp(0.0, 1.0);
+        }
+        expected[s] = a[i * w + m + k].max(0.0);
+    }
+    (absorb, expected)
+}
+
+/// The learned (observed) part of a model, by state names, as stored in a state directory.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LearnedCounts {
+    pub epoch_ms: i64,
+    pub now_ms: i64,
+    pub transitions: Vec<LearnedTransition>,
+    #[serde(default)]
+    pub contexts: Vec<LearnedContext>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LearnedTransition {
+    pub from: String,
+    pub to: String,
+    /// Stored (scaled by the epoch) weight.
+    pub weight: f64,
+    pub dwell: DwellHist,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LearnedContext {
+    pub states: Vec<String>,
+    pub next: Vec<(String, f64)>,
+}
+
+impl FlowModel {
+    pub fn export(&self, names: &[String]) -> LearnedCounts {
+        let mut transitions = Vec::new();
+        for s in 0..self.n {
+            for t in 0..self.n {
+                let w = self.obs[s * self.n + t];
+                if w > 0.0 {
+                    transitions.push(LearnedTransition {
+                        from: names[s].clone(),
+                        to: names[t].clone(),
+                        weight: w,
+                        dwell: self
+                            .dwell
+                            .get(&(s as StateId, t as StateId))
+                            .cloned()
+                            .unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        let mut contexts: Vec<LearnedContext> = self
+            .contexts
+            .iter()
+            .map(|(ctx, row)| LearnedContext {
+                states: ctx
+                    .iter()
+                    .take_while(|&&s| s != NONE)
+                    .map(|&s| names[s as usize].clone())
+                    .collect(),
+                next: row
+                    .iter()
+                    .map(|&(s, w)| (names[s as usize].clone(), w))
+                    .collect(),
+            })
+            .collect();
+        contexts.sort_by(|a, b| a.states.cmp(&b.states));
+        LearnedCounts {
+            epoch_ms: self.epoch_ms,
+            now_ms: self.now_ms,
+            transitions,
+            contexts,
+        }
+    }
+
+    /// Loads learned counts, keeping only what still exists in this flow (by state name).
+    /// Returns how many transitions were dropped because a state is gone.
+    pub fn import(
+        &mut self,
+        learned: &LearnedCounts,
+        id_of: impl Fn(&str) -> Option<StateId>,
+    ) -> usize {
+        self.restore_epoch(learned.epoch_ms, learned.now_ms);
+        let mut dropped = 0;
+        for t in &learned.transitions {
+            let (Some(s), Some(d)) = (id_of(&t.from), id_of(&t.to)) else {
+                dropped += 1;
+                continue;
+            };
+            if self.kinds[s as usize].is_final() || !self.learns(s, d) {
+                dropped += 1;
+                continue;
+            }
+            self.obs[s as usize * self.n + d as usize] += t.weight;
+            self.dwell.entry((s, d)).or_default().merge(&t.dwell);
+            if self.timeout_target[s as usize] != Some(d) {
+                self.dwell_state[s as usize].merge(&t.dwell);
+            }
+        }
+        for c in &learned.contexts {
+            let ids: Option<Vec<StateId>> = c.states.iter().map(|s| id_of(s)).collect();
+            let Some(ids) = ids else { continue };
+            if ids.len() < 2 || ids.len() > 4 || ids.len() > self.history {
+                continue;
+            }
+            let ctx = context_key(&ids[..ids.len() - 1], ids[ids.len() - 1]);
+            let row: Vec<(StateId, f64)> = c
+                .next
+                .iter()
+                .filter_map(|(s, w)| id_of(s).map(|id| (id, *w)))
+                .collect();
+            self.contexts.insert(ctx, row);
+        }
+        dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn solves_a_chain_with_a_retry_loop() {
+        // 0 -> 1 (1.0); 1 -> 0 (0.5), 1 -> 2 final ok (0.3), 1 -> 3 final bad (0.2)
+        let n = 4;
+        let mut p = vec![0.0; n * n];
+        p[1] = 1.0;
+        p[4] = 0.5;
+        p[4 + 2] = 0.3;
+        p[4 + 3] = 0.2;
+        let (absorb, expected) = solve_absorbing(n, &p, &[2, 3], &[10.0, 20.0, 0.0, 0.0]);
+        // From 1: bad = 0.2 / (0.3 + 0.2) = 0.4 whatever the loop.
+        assert!((absorb[2 + 1] - 0.4).abs() < 1e-12);
+        assert!((absorb[1] - 0.4).abs() < 1e-12);
+        // Expected time from 0: visits of (0,1) pairs = 1 / 0.5 = 2, each 30 ms.
+        assert!((expected[0] - 60.0).abs() < 1e-9, "{}", expected[0]);
+    }
+
+    #[test]
+    fn a_closed_loop_does_not_make_the_system_singular() {
+        let n = 3;
+        let mut p = vec![0.0; n * n];
+        p[1] = 1.0; // 0 -> 1
+        p[3] = 1.0; // 1 -> 0
+        let (absorb, _) = solve_absorbing(n, &p, &[2], &[1.0, 1.0, 0.0]);
+        assert_eq!(absorb[0], 0.0);
+        assert_eq!(absorb[1], 0.0);
+    }
+}

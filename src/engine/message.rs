@@ -1,0 +1,129 @@
+//! Decoding one message: JSON, the oslo.messaging envelope, the timestamp and message id.
+//! Every failure is a `DecodeError` the caller counts; nothing here panics on bad input.
+
+use serde_json::Value;
+
+/// Messages larger than this are refused before parsing (oslo's own limit is far lower).
+pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message of {0} bytes is over the {MAX_MESSAGE_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    #[error("a message must be a JSON object, found {0}")]
+    NotObject(&'static str),
+    #[error("bad oslo envelope: {0}")]
+    BadEnvelope(String),
+    #[error("unreadable timestamp {0}")]
+    BadTimestamp(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub value: Value,
+    /// Event time, ms since the epoch, if the message carries one.
+    pub time_ms: Option<i64>,
+    pub message_id: Option<String>,
+}
+
+impl Message {
+    pub fn event_type(&self) -> Option<&str> {
+        self.value.get("event_type").and_then(Value::as_str)
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge(bytes.len()));
+    }
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    from_value(value)
+}
+
+/// Unwraps an oslo envelope if there is one and reads the timestamp and message id.
+pub fn from_value(mut value: Value) -> Result<Message, DecodeError> {
+    if !value.is_object() {
+        return Err(DecodeError::NotObject(kind(&value)));
+    }
+    if let Some(inner) = value.get("oslo.message") {
+        let Some(text) = inner.as_str() else {
+            return Err(DecodeError::BadEnvelope(format!(
+                "`oslo.message` is {}, not a string",
+                kind(inner)
+            )));
+        };
+        value = serde_json::from_str(text).map_err(|e| DecodeError::BadEnvelope(e.to_string()))?;
+        if !value.is_object() {
+            return Err(DecodeError::BadEnvelope(format!(
+                "the inner message is {}",
+                kind(&value)
+            )));
+        }
+    }
+    let time_ms = match value.get("timestamp") {
+        None | Some(Value::Null) => None,
+        Some(t) => Some(
+            super::time::parse_timestamp(t)
+                .ok_or_else(|| DecodeError::BadTimestamp(t.to_string()))?,
+        ),
+    };
+    let message_id = value
+        .get("message_id")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Ok(Message {
+        value,
+        time_ms,
+        message_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unwraps_oslo_envelopes() {
+        let inner = r#"{"event_type": "a.b", "timestamp": "2012-03-26 00:00:00.123456", "message_id": "m1"}"#;
+        let env = serde_json::json!({"oslo.version": "2.0", "oslo.message": inner}).to_string();
+        let m = decode(env.as_bytes()).unwrap();
+        assert_eq!(m.event_type(), Some("a.b"));
+        assert_eq!(m.message_id.as_deref(), Some("m1"));
+        assert_eq!(m.time_ms, Some(1_332_720_000_123));
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_message() {
+        assert!(matches!(decode(b"{nope"), Err(DecodeError::NotJson(_))));
+        assert!(matches!(
+            decode(b"[1]"),
+            Err(DecodeError::NotObject("an array"))
+        ));
+        assert!(matches!(
+            decode(br#"{"oslo.message": 3}"#),
+            Err(DecodeError::BadEnvelope(_))
+        ));
+        assert!(matches!(
+            decode(br#"{"timestamp": "soon"}"#),
+            Err(DecodeError::BadTimestamp(_))
+        ));
+        assert!(matches!(
+            decode(&vec![b' '; MAX_MESSAGE_BYTES + 1]),
+            Err(DecodeError::TooLarge(_))
+        ));
+    }
+}

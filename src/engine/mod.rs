@@ -1,0 +1,912 @@
+//! The engine: pure and synchronous. Messages in, records out; no IO and no clock of its own
+//! (time comes from the messages, or from the caller through `advance`). Replay, tests and the
+//! live service drive this same code, so what replay shows is what production does.
+//!
+//! Per message: find the flows whose rules may match (indexed by `event_type`), take the first
+//! matching rule of each, find the object by the flow's key, move it, learn the transition,
+//! predict from its new state, and fire or resolve alerts. Timers (timeouts, and the time at
+//! which a waiting object's risk will cross its threshold) sit in one heap per flow.
+
+pub mod dwell;
+pub mod key;
+pub mod markov;
+pub mod message;
+pub mod output;
+pub mod table;
+pub mod time;
+
+use crate::model::{CompiledFlow, Kind, StateId};
+use key::ObjectKey;
+use markov::{FlowModel, Solution};
+use message::Message;
+use output::*;
+use serde::{Deserialize, Serialize};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use time::format_rfc3339;
+
+/// Counters of everything the engine saw. Nothing is dropped without being counted here.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Messages given to the engine (decoded ones; see `malformed`).
+    pub messages: u64,
+    /// Messages that moved or refreshed an object in at least one flow.
+    pub matched: u64,
+    /// Messages no rule of any flow matched.
+    pub unmatched: u64,
+    /// Lines or payloads that could not be decoded (counted by the caller).
+    pub malformed: u64,
+    /// Messages a rule matched but whose key fields were missing or not a string or number.
+    pub missing_key: u64,
+    /// Messages older than one already seen; processed at the current time.
+    pub late: u64,
+    /// Messages for objects that had already finished, ignored.
+    pub after_end: u64,
+    /// Messages matched by more than one flow (each flow processes them).
+    pub multi_flow: u64,
+    /// Objects first seen in the middle of their flow.
+    pub joined_midway: u64,
+    /// Transitions the flow does not list, under `unlisted report`.
+    pub unexpected: u64,
+    pub transitions: u64,
+    pub alerts: u64,
+    pub resolved: u64,
+    pub outcomes: u64,
+    pub timeouts: u64,
+    pub expired: u64,
+}
+
+/// Where one object is in one flow. Kept small: there may be millions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ObjectState {
+    pub state: StateId,
+    /// Earlier states, most recent last, `markov::NONE` where unknown.
+    pub history: [StateId; 3],
+    /// An alert is firing for (this object, `state`).
+    pub alerting: bool,
+    /// Invalidates scheduled timers when the object moves.
+    pub generation: u32,
+    pub entered_ms: i64,
+    pub last_seen_ms: i64,
+    /// When the first alert on this object fired, for lead times; 0 when none.
+    pub first_alert_ms: i64,
+    /// When the current alert started; 0 when none.
+    pub alert_since_ms: i64,
+}
+
+impl ObjectState {
+    /// Known earlier states, oldest first.
+    pub fn history_slice(&self) -> &[StateId] {
+        let start = self
+            .history
+            .iter()
+            .position(|&s| s != markov::NONE)
+            .unwrap_or(3);
+        &self.history[start..]
+    }
+
+    fn push_history(&mut self, s: StateId) {
+        self.history.rotate_left(1);
+        self.history[2] = s;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    /// The object's time in its state runs out: it reaches the state's timeout artifact.
+    Timeout,
+    /// The object's risk is expected to cross its threshold by now: look again.
+    RiskCheck,
+}
+
+type Timer = Reverse<(i64, u64, TimerKind, u32, ObjectKey)>;
+
+/// A bounded memory of recently finished objects, to recognise late messages about them.
+#[derive(Debug, Default)]
+struct Finished {
+    order: VecDeque<ObjectKey>,
+    set: HashSet<ObjectKey>,
+}
+
+const FINISHED_REMEMBERED: usize = 65_536;
+
+impl Finished {
+    fn insert(&mut self, k: ObjectKey) {
+        if self.set.insert(k.clone()) {
+            self.order.push_back(k);
+            if self.order.len() > FINISHED_REMEMBERED {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// One flow at run time: its definition, its learned model, its objects and timers.
+pub struct FlowRuntime {
+    pub flow: Arc<CompiledFlow>,
+    pub model: FlowModel,
+    pub objects: HashMap<ObjectKey, ObjectState>,
+    finished: Finished,
+    timers: BinaryHeap<Timer>,
+    timer_seq: u64,
+    /// Rules to try per exact event type (in file order), and for any other event type.
+    rules_by_event: HashMap<Box<str>, Vec<u16>>,
+    generic_rules: Vec<u16>,
+    /// Per state, cached for the solution version: elapsed ms at which the risk crosses.
+    alert_after: Vec<Option<f64>>,
+    alert_after_version: u64,
+    next_sweep_ms: i64,
+}
+
+impl FlowRuntime {
+    fn new(flow: Arc<CompiledFlow>) -> FlowRuntime {
+        let mut by_event: HashMap<Box<str>, Vec<u16>> = HashMap::new();
+        let mut generic = Vec::new();
+        for (i, r) in flow.rules.iter().enumerate() {
+            match r.cond.required_event_type() {
+                Some(e) => by_event.entry(e.into()).or_default().push(i as u16),
+                None => generic.push(i as u16),
+            }
+        }
+        // Each exact list also holds the generic rules, in file order: first match wins.
+        for list in by_event.values_mut() {
+            list.extend(generic.iter().copied());
+            list.sort_unstable();
+        }
+        let n = flow.states.len();
+        FlowRuntime {
+            model: FlowModel::new(&flow),
+            flow,
+            objects: HashMap::new(),
+            finished: Finished::default(),
+            timers: BinaryHeap::new(),
+            timer_seq: 0,
+            rules_by_event: by_event,
+            generic_rules: generic,
+            alert_after: vec![None; n],
+            alert_after_version: 0,
+            next_sweep_ms: 0,
+        }
+    }
+
+    fn candidate_rules(&self, event_type: Option<&str>) -> &[u16] {
+        event_type
+            .and_then(|e| self.rules_by_event.get(e))
+            .map(Vec::as_slice)
+            .unwrap_or(&self.generic_rules)
+    }
+
+    /// The state the first matching rule assigns, if any.
+    fn classify(&self, msg: &Message) -> Option<StateId> {
+        if let Some(f) = &self.flow.filter {
+            if !f.eval(&msg.value) {
+                return None;
+            }
+        }
+        self.candidate_rules(msg.event_type())
+            .iter()
+            .map(|&i| &self.flow.rules[i as usize])
+            .find(|r| r.cond.eval(&msg.value))
+            .map(|r| r.target)
+    }
+
+    fn key_of(&self, msg: &Message) -> Option<ObjectKey> {
+        self.flow
+            .keys
+            .iter()
+            .find_map(|p| p.get(&msg.value).and_then(ObjectKey::from_value))
+    }
+}
+
+/// A prediction for one object.
+#[derive(Debug, Clone, Serialize)]
+pub struct Prediction {
+    pub flow: String,
+    pub object: String,
+    pub state: String,
+    pub history: Vec<String>,
+    pub time_in_state_ms: i64,
+    pub next: BTreeMap<String, f64>,
+    pub risk: BTreeMap<String, f64>,
+    pub expected_remaining_ms: f64,
+    pub alerting: bool,
+    pub model_version: u64,
+}
+
+pub struct Engine {
+    pub flows: Vec<FlowRuntime>,
+    /// Flows to try per exact event type, and for any other.
+    flows_by_event: HashMap<Box<str>, Vec<u32>>,
+    generic_flows: Vec<u32>,
+    pub stats: Stats,
+    clock_ms: i64,
+    scratch: Vec<(StateId, f64)>,
+    risk: Vec<f64>,
+}
+
+impl Engine {
+    pub fn new(flows: Vec<CompiledFlow>) -> Engine {
+        let runtimes = flows
+            .into_iter()
+            .map(|f| FlowRuntime::new(Arc::new(f)))
+            .collect();
+        let mut e = Engine {
+            flows: runtimes,
+            flows_by_event: HashMap::new(),
+            generic_flows: Vec::new(),
+            stats: Stats::default(),
+            clock_ms: 0,
+            scratch: Vec::new(),
+            risk: Vec::new(),
+        };
+        e.build_index();
+        e
+    }
+
+    fn build_index(&mut self) {
+        self.flows_by_event.clear();
+        self.generic_flows.clear();
+        for (i, f) in self.flows.iter().enumerate() {
+            if !f.generic_rules.is_empty() {
+                self.generic_flows.push(i as u32);
+            }
+            for e in f.rules_by_event.keys() {
+                self.flows_by_event
+                    .entry(e.clone())
+                    .or_default()
+                    .push(i as u32);
+            }
+        }
+        for list in self.flows_by_event.values_mut() {
+            list.extend(self.generic_flows.iter().copied());
+            list.sort_unstable();
+            list.dedup();
+        }
+    }
+
+    /// The engine's clock: the latest event time seen (or given to `advance`).
+    pub fn clock_ms(&self) -> i64 {
+        self.clock_ms
+    }
+
+    pub fn count_malformed(&mut self) {
+        self.stats.malformed += 1;
+    }
+
+    pub fn objects_in_flight(&self) -> usize {
+        self.flows.iter().map(|f| f.objects.len()).sum()
+    }
+
+    pub fn flow_index(&self, name: &str) -> Option<usize> {
+        self.flows.iter().position(|f| f.flow.name == name)
+    }
+
+    /// Processes one message, appending what it causes to `out`.
+    pub fn observe(&mut self, msg: &Message, out: &mut Vec<Record>) {
+        self.stats.messages += 1;
+        let now = match msg.time_ms {
+            Some(t) if t < self.clock_ms => {
+                self.stats.late += 1;
+                self.clock_ms
+            }
+            Some(t) => t,
+            None => self.clock_ms,
+        };
+        // Time passes first: timers due before this message fire before it is applied.
+        self.advance(now, out);
+        let event_type = msg.event_type();
+        let candidates: &[u32] = event_type
+            .and_then(|e| self.flows_by_event.get(e))
+            .map(Vec::as_slice)
+            .unwrap_or(&self.generic_flows);
+        let candidates: Vec<u32> = candidates.to_vec();
+        let mut matched = 0;
+        for fi in candidates {
+            let fi = fi as usize;
+            let Some(target) = self.flows[fi].classify(msg) else {
+                continue;
+            };
+            let Some(key) = self.flows[fi].key_of(msg) else {
+                self.stats.missing_key += 1;
+                continue;
+            };
+            matched += 1;
+            let cause = Cause {
+                kind: "message".into(),
+                event_type: event_type.map(str::to_string),
+                message_id: msg.message_id.clone(),
+            };
+            self.apply(fi, key, target, now, &cause, out);
+        }
+        match matched {
+            0 => self.stats.unmatched += 1,
+            1 => self.stats.matched += 1,
+            _ => {
+                self.stats.matched += 1;
+                self.stats.multi_flow += 1;
+            }
+        }
+    }
+
+    /// Moves the clock to `now_ms` (never backwards), firing the timers that fall due and
+    /// evicting objects not seen for their flow's `expire` time.
+    pub fn advance(&mut self, now_ms: i64, out: &mut Vec<Record>) {
+        if now_ms < self.clock_ms {
+            return;
+        }
+        self.clock_ms = now_ms;
+        for fi in 0..self.flows.len() {
+            self.flows[fi].model.set_now(now_ms);
+            loop {
+                let due = match self.flows[fi].timers.peek() {
+                    Some(Reverse((at, ..))) if *at <= now_ms => true,
+                    _ => false,
+                };
+                if !due {
+                    break;
+                }
+                let Some(Reverse((at, _, kind, gen, key))) = self.flows[fi].timers.pop() else {
+                    break;
+                };
+                self.fire_timer(fi, at, kind, gen, key, out);
+            }
+            if now_ms >= self.flows[fi].next_sweep_ms {
+                self.sweep(fi, now_ms, out);
+            }
+        }
+    }
+
+    fn fire_timer(
+        &mut self,
+        fi: usize,
+        at: i64,
+        kind: TimerKind,
+        gen: u32,
+        key: ObjectKey,
+        out: &mut Vec<Record>,
+    ) {
+        let rt = &self.flows[fi];
+        let Some(obj) = rt.objects.get(&key) else {
+            return;
+        };
+        if obj.generation != gen {
+            return; // The object moved since this timer was set.
+        }
+        let state = obj.state;
+        let cause = Cause {
+            kind: "timer".into(),
+            event_type: None,
+            message_id: None,
+        };
+        match kind {
+            TimerKind::Timeout => {
+                let Some((_, artifact)) = rt.flow.timeouts[state as usize] else {
+                    return;
+                };
+                self.stats.timeouts += 1;
+                self.apply(fi, key, artifact, at, &cause, out);
+            }
+            TimerKind::RiskCheck => self.evaluate(fi, &key, at, &cause, out),
+        }
+    }
+
+    fn sweep(&mut self, fi: usize, now: i64, out: &mut Vec<Record>) {
+        let expire = self.flows[fi].flow.learning.expire_ms;
+        self.flows[fi].next_sweep_ms = now + (expire / 10).max(1000);
+        let stale: Vec<ObjectKey> = self.flows[fi]
+            .objects
+            .iter()
+            .filter(|(_, o)| now - o.last_seen_ms > expire)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let cause = Cause {
+            kind: "timer".into(),
+            event_type: None,
+            message_id: None,
+        };
+        for key in stale {
+            self.stats.expired += 1;
+            self.finish(fi, key, None, now, &cause, out);
+        }
+    }
+
+    /// Applies "object `key` is now in `target`" to flow `fi`.
+    fn apply(
+        &mut self,
+        fi: usize,
+        key: ObjectKey,
+        target: StateId,
+        now: i64,
+        cause: &Cause,
+        out: &mut Vec<Record>,
+    ) {
+        let rt = &mut self.flows[fi];
+        let target_kind = rt.flow.state(target).kind;
+        let Some(obj) = rt.objects.get_mut(&key) else {
+            if target_kind != Kind::Initial && rt.finished.set.contains(&key) {
+                self.stats.after_end += 1;
+                return;
+            }
+            if target_kind.is_final() {
+                // Seen only at its end: nothing to predict, nothing to learn.
+                self.stats.joined_midway += 1;
+                return;
+            }
+            if target_kind != Kind::Initial {
+                self.stats.joined_midway += 1;
+            }
+            rt.objects.insert(
+                key.clone(),
+                ObjectState {
+                    state: target,
+                    history: [markov::NONE; 3],
+                    alerting: false,
+                    generation: 0,
+                    entered_ms: now,
+                    last_seen_ms: now,
+                    first_alert_ms: 0,
+                    alert_since_ms: 0,
+                },
+            );
+            self.entered(fi, &key, now, cause, out);
+            return;
+        };
+        obj.last_seen_ms = now;
+        let from = obj.state;
+        if from == target {
+            return; // A repeated notification of the same state: no transition.
+        }
+        self.stats.transitions += 1;
+        let dwell = now - obj.entered_ms;
+        let history: Vec<StateId> = obj.history_slice().to_vec();
+        if !rt.model.learns(from, target) {
+            self.stats.unexpected += 1;
+            out.push(Record::Unexpected(Unexpected {
+                at: format_rfc3339(now),
+                flow: rt.flow.name.clone(),
+                object: key.to_string(),
+                from: rt.flow.name_of(from).to_string(),
+                to: rt.flow.name_of(target).to_string(),
+                cause: cause.clone(),
+            }));
+        }
+        if target_kind.is_final() {
+            // The outcome carries what was predicted before it is learned.
+            self.finish(fi, key, Some((target, dwell, history)), now, cause, out);
+            return;
+        }
+        let rt = &mut self.flows[fi];
+        if rt.model.learns(from, target) {
+            rt.model.observe(&history, from, target, dwell);
+        }
+        let obj = rt.objects.get_mut(&key).expect("object present");
+        obj.push_history(from);
+        obj.state = target;
+        obj.entered_ms = now;
+        obj.generation = obj.generation.wrapping_add(1);
+        if obj.alerting {
+            // The alert was about the state the object just left.
+            let since = obj.alert_since_ms;
+            obj.alerting = false;
+            obj.alert_since_ms = 0;
+            self.stats.resolved += 1;
+            out.push(Record::Resolved(Resolved {
+                at: format_rfc3339(now),
+                flow: rt.flow.name.clone(),
+                object: key.to_string(),
+                state: rt.flow.name_of(from).to_string(),
+                reason: "state_changed".into(),
+                firing_ms: now - since,
+            }));
+        }
+        self.entered(fi, &key, now, cause, out);
+    }
+
+    /// Ends an object's run: at a final state (`end` = its id, the dwell before it and the
+    /// history), or by eviction (`end` = None). Emits the outcome and resolves any alert.
+    fn finish(
+        &mut self,
+        fi: usize,
+        key: ObjectKey,
+        end: Option<(StateId, i64, Vec<StateId>)>,
+        now: i64,
+        cause: &Cause,
+        out: &mut Vec<Record>,
+    ) {
+        let Some(obj) = self.flows[fi].objects.get(&key).cloned() else {
+            return;
+        };
+        let predicted = self.risk_map(fi, &obj, 0.0);
+        let rt = &mut self.flows[fi];
+        let flow = rt.flow.clone();
+        let (outcome, kind) = match &end {
+            Some((t, dwell, history)) => {
+                if rt.model.learns(obj.state, *t) {
+                    rt.model.observe(history, obj.state, *t, *dwell);
+                }
+                let k = if flow.state(*t).kind == Kind::Artifact {
+                    "artifact"
+                } else {
+                    "success"
+                };
+                (*t, k)
+            }
+            None => (obj.state, "expired"),
+        };
+        if obj.alerting {
+            self.stats.resolved += 1;
+            out.push(Record::Resolved(Resolved {
+                at: format_rfc3339(now),
+                flow: flow.name.clone(),
+                object: key.to_string(),
+                state: flow.name_of(obj.state).to_string(),
+                reason: match kind {
+                    "success" => "completed",
+                    "artifact" => "artifact",
+                    _ => "expired",
+                }
+                .into(),
+                firing_ms: now - obj.alert_since_ms,
+            }));
+        }
+        self.stats.outcomes += 1;
+        out.push(Record::Outcome(Outcome {
+            at: format_rfc3339(now),
+            flow: flow.name.clone(),
+            object: key.to_string(),
+            outcome: flow.name_of(outcome).to_string(),
+            kind: kind.into(),
+            label: flow.state(outcome).label.clone(),
+            from: flow.name_of(obj.state).to_string(),
+            predicted,
+            alerted: obj.first_alert_ms != 0,
+            lead_time_ms: (obj.first_alert_ms != 0).then(|| now - obj.first_alert_ms),
+            cause: cause.clone(),
+        }));
+        let rt = &mut self.flows[fi];
+        rt.objects.remove(&key);
+        rt.finished.insert(key);
+    }
+
+    /// An object has just entered its current state: set its timers and judge its risk.
+    fn entered(
+        &mut self,
+        fi: usize,
+        key: &ObjectKey,
+        now: i64,
+        cause: &Cause,
+        out: &mut Vec<Record>,
+    ) {
+        let rt = &mut self.flows[fi];
+        let obj = &rt.objects[key];
+        if let Some((ms, _)) = rt.flow.timeouts[obj.state as usize] {
+            rt.timer_seq += 1;
+            rt.timers.push(Reverse((
+                now + ms,
+                rt.timer_seq,
+                TimerKind::Timeout,
+                obj.generation,
+                key.clone(),
+            )));
+        }
+        self.evaluate(fi, key, now, cause, out);
+    }
+
+    /// Artifact risks of an object at `elapsed` ms in its state, by artifact name.
+    fn risk_map(&mut self, fi: usize, obj: &ObjectState, elapsed: f64) -> BTreeMap<String, f64> {
+        let rt = &mut self.flows[fi];
+        rt.model.solution();
+        let sol = rt.model.cached().expect("solved");
+        rt.model.predict(
+            sol,
+            obj.history_slice(),
+            obj.state,
+            elapsed,
+            &mut self.scratch,
+            &mut self.risk,
+        );
+        sol.finals
+            .iter()
+            .zip(self.risk.iter())
+            .filter(|(s, _)| rt.flow.state(**s).kind == Kind::Artifact)
+            .map(|(s, r)| (rt.flow.name_of(*s).to_string(), round6(*r)))
+            .collect()
+    }
+
+    /// Judges an object's risk now: fire an alert, resolve one, or schedule another look.
+    fn evaluate(
+        &mut self,
+        fi: usize,
+        key: &ObjectKey,
+        now: i64,
+        cause: &Cause,
+        out: &mut Vec<Record>,
+    ) {
+        let rt = &mut self.flows[fi];
+        let Some(obj) = rt.objects.get(key) else {
+            return;
+        };
+        let obj = obj.clone();
+        let elapsed = (now - obj.entered_ms) as f64;
+        rt.model.solution();
+        let sol = rt.model.cached().expect("solved");
+        let expected = rt.model.predict(
+            sol,
+            obj.history_slice(),
+            obj.state,
+            elapsed,
+            &mut self.scratch,
+            &mut self.risk,
+        );
+        let flow = &rt.flow;
+        // The worst artifact over its threshold: highest risk relative to its threshold.
+        let mut worst: Option<(usize, f64)> = None;
+        let mut all_below_resolve = true;
+        for (i, (&s, &r)) in sol.finals.iter().zip(self.risk.iter()).enumerate() {
+            if flow.state(s).kind != Kind::Artifact {
+                continue;
+            }
+            let level = flow.alerts[s as usize];
+            if r >= level.resolve && r > 0.0 {
+                all_below_resolve = false;
+            }
+            if r >= level.threshold && r > 0.0 {
+                let ratio = r / level.threshold.max(1e-12);
+                if worst.is_none_or(|(_, best)| ratio > best) {
+                    worst = Some((i, ratio));
+                }
+            }
+        }
+        if obj.alerting {
+            if all_below_resolve {
+                let o = rt.objects.get_mut(key).expect("present");
+                o.alerting = false;
+                let since = o.alert_since_ms;
+                o.alert_since_ms = 0;
+                self.stats.resolved += 1;
+                out.push(Record::Resolved(Resolved {
+                    at: format_rfc3339(now),
+                    flow: flow.name.clone(),
+                    object: key.to_string(),
+                    state: flow.name_of(obj.state).to_string(),
+                    reason: "risk_below_resolve".into(),
+                    firing_ms: now - since,
+                }));
+            }
+            return;
+        }
+        if let Some((i, _)) = worst {
+            let artifact = sol.finals[i];
+            let level = flow.alerts[artifact as usize];
+            let severity = sol
+                .finals
+                .iter()
+                .zip(self.risk.iter())
+                .filter(|(s, r)| {
+                    flow.state(**s).kind == Kind::Artifact
+                        && **r >= flow.alerts[**s as usize].threshold
+                        && **r > 0.0
+                })
+                .map(|(s, _)| flow.alerts[*s as usize].severity)
+                .max()
+                .unwrap_or(level.severity);
+            let risk: BTreeMap<String, f64> = sol
+                .finals
+                .iter()
+                .zip(self.risk.iter())
+                .filter(|(s, _)| flow.state(**s).kind == Kind::Artifact)
+                .map(|(s, r)| (flow.name_of(*s).to_string(), round6(*r)))
+                .collect();
+            let path = most_likely_path(sol, obj.state, artifact)
+                .into_iter()
+                .map(|s| flow.name_of(s).to_string())
+                .collect();
+            let alert = Alert {
+                at: format_rfc3339(now),
+                flow: flow.name.clone(),
+                object: key.to_string(),
+                state: flow.name_of(obj.state).to_string(),
+                state_label: flow.state(obj.state).label.clone(),
+                severity: severity.as_str().into(),
+                artifact: flow.name_of(artifact).to_string(),
+                artifact_label: flow.state(artifact).label.clone(),
+                probability: round6(self.risk[i]),
+                threshold: level.threshold,
+                risk,
+                path,
+                time_in_state_ms: now - obj.entered_ms,
+                expected_remaining_ms: expected.round(),
+                model_version: sol.version,
+                cause: cause.clone(),
+            };
+            let o = rt.objects.get_mut(key).expect("present");
+            o.alerting = true;
+            o.alert_since_ms = now;
+            if o.first_alert_ms == 0 {
+                o.first_alert_ms = now;
+            }
+            self.stats.alerts += 1;
+            out.push(Record::Alert(alert));
+            return;
+        }
+        // Not alerting: if waiting longer will raise the risk over a threshold, look again then.
+        if let Some(after) = self.alert_after(fi, obj.state) {
+            let at = obj.entered_ms + after.ceil() as i64;
+            let rt = &mut self.flows[fi];
+            let timeout_at =
+                rt.flow.timeouts[obj.state as usize].map(|(ms, _)| obj.entered_ms + ms);
+            if at > now && timeout_at.is_none_or(|t| at < t) {
+                rt.timer_seq += 1;
+                rt.timers.push(Reverse((
+                    at,
+                    rt.timer_seq,
+                    TimerKind::RiskCheck,
+                    obj.generation,
+                    key.clone(),
+                )));
+            }
+        }
+    }
+
+    /// The time in `state` after which an object's first-order risk crosses a threshold,
+    /// searched on the dwell histogram's bucket boundaries; cached per model version.
+    fn alert_after(&mut self, fi: usize, state: StateId) -> Option<f64> {
+        let rt = &mut self.flows[fi];
+        let version = rt.model.cached().map(|s| s.version).unwrap_or(0);
+        if version != rt.alert_after_version {
+            rt.alert_after.iter_mut().for_each(|x| *x = None);
+            rt.alert_after_version = version;
+        }
+        if let Some(v) = rt.alert_after[state as usize] {
+            return v.is_finite().then_some(v);
+        }
+        let sol = rt.model.cached()?;
+        let limit = rt.flow.timeouts[state as usize]
+            .map(|(ms, _)| ms as f64)
+            .unwrap_or(f64::MAX);
+        let mut found = f64::INFINITY;
+        for e in dwell::DwellHist::boundaries() {
+            if e >= limit {
+                break;
+            }
+            rt.model
+                .predict(sol, &[], state, e, &mut self.scratch, &mut self.risk);
+            let crosses = sol.finals.iter().zip(self.risk.iter()).any(|(s, r)| {
+                rt.flow.state(*s).kind == Kind::Artifact
+                    && *r > 0.0
+                    && *r >= rt.flow.alerts[*s as usize].threshold
+            });
+            if crosses {
+                found = e;
+                break;
+            }
+        }
+        rt.alert_after[state as usize] = Some(found);
+        found.is_finite().then_some(found)
+    }
+
+    /// The prediction for one object of one flow, for the API and tests.
+    pub fn predict_object(&mut self, fi: usize, key: &ObjectKey) -> Option<Prediction> {
+        let now = self.clock_ms;
+        let obj = self.flows[fi].objects.get(key)?.clone();
+        let elapsed = (now - obj.entered_ms).max(0) as f64;
+        let rt = &mut self.flows[fi];
+        rt.model.solution();
+        let sol = rt.model.cached().expect("solved");
+        let expected = rt.model.predict(
+            sol,
+            obj.history_slice(),
+            obj.state,
+            elapsed,
+            &mut self.scratch,
+            &mut self.risk,
+        );
+        let flow = &rt.flow;
+        let mut next = Vec::new();
+        rt.model
+            .next_distribution(sol, obj.history_slice(), obj.state, &mut next);
+        Some(Prediction {
+            flow: flow.name.clone(),
+            object: key.to_string(),
+            state: flow.name_of(obj.state).to_string(),
+            history: obj
+                .history_slice()
+                .iter()
+                .map(|s| flow.name_of(*s).to_string())
+                .collect(),
+            time_in_state_ms: now - obj.entered_ms,
+            next: next
+                .iter()
+                .map(|(s, p)| (flow.name_of(*s).to_string(), round6(*p)))
+                .collect(),
+            risk: sol
+                .finals
+                .iter()
+                .zip(self.risk.iter())
+                .filter(|(s, _)| flow.state(**s).kind == Kind::Artifact)
+                .map(|(s, r)| (flow.name_of(*s).to_string(), round6(*r)))
+                .collect(),
+            expected_remaining_ms: expected.round(),
+            alerting: obj.alerting,
+            model_version: sol.version,
+        })
+    }
+
+    /// The learned counts of every flow, by flow name, for a state directory.
+    pub fn export_learned(&self) -> BTreeMap<String, markov::LearnedCounts> {
+        self.flows
+            .iter()
+            .map(|f| {
+                let names: Vec<String> = f.flow.states.iter().map(|s| s.name.clone()).collect();
+                (f.flow.name.clone(), f.model.export(&names))
+            })
+            .collect()
+    }
+
+    /// Loads learned counts for the flows that exist; returns (flows loaded, transitions dropped).
+    pub fn import_learned(
+        &mut self,
+        learned: &BTreeMap<String, markov::LearnedCounts>,
+    ) -> (usize, usize) {
+        let mut loaded = 0;
+        let mut dropped = 0;
+        for rt in &mut self.flows {
+            if let Some(l) = learned.get(&rt.flow.name) {
+                let flow = rt.flow.clone();
+                dropped += rt.model.import(l, |n| flow.state_id(n));
+                self.clock_ms = self.clock_ms.max(l.now_ms);
+                loaded += 1;
+            }
+        }
+        (loaded, dropped)
+    }
+}
+
+/// The most probable path from `from` to `to` (Dijkstra on -log p), states included.
+pub fn most_likely_path(sol: &Solution, from: StateId, to: StateId) -> Vec<StateId> {
+    let n = sol.n;
+    let mut dist = vec![f64::INFINITY; n];
+    let mut prev = vec![usize::MAX; n];
+    let mut done = vec![false; n];
+    dist[from as usize] = 0.0;
+    for _ in 0..n {
+        let Some(u) = (0..n)
+            .filter(|&i| !done[i] && dist[i].is_finite())
+            .min_by(|&a, &b| dist[a].total_cmp(&dist[b]))
+        else {
+            break;
+        };
+        done[u] = true;
+        if u == to as usize {
+            break;
+        }
+        for v in 0..n {
+            let p = sol.p[u * n + v];
+            if p > 0.0 && !done[v] {
+                let d = dist[u] - p.ln();
+                if d < dist[v] {
+                    dist[v] = d;
+                    prev[v] = u;
+                }
+            }
+        }
+    }
+    if !dist[to as usize].is_finite() {
+        return vec![from];
+    }
+    let mut path = vec![to];
+    let mut cur = to as usize;
+    while cur != from as usize && prev[cur] != usize::MAX {
+        cur = prev[cur];
+        path.push(cur as StateId);
+    }
+    path.reverse();
+    path
+}
+
+pub fn round6(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
+}
