@@ -324,14 +324,24 @@ impl FlowModel {
     }
 
     /// Survival of the dwell before moving `from -> to`, given `elapsed_ms` spent in `from`.
+    /// Not used until the state has `min_observations` of observed dwell (few samples would
+    /// make every object slower than the slowest seen look doomed), and never below
+    /// 1/(2(n+1)): n observations cannot rule out a dwell longer than all of them.
     fn survival(&self, from: StateId, to: StateId, elapsed_ms: f64) -> f64 {
         if elapsed_ms <= 0.0 || self.timeout_target[from as usize] == Some(to) {
             return 1.0;
         }
-        match self.dwell.get(&(from, to)) {
-            Some(h) if h.total > 0.0 => h.survival(elapsed_ms),
-            _ => self.dwell_state[from as usize].survival(elapsed_ms),
+        let f = self.decay_factor();
+        let pooled = &self.dwell_state[from as usize];
+        if pooled.total * f < self.min_observations.max(1.0) {
+            return 1.0;
         }
+        let h = match self.dwell.get(&(from, to)) {
+            Some(h) if h.total * f >= 1.0 => h,
+            _ => pooled,
+        };
+        let n = h.total * f;
+        h.survival(elapsed_ms).max(0.5 / (n + 1.0))
     }
 
     /// Risk of ending in each final state (aligned with `sol.finals`) for an object in `state`

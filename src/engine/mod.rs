@@ -37,7 +37,8 @@ pub struct Stats {
     pub unmatched: u64,
     /// Lines or payloads that could not be decoded (counted by the caller).
     pub malformed: u64,
-    /// Messages a rule matched but whose key fields were missing or not a string or number.
+    /// Messages a rule matched but whose key fields were missing or not a string or number
+    /// (in every flow that matched them).
     pub missing_key: u64,
     /// Messages older than one already seen; processed at the current time.
     pub late: u64,
@@ -304,13 +305,14 @@ impl Engine {
             .unwrap_or(&self.generic_flows);
         let candidates: Vec<u32> = candidates.to_vec();
         let mut matched = 0;
+        let mut keyless = false;
         for fi in candidates {
             let fi = fi as usize;
             let Some(target) = self.flows[fi].classify(msg) else {
                 continue;
             };
             let Some(key) = self.flows[fi].key_of(msg) else {
-                self.stats.missing_key += 1;
+                keyless = true;
                 continue;
             };
             matched += 1;
@@ -322,6 +324,7 @@ impl Engine {
             self.apply(fi, key, target, now, &cause, out);
         }
         match matched {
+            0 if keyless => self.stats.missing_key += 1,
             0 => self.stats.unmatched += 1,
             1 => self.stats.matched += 1,
             _ => {

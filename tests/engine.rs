@@ -1,0 +1,286 @@
+//! Engine behaviours, driven through the library with small inline flows: dwell-time risk,
+//! alerts and their resolution, history contexts, recency, policies, and the counters that
+//! account for every message.
+
+mod common;
+
+use common::{compile, msg};
+use flowcast::engine::key::ObjectKey;
+use flowcast::engine::output::Record;
+use flowcast::engine::Engine;
+
+const ATTACH: &str = r#"
+flow attach {
+    key payload.id
+    initial  attaching
+    terminal attached
+    artifact failed "Error State Failure"
+    artifact hung   "Time Threshold Failure"
+    on "attach.start" -> attaching
+    on "attach.end"   -> attached
+    on "attach.error" -> failed
+    transitions { attaching -> attached 95  attaching -> failed 4  attaching -> hung 1 }
+    timeout attaching after 10m -> hung
+    learn { half_life off  prior_weight 1 }
+    alert { threshold 0.3 resolve 0.2 }
+}
+"#;
+
+fn run(engine: &mut Engine, msgs: &[flowcast::engine::message::Message]) -> Vec<Record> {
+    let mut out = Vec::new();
+    for m in msgs {
+        engine.observe(m, &mut out);
+    }
+    out
+}
+
+fn alerts(out: &[Record]) -> Vec<&flowcast::engine::output::Alert> {
+    out.iter()
+        .filter_map(|r| match r {
+            Record::Alert(a) => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_object_that_overstays_its_learned_dwell_is_flagged_before_its_timeout() {
+    let mut e = Engine::new(compile(ATTACH));
+    let mut msgs = Vec::new();
+    for i in 0..60 {
+        let t = i as f64 * 30.0;
+        msgs.push(msg("attach.start", &format!("v{i}"), t));
+        msgs.push(msg(
+            "attach.end",
+            &format!("v{i}"),
+            t + 2.0 + (i % 5) as f64 * 0.5,
+        ));
+    }
+    let out = run(&mut e, &msgs);
+    assert!(
+        alerts(&out).is_empty(),
+        "healthy attaches raise nothing: {:?}",
+        alerts(&out)
+    );
+    // One attach starts and never ends.
+    let t0 = 60.0 * 30.0;
+    let mut out = run(&mut e, &[msg("attach.start", "stuck", t0)]);
+    assert!(alerts(&out).is_empty(), "at entry the risk is low");
+    let mut more = Vec::new();
+    e.advance(((1_767_225_600.0 + t0 + 120.0) * 1000.0) as i64, &mut more);
+    let p = e.predict_object(0, &ObjectKey::parse("stuck")).unwrap();
+    assert!(p.risk["hung"] > 0.3, "{p:?}");
+    let fired = alerts(&more);
+    assert_eq!(
+        fired.len(),
+        1,
+        "after 2 minutes, far past every learned dwell: {more:?}"
+    );
+    assert_eq!(fired[0].artifact, "hung");
+    assert!(fired[0].probability >= 0.3);
+    assert!(fired[0].time_in_state_ms < 120_000);
+    assert_eq!(fired[0].cause.kind, "timer");
+    // The timeout then happens: the outcome carries the alert and its lead time.
+    out.clear();
+    e.advance(((1_767_225_600.0 + t0 + 700.0) * 1000.0) as i64, &mut out);
+    let outcome = out
+        .iter()
+        .find_map(|r| match r {
+            Record::Outcome(o) => Some(o),
+            _ => None,
+        })
+        .expect("timeout outcome");
+    assert_eq!(outcome.outcome, "hung");
+    assert_eq!(outcome.kind, "artifact");
+    assert!(outcome.alerted);
+    assert!(outcome.lead_time_ms.unwrap() >= 480_000, "{outcome:?}");
+    assert!(out
+        .iter()
+        .any(|r| matches!(r, Record::Resolved(r) if r.reason == "artifact")));
+    assert_eq!(e.stats.timeouts, 1);
+}
+
+#[test]
+fn alerts_are_never_duplicated_and_resolve_when_the_object_moves_on() {
+    let src = std::fs::read_to_string("models/patent_disk_attach.flow").unwrap();
+    let src = src.replace("key payload.request_id", "key payload.id");
+    let mut e = Engine::new(compile(&src));
+    let out = run(
+        &mut e,
+        &[
+            msg("disk.attach.request", "r", 0.0),
+            msg("xyz.start", "r", 1.0),
+            msg("xyz.x", "r", 2.0),
+            msg("xyz.y", "r", 3.0),
+            msg("xyz.y", "r", 4.0), // repeated: same state, no second alert
+            msg("xyz.complete", "r", 5.0),
+        ],
+    );
+    let kinds: Vec<String> = out
+        .iter()
+        .map(|r| match r {
+            Record::Alert(a) => format!("alert {}", a.state),
+            Record::Resolved(r) => format!("resolved {} {}", r.state, r.reason),
+            Record::Outcome(o) => format!("outcome {} {}", o.outcome, o.alerted),
+            Record::Unexpected(u) => format!("unexpected {}", u.to),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["alert y", "resolved y completed", "outcome complete true"]
+    );
+    let Record::Outcome(o) = &out[2] else {
+        panic!()
+    };
+    // The prediction made at Y, before the outcome was learned.
+    assert!((o.predicted["error_state_failure"] - 0.1).abs() < 1e-6);
+}
+
+#[test]
+fn history_order_two_conditions_on_the_previous_state() {
+    let src = r#"
+    flow h {
+        key payload.id
+        initial a1, a2
+        state b
+        terminal c, d
+        on "a1" -> a1
+        on "a2" -> a2
+        on "b" -> b
+        on "c" -> c
+        on "d" -> d
+        learn { history 2  min_observations 5  half_life off }
+    }"#;
+    let mut e = Engine::new(compile(src));
+    let mut msgs = Vec::new();
+    for i in 0..40 {
+        let (first, last) = if i % 2 == 0 { ("a1", "c") } else { ("a2", "d") };
+        let k = format!("o{i}");
+        msgs.push(msg(first, &k, i as f64 * 10.0));
+        msgs.push(msg("b", &k, i as f64 * 10.0 + 1.0));
+        msgs.push(msg(last, &k, i as f64 * 10.0 + 2.0));
+    }
+    msgs.push(msg("a2", "probe", 1000.0));
+    msgs.push(msg("b", "probe", 1001.0));
+    run(&mut e, &msgs);
+    let p = e.predict_object(0, &ObjectKey::parse("probe")).unwrap();
+    assert_eq!(p.history, ["a2"]);
+    assert!((p.next["d"] - 1.0).abs() < 1e-9, "{:?}", p.next);
+    // The first-order row alone would say 50/50.
+    let table = flowcast::engine::table::build(&mut e.flows[0]);
+    let b = table.states.iter().find(|s| s.state == "b").unwrap();
+    assert!((b.next["c"] - 0.5).abs() < 1e-9);
+}
+
+#[test]
+fn recent_observations_outweigh_old_ones() {
+    let src = r#"
+    flow r {
+        key payload.id
+        initial a
+        terminal ok
+        artifact bad "Error State Failure"
+        on "a" -> a
+        on "ok" -> ok
+        on "bad" -> bad
+        learn { half_life 1h  prior_weight 0 }
+    }"#;
+    let mut e = Engine::new(compile(src));
+    let mut msgs = Vec::new();
+    // 100 successes, then ten hours later 20 failures.
+    for i in 0..100 {
+        msgs.push(msg("a", &format!("s{i}"), i as f64));
+        msgs.push(msg("ok", &format!("s{i}"), i as f64 + 0.5));
+    }
+    for i in 0..20 {
+        let t = 36_000.0 + i as f64;
+        msgs.push(msg("a", &format!("f{i}"), t));
+        msgs.push(msg("bad", &format!("f{i}"), t + 0.5));
+    }
+    run(&mut e, &msgs);
+    let table = flowcast::engine::table::build(&mut e.flows[0]);
+    let a = table.states.iter().find(|s| s.state == "a").unwrap();
+    // Undecayed it would be 20/120 = 0.17; ten half-lives make the old successes worth ~0.1.
+    assert!(a.risk["bad"] > 0.99, "{:?}", a.risk);
+}
+
+#[test]
+fn unlisted_transitions_are_reported_not_learned_under_report() {
+    let src = r#"
+    flow u {
+        key payload.id
+        initial a
+        state b
+        terminal c
+        on "a" -> a
+        on "b" -> b
+        on "c" -> c
+        transitions { a -> b 1  b -> c 1 }
+        unlisted report
+    }"#;
+    let mut e = Engine::new(compile(src));
+    let out = run(&mut e, &[msg("a", "x", 0.0), msg("c", "x", 1.0)]);
+    assert!(matches!(&out[0], Record::Unexpected(u) if u.from == "a" && u.to == "c"));
+    assert_eq!(e.stats.unexpected, 1);
+    let table = flowcast::engine::table::build(&mut e.flows[0]);
+    assert!(table.transitions.iter().all(|t| t.observed == 0.0));
+}
+
+#[test]
+fn every_message_is_accounted_for() {
+    let src = format!(
+        "{ATTACH}\nflow audit {{ key payload.id  initial seen  on \"attach.end\" -> seen }}"
+    );
+    let mut e = Engine::new(compile(&src));
+    let mut out = Vec::new();
+    let mut no_key = msg("attach.start", "x", 0.0);
+    no_key.value["payload"] = serde_json::json!({"id": {"nested": true}});
+    for m in [
+        msg("attach.start", "a", 10.0),
+        msg("unknown.event", "a", 11.0), // unmatched
+        no_key,                          // missing key (wrong type), and late
+        msg("attach.end", "a", 12.0),    // both flows: multi-flow
+        msg("attach.end", "a", 13.0),    // attach: after end
+        msg("attach.start", "b", 5.0),   // late: processed at 13 s
+        msg("attach.error", "c", 14.0),  // final state, never seen before
+    ] {
+        e.observe(&m, &mut out);
+    }
+    e.count_malformed();
+    let s = &e.stats;
+    assert_eq!(s.messages, 7);
+    assert_eq!(s.unmatched, 1);
+    assert_eq!(s.missing_key, 1);
+    assert_eq!(s.multi_flow, 2, "{s:?}");
+    assert_eq!(s.after_end, 1);
+    assert_eq!(s.late, 2);
+    assert_eq!(s.joined_midway, 1, "{s:?}");
+    assert_eq!(s.malformed, 1);
+    assert_eq!(e.objects_in_flight(), 2, "b attaching, a seen in audit");
+}
+
+#[test]
+fn objects_not_seen_for_their_expiry_time_are_evicted_with_an_outcome() {
+    let src = ATTACH
+        .replace(
+            "learn { half_life off  prior_weight 1 }",
+            "learn { expire 1h }",
+        )
+        .replace("timeout attaching after 10m -> hung", "");
+    let mut e = Engine::new(compile(&src));
+    let mut out = run(&mut e, &[msg("attach.start", "lost", 0.0)]);
+    e.advance(((1_767_225_600.0 + 7200.0) * 1000.0) as i64, &mut out);
+    let o = out
+        .iter()
+        .find_map(|r| match r {
+            Record::Outcome(o) => Some(o),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        (o.kind.as_str(), o.outcome.as_str()),
+        ("expired", "attaching")
+    );
+    assert_eq!(e.objects_in_flight(), 0);
+    assert_eq!(e.stats.expired, 1);
+}
