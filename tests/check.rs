@@ -161,3 +161,22 @@ fn hostile_files_get_a_diagnostic_not_a_panic() {
         }
     }
 }
+
+#[test]
+fn the_flows_shown_in_the_docs_compile() {
+    for doc in ["README.md", "grammar/README.md"] {
+        let text = std::fs::read_to_string(doc).unwrap();
+        let blocks: Vec<&str> = text
+            .split("```flow\n")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .filter(|b| b.trim_start().starts_with("flow ") || b.trim_start().starts_with('#'))
+            .filter(|b| b.contains("flow ") && b.contains('{'))
+            .collect();
+        assert!(!blocks.is_empty(), "{doc} shows no complete flow");
+        for b in blocks {
+            let comp = compile_files([(doc.to_string(), b.as_bytes().to_vec())]);
+            assert!(!comp.has_errors(), "{doc}:\n{}", comp.render());
+        }
+    }
+}

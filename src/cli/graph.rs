@@ -25,7 +25,7 @@ pub enum GraphFormat {
 }
 
 pub fn run(args: GraphArgs) -> anyhow::Result<ExitCode> {
-    let flows = match load_flows(&[args.file.clone()], args.flow.as_deref())? {
+    let flows = match load_flows(std::slice::from_ref(&args.file), args.flow.as_deref())? {
         Ok(f) => f,
         Err(code) => return Ok(code),
     };
@@ -80,7 +80,7 @@ pub fn dot(f: &CompiledFlow) -> String {
         let style = match s.kind {
             Kind::Initial => "shape=box, style=\"rounded,bold\"",
             Kind::Ordinary => "shape=ellipse",
-            Kind::Terminal => "shape=doublecircle, color=darkgreen",
+            Kind::Terminal => "shape=box, style=\"rounded,bold\", peripheries=2, color=darkgreen",
             Kind::Artifact => "shape=octagon, style=filled, fillcolor=\"#f8d0d0\", color=red",
         };
         let _ = writeln!(

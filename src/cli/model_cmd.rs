@@ -26,7 +26,7 @@ pub enum TableFormat {
 }
 
 pub fn run(args: ModelArgs) -> anyhow::Result<ExitCode> {
-    let flows = match load_flows(&[args.file.clone()], args.flow.as_deref())? {
+    let flows = match load_flows(std::slice::from_ref(&args.file), args.flow.as_deref())? {
         Ok(f) => f,
         Err(code) => return Ok(code),
     };

@@ -27,7 +27,7 @@ pub struct ReplayArgs {
 }
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let flows = match load_flows(&[args.models.clone()], None)? {
+    let flows = match load_flows(std::slice::from_ref(&args.models), None)? {
         Ok(f) => f,
         Err(code) => return Ok(code),
     };

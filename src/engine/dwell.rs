@@ -177,11 +177,9 @@ mod tests {
         assert_eq!(h.survival(0.0), 1.0);
         assert!(h.survival(30.0) < h.survival(15.0));
         assert!(h.survival(5000.0) == 0.0);
-        assert!(
-            (h.survival(100.0) - 0.2).abs() < 0.05,
-            "{}",
-            h.survival(100.0)
-        );
+        // 1000 survives, 80 may (uniform within its bucket [64, 128)): between 0.2 and 0.4.
+        let s = h.survival(100.0);
+        assert!((0.2..=0.4).contains(&s), "{s}");
         assert!(h.mean() > 100.0 && h.mean() < 400.0);
         assert!(h.mean_residual(0.0) > h.mean_residual(500.0) - 1000.0);
     }

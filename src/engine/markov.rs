@@ -251,10 +251,9 @@ impl FlowModel {
             }
             let row = &mut p[s * n..(s + 1) * n];
             let mut total = 0.0;
-            for t in 0..n {
-                let w = self.prior[s * n + t] * self.prior_weight + self.obs[s * n + t] * f;
-                row[t] = w;
-                total += w;
+            for (t, x) in row.iter_mut().enumerate() {
+                *x = self.prior[s * n + t] * self.prior_weight + self.obs[s * n + t] * f;
+                total += *x;
             }
             if total > 0.0 {
                 for x in row.iter_mut() {

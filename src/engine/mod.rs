@@ -344,10 +344,7 @@ impl Engine {
         for fi in 0..self.flows.len() {
             self.flows[fi].model.set_now(now_ms);
             loop {
-                let due = match self.flows[fi].timers.peek() {
-                    Some(Reverse((at, ..))) if *at <= now_ms => true,
-                    _ => false,
-                };
+                let due = matches!(self.flows[fi].timers.peek(), Some(Reverse((at, ..))) if *at <= now_ms);
                 if !due {
                     break;
                 }
