@@ -2,7 +2,7 @@
 //! or in an oslo envelope). Records go to stdout as JSON lines; a summary goes to stderr.
 
 use super::{load_flows, ExitCode};
-use crate::engine::message::decode;
+use crate::engine::message::decode_projected;
 use crate::engine::{Engine, Stats};
 use crate::service::state_dir;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
@@ -82,6 +82,7 @@ pub fn replay(
     let mut line = Vec::with_capacity(4096);
     let mut records = Vec::new();
     let mut line_no = 0u64;
+    let projection = engine.projection();
     loop {
         line.clear();
         if input.read_until(b'\n', &mut line)? == 0 {
@@ -92,7 +93,7 @@ pub fn replay(
         if text.is_empty() {
             continue;
         }
-        match decode(text) {
+        match decode_projected(text, &projection) {
             Ok(msg) => engine.observe(&msg, &mut records),
             Err(e) => {
                 engine.count_malformed();

@@ -14,8 +14,8 @@
 
 use super::dwell::DwellHist;
 use crate::model::{CompiledFlow, Kind, StateId, Unlisted};
+use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 
 /// Up to 4 states, oldest first, padded with `NONE`.
 pub type Context = [StateId; 4];
@@ -62,6 +62,8 @@ pub struct FlowModel {
     prior_weight: f64,
     /// Stored (scaled) observed counts, n x n.
     pub obs: Vec<f64>,
+    /// Their sum, kept up to date so that the refresh test costs nothing.
+    obs_total: f64,
     /// Stored (scaled) dwell histograms per (from, to).
     pub dwell: HashMap<(StateId, StateId), DwellHist>,
     /// Pooled dwell per state, over the transitions that are not its timeout.
@@ -104,9 +106,10 @@ impl FlowModel {
             prior,
             prior_weight: flow.learning.prior_weight,
             obs: vec![0.0; n * n],
-            dwell: HashMap::new(),
+            obs_total: 0.0,
+            dwell: HashMap::default(),
             dwell_state: vec![DwellHist::default(); n],
-            contexts: HashMap::new(),
+            contexts: HashMap::default(),
             history: flow.learning.history,
             min_observations: flow.learning.min_observations,
             half_life_ms: flow.learning.half_life_ms,
@@ -154,6 +157,7 @@ impl FlowModel {
         for x in self.obs.iter_mut() {
             *x *= f;
         }
+        self.obs_total *= f;
         for h in self.dwell.values_mut() {
             h.scale(f);
         }
@@ -180,6 +184,7 @@ impl FlowModel {
         let w = self.obs_weight();
         let n = self.n;
         self.obs[from as usize * n + to as usize] += w;
+        self.obs_total += w;
         self.dwell.entry((from, to)).or_default().add(dwell_ms, w);
         if self.timeout_target[from as usize] != Some(to) {
             self.dwell_state[from as usize].add(dwell_ms, w);
@@ -205,7 +210,7 @@ impl FlowModel {
     }
 
     pub fn total_observed(&self) -> f64 {
-        self.obs.iter().sum::<f64>() * self.decay_factor()
+        self.obs_total * self.decay_factor()
     }
 
     fn needs_refresh(&self) -> bool {
@@ -344,7 +349,8 @@ impl FlowModel {
     }
 
     /// Risk of ending in each final state (aligned with `sol.finals`) for an object in `state`
-    /// with `history`, having spent `elapsed_ms` there; and the expected time to the end, ms.
+    /// with `history`, having spent `elapsed_ms` there, into `risk_out`; the first-step
+    /// distribution is left in `scratch`.
     /// The first step uses the history context and is re-weighted by the chance that each
     /// successor's dwell is still running after `elapsed_ms`; after it the chain is first-order.
     pub fn predict(
@@ -355,13 +361,14 @@ impl FlowModel {
         elapsed_ms: f64,
         scratch: &mut Vec<(StateId, f64)>,
         risk_out: &mut Vec<f64>,
-    ) -> f64 {
+    ) {
         let k = sol.finals.len();
         risk_out.clear();
         risk_out.resize(k, 0.0);
         if self.kinds[state as usize].is_final() {
             risk_out.copy_from_slice(sol.absorb_row(state));
-            return 0.0;
+            scratch.clear();
+            return;
         }
         self.next_distribution(sol, history, state, scratch);
         if elapsed_ms > 0.0 {
@@ -379,18 +386,34 @@ impl FlowModel {
                 self.next_distribution(sol, history, state, scratch);
             }
         }
-        let mut expected = 0.0;
         for &(to, p) in scratch.iter() {
             for (r, a) in risk_out.iter_mut().zip(sol.absorb_row(to)) {
                 *r += p * a;
             }
-            let residual = match self.dwell.get(&(state, to)) {
-                Some(h) if h.total > 0.0 => h.mean_residual(elapsed_ms),
-                _ => self.dwell_state[state as usize].mean_residual(elapsed_ms),
-            };
-            expected += p * (residual + sol.expected_ms[to as usize]);
         }
-        expected
+    }
+
+    /// Expected time until the object reaches a final state, ms, from the first-step
+    /// distribution `predict` left in `scratch`: the expected rest of the current dwell plus
+    /// the expected time from each successor. Kept apart from `predict` because only alerts
+    /// and queries need it.
+    pub fn expected_remaining(
+        &self,
+        sol: &Solution,
+        state: StateId,
+        elapsed_ms: f64,
+        scratch: &[(StateId, f64)],
+    ) -> f64 {
+        scratch
+            .iter()
+            .map(|&(to, p)| {
+                let residual = match self.dwell.get(&(state, to)) {
+                    Some(h) if h.total > 0.0 => h.mean_residual(elapsed_ms),
+                    _ => self.dwell_state[state as usize].mean_residual(elapsed_ms),
+                };
+                p * (residual + sol.expected_ms[to as usize])
+            })
+            .sum()
     }
 
     /// Builds the stored-form counts back from a snapshot (see `snapshot.rs`).
@@ -608,6 +631,7 @@ impl FlowModel {
                 continue;
             }
             self.obs[s as usize * self.n + d as usize] += t.weight;
+            self.obs_total += t.weight;
             self.dwell.entry((s, d)).or_default().merge(&t.dwell);
             if self.timeout_target[s as usize] != Some(d) {
                 self.dwell_state[s as usize].merge(&t.dwell);

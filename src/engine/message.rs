@@ -1,6 +1,7 @@
 //! Decoding one message: JSON, the oslo.messaging envelope, the timestamp and message id.
 //! Every failure is a `DecodeError` the caller counts; nothing here panics on bad input.
 
+use super::projection::Projection;
 use serde_json::Value;
 
 /// Messages larger than this are refused before parsing (oslo's own limit is far lower).
@@ -45,17 +46,28 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
+/// Decodes a whole message.
 pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+    decode_projected(bytes, &Projection::everything())
+}
+
+/// Decodes a message keeping only the fields in `projection` (see `projection.rs`).
+pub fn decode_projected(bytes: &[u8], projection: &Projection) -> Result<Message, DecodeError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(DecodeError::TooLarge(bytes.len()));
     }
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
-    from_value(value)
+    let value = projection
+        .parse(bytes)
+        .map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    unwrap(value, projection)
 }
 
-/// Unwraps an oslo envelope if there is one and reads the timestamp and message id.
-pub fn from_value(mut value: Value) -> Result<Message, DecodeError> {
+/// Reads the timestamp and message id of an already parsed message, unwrapping an envelope.
+pub fn from_value(value: Value) -> Result<Message, DecodeError> {
+    unwrap(value, &Projection::everything())
+}
+
+fn unwrap(mut value: Value, projection: &Projection) -> Result<Message, DecodeError> {
     if !value.is_object() {
         return Err(DecodeError::NotObject(kind(&value)));
     }
@@ -66,7 +78,9 @@ pub fn from_value(mut value: Value) -> Result<Message, DecodeError> {
                 kind(inner)
             )));
         };
-        value = serde_json::from_str(text).map_err(|e| DecodeError::BadEnvelope(e.to_string()))?;
+        value = projection
+            .parse_str(text)
+            .map_err(|e| DecodeError::BadEnvelope(e.to_string()))?;
         if !value.is_object() {
             return Err(DecodeError::BadEnvelope(format!(
                 "the inner message is {}",

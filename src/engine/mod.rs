@@ -12,17 +12,19 @@ pub mod key;
 pub mod markov;
 pub mod message;
 pub mod output;
+pub mod projection;
 pub mod table;
 pub mod time;
 
 use crate::model::{CompiledFlow, Kind, StateId};
+use foldhash::{HashMap, HashSet};
 use key::ObjectKey;
 use markov::{FlowModel, Solution};
 use message::Message;
 use output::*;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::sync::Arc;
 use time::format_rfc3339;
 
@@ -59,7 +61,7 @@ pub struct Stats {
 }
 
 /// Where one object is in one flow. Kept small: there may be millions.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct ObjectState {
     pub state: StateId,
     /// Earlier states, most recent last, `markov::NONE` where unknown.
@@ -144,7 +146,7 @@ pub struct FlowRuntime {
 
 impl FlowRuntime {
     fn new(flow: Arc<CompiledFlow>) -> FlowRuntime {
-        let mut by_event: HashMap<Box<str>, Vec<u16>> = HashMap::new();
+        let mut by_event: HashMap<Box<str>, Vec<u16>> = HashMap::default();
         let mut generic = Vec::new();
         for (i, r) in flow.rules.iter().enumerate() {
             match r.cond.required_event_type() {
@@ -161,7 +163,7 @@ impl FlowRuntime {
         FlowRuntime {
             model: FlowModel::new(&flow),
             flow,
-            objects: HashMap::new(),
+            objects: HashMap::default(),
             finished: Finished::default(),
             timers: BinaryHeap::new(),
             timer_seq: 0,
@@ -202,6 +204,37 @@ impl FlowRuntime {
     }
 }
 
+/// What caused the current step: a message (borrowed, so nothing is copied unless a record is
+/// emitted) or the passing of time.
+#[derive(Debug, Clone, Copy)]
+enum Trigger<'m> {
+    Message {
+        event_type: Option<&'m str>,
+        message_id: Option<&'m str>,
+    },
+    Timer,
+}
+
+impl Trigger<'_> {
+    fn cause(self) -> Cause {
+        match self {
+            Trigger::Message {
+                event_type,
+                message_id,
+            } => Cause {
+                kind: "message".into(),
+                event_type: event_type.map(str::to_string),
+                message_id: message_id.map(str::to_string),
+            },
+            Trigger::Timer => Cause {
+                kind: "timer".into(),
+                event_type: None,
+                message_id: None,
+            },
+        }
+    }
+}
+
 /// A prediction for one object.
 #[derive(Debug, Clone, Serialize)]
 pub struct Prediction {
@@ -220,8 +253,8 @@ pub struct Prediction {
 pub struct Engine {
     pub flows: Vec<FlowRuntime>,
     /// Flows to try per exact event type, and for any other.
-    flows_by_event: HashMap<Box<str>, Vec<u32>>,
-    generic_flows: Vec<u32>,
+    flows_by_event: HashMap<Box<str>, Arc<[u32]>>,
+    generic_flows: Arc<[u32]>,
     pub stats: Stats,
     clock_ms: i64,
     scratch: Vec<(StateId, f64)>,
@@ -236,8 +269,8 @@ impl Engine {
             .collect();
         let mut e = Engine {
             flows: runtimes,
-            flows_by_event: HashMap::new(),
-            generic_flows: Vec::new(),
+            flows_by_event: HashMap::default(),
+            generic_flows: Arc::from(Vec::new()),
             stats: Stats::default(),
             clock_ms: 0,
             scratch: Vec::new(),
@@ -248,24 +281,31 @@ impl Engine {
     }
 
     fn build_index(&mut self) {
-        self.flows_by_event.clear();
-        self.generic_flows.clear();
+        let mut by_event: HashMap<Box<str>, Vec<u32>> = HashMap::default();
+        let mut generic = Vec::new();
         for (i, f) in self.flows.iter().enumerate() {
             if !f.generic_rules.is_empty() {
-                self.generic_flows.push(i as u32);
+                generic.push(i as u32);
             }
             for e in f.rules_by_event.keys() {
-                self.flows_by_event
-                    .entry(e.clone())
-                    .or_default()
-                    .push(i as u32);
+                by_event.entry(e.clone()).or_default().push(i as u32);
             }
         }
-        for list in self.flows_by_event.values_mut() {
-            list.extend(self.generic_flows.iter().copied());
-            list.sort_unstable();
-            list.dedup();
-        }
+        self.flows_by_event = by_event
+            .into_iter()
+            .map(|(e, mut list)| {
+                list.extend(generic.iter().copied());
+                list.sort_unstable();
+                list.dedup();
+                (e, Arc::from(list))
+            })
+            .collect();
+        self.generic_flows = Arc::from(generic);
+    }
+
+    /// The fields of a message that some flow reads: decode through it to skip the rest.
+    pub fn projection(&self) -> projection::Projection {
+        projection::Projection::for_flows(self.flows.iter().map(|f| &*f.flow))
     }
 
     /// The engine's clock: the latest event time seen (or given to `advance`).
@@ -299,14 +339,13 @@ impl Engine {
         // Time passes first: timers due before this message fire before it is applied.
         self.advance(now, out);
         let event_type = msg.event_type();
-        let candidates: &[u32] = event_type
+        let candidates: Arc<[u32]> = event_type
             .and_then(|e| self.flows_by_event.get(e))
-            .map(Vec::as_slice)
-            .unwrap_or(&self.generic_flows);
-        let candidates: Vec<u32> = candidates.to_vec();
+            .unwrap_or(&self.generic_flows)
+            .clone();
         let mut matched = 0;
         let mut keyless = false;
-        for fi in candidates {
+        for &fi in candidates.iter() {
             let fi = fi as usize;
             let Some(target) = self.flows[fi].classify(msg) else {
                 continue;
@@ -316,12 +355,11 @@ impl Engine {
                 continue;
             };
             matched += 1;
-            let cause = Cause {
-                kind: "message".into(),
-                event_type: event_type.map(str::to_string),
-                message_id: msg.message_id.clone(),
+            let trig = Trigger::Message {
+                event_type,
+                message_id: msg.message_id.as_deref(),
             };
-            self.apply(fi, key, target, now, &cause, out);
+            self.apply(fi, key, target, now, trig, out);
         }
         match matched {
             0 if keyless => self.stats.missing_key += 1,
@@ -376,20 +414,15 @@ impl Engine {
             return; // The object moved since this timer was set.
         }
         let state = obj.state;
-        let cause = Cause {
-            kind: "timer".into(),
-            event_type: None,
-            message_id: None,
-        };
         match kind {
             TimerKind::Timeout => {
                 let Some((_, artifact)) = rt.flow.timeouts[state as usize] else {
                     return;
                 };
                 self.stats.timeouts += 1;
-                self.apply(fi, key, artifact, at, &cause, out);
+                self.apply(fi, key, artifact, at, Trigger::Timer, out);
             }
-            TimerKind::RiskCheck => self.evaluate(fi, &key, at, &cause, out),
+            TimerKind::RiskCheck => self.evaluate(fi, &key, at, Trigger::Timer, out),
         }
     }
 
@@ -402,14 +435,9 @@ impl Engine {
             .filter(|(_, o)| now - o.last_seen_ms > expire)
             .map(|(k, _)| k.clone())
             .collect();
-        let cause = Cause {
-            kind: "timer".into(),
-            event_type: None,
-            message_id: None,
-        };
         for key in stale {
             self.stats.expired += 1;
-            self.finish(fi, key, None, now, &cause, out);
+            self.finish(fi, key, None, now, Trigger::Timer, out);
         }
     }
 
@@ -420,7 +448,7 @@ impl Engine {
         key: ObjectKey,
         target: StateId,
         now: i64,
-        cause: &Cause,
+        trig: Trigger<'_>,
         out: &mut Vec<Record>,
     ) {
         let rt = &mut self.flows[fi];
@@ -451,7 +479,7 @@ impl Engine {
                     alert_since_ms: 0,
                 },
             );
-            self.entered(fi, &key, now, cause, out);
+            self.entered(fi, &key, now, trig, out);
             return;
         };
         obj.last_seen_ms = now;
@@ -461,7 +489,7 @@ impl Engine {
         }
         self.stats.transitions += 1;
         let dwell = now - obj.entered_ms;
-        let history: Vec<StateId> = obj.history_slice().to_vec();
+        let before = *obj;
         if !rt.model.learns(from, target) {
             self.stats.unexpected += 1;
             out.push(Record::Unexpected(Unexpected {
@@ -470,17 +498,18 @@ impl Engine {
                 object: key.to_string(),
                 from: rt.flow.name_of(from).to_string(),
                 to: rt.flow.name_of(target).to_string(),
-                cause: cause.clone(),
+                cause: trig.cause(),
             }));
         }
         if target_kind.is_final() {
             // The outcome carries what was predicted before it is learned.
-            self.finish(fi, key, Some((target, dwell, history)), now, cause, out);
+            self.finish(fi, key, Some((target, dwell)), now, trig, out);
             return;
         }
         let rt = &mut self.flows[fi];
         if rt.model.learns(from, target) {
-            rt.model.observe(&history, from, target, dwell);
+            rt.model
+                .observe(before.history_slice(), from, target, dwell);
         }
         let obj = rt.objects.get_mut(&key).expect("object present");
         obj.push_history(from);
@@ -502,18 +531,18 @@ impl Engine {
                 firing_ms: now - since,
             }));
         }
-        self.entered(fi, &key, now, cause, out);
+        self.entered(fi, &key, now, trig, out);
     }
 
-    /// Ends an object's run: at a final state (`end` = its id, the dwell before it and the
-    /// history), or by eviction (`end` = None). Emits the outcome and resolves any alert.
+    /// Ends an object's run: at a final state (`end` = its id and the dwell before it), or by
+    /// eviction (`end` = None). Emits the outcome and resolves any alert.
     fn finish(
         &mut self,
         fi: usize,
         key: ObjectKey,
-        end: Option<(StateId, i64, Vec<StateId>)>,
+        end: Option<(StateId, i64)>,
         now: i64,
-        cause: &Cause,
+        trig: Trigger<'_>,
         out: &mut Vec<Record>,
     ) {
         let Some(obj) = self.flows[fi].objects.get(&key).cloned() else {
@@ -523,9 +552,9 @@ impl Engine {
         let rt = &mut self.flows[fi];
         let flow = rt.flow.clone();
         let (outcome, kind) = match &end {
-            Some((t, dwell, history)) => {
+            Some((t, dwell)) => {
                 if rt.model.learns(obj.state, *t) {
-                    rt.model.observe(history, obj.state, *t, *dwell);
+                    rt.model.observe(obj.history_slice(), obj.state, *t, *dwell);
                 }
                 let k = if flow.state(*t).kind == Kind::Artifact {
                     "artifact"
@@ -564,7 +593,7 @@ impl Engine {
             predicted,
             alerted: obj.first_alert_ms != 0,
             lead_time_ms: (obj.first_alert_ms != 0).then(|| now - obj.first_alert_ms),
-            cause: cause.clone(),
+            cause: trig.cause(),
         }));
         let rt = &mut self.flows[fi];
         rt.objects.remove(&key);
@@ -577,7 +606,7 @@ impl Engine {
         fi: usize,
         key: &ObjectKey,
         now: i64,
-        cause: &Cause,
+        trig: Trigger<'_>,
         out: &mut Vec<Record>,
     ) {
         let rt = &mut self.flows[fi];
@@ -592,7 +621,7 @@ impl Engine {
                 key.clone(),
             )));
         }
-        self.evaluate(fi, key, now, cause, out);
+        self.evaluate(fi, key, now, trig, out);
     }
 
     /// Artifact risks of an object at `elapsed` ms in its state, by artifact name.
@@ -622,18 +651,18 @@ impl Engine {
         fi: usize,
         key: &ObjectKey,
         now: i64,
-        cause: &Cause,
+        trig: Trigger<'_>,
         out: &mut Vec<Record>,
     ) {
         let rt = &mut self.flows[fi];
         let Some(obj) = rt.objects.get(key) else {
             return;
         };
-        let obj = obj.clone();
+        let obj = *obj;
         let elapsed = (now - obj.entered_ms) as f64;
         rt.model.solution();
         let sol = rt.model.cached().expect("solved");
-        let expected = rt.model.predict(
+        rt.model.predict(
             sol,
             obj.history_slice(),
             obj.state,
@@ -718,9 +747,12 @@ impl Engine {
                 risk,
                 path,
                 time_in_state_ms: now - obj.entered_ms,
-                expected_remaining_ms: expected.round(),
+                expected_remaining_ms: rt
+                    .model
+                    .expected_remaining(sol, obj.state, elapsed, &self.scratch)
+                    .round(),
                 model_version: sol.version,
-                cause: cause.clone(),
+                cause: trig.cause(),
             };
             let o = rt.objects.get_mut(key).expect("present");
             o.alerting = true;
@@ -791,12 +823,12 @@ impl Engine {
     /// The prediction for one object of one flow, for the API and tests.
     pub fn predict_object(&mut self, fi: usize, key: &ObjectKey) -> Option<Prediction> {
         let now = self.clock_ms;
-        let obj = self.flows[fi].objects.get(key)?.clone();
+        let obj = *self.flows[fi].objects.get(key)?;
         let elapsed = (now - obj.entered_ms).max(0) as f64;
         let rt = &mut self.flows[fi];
         rt.model.solution();
         let sol = rt.model.cached().expect("solved");
-        let expected = rt.model.predict(
+        rt.model.predict(
             sol,
             obj.history_slice(),
             obj.state,
@@ -804,6 +836,9 @@ impl Engine {
             &mut self.scratch,
             &mut self.risk,
         );
+        let expected = rt
+            .model
+            .expected_remaining(sol, obj.state, elapsed, &self.scratch);
         let flow = &rt.flow;
         let mut next = Vec::new();
         rt.model
