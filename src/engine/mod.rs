@@ -18,6 +18,7 @@ pub mod time;
 
 use crate::model::{CompiledFlow, Kind, StateId};
 use foldhash::{HashMap, HashSet};
+use indexmap::IndexMap;
 use key::ObjectKey;
 use markov::{FlowModel, Solution};
 use message::Message;
@@ -60,22 +61,28 @@ pub struct Stats {
     pub expired: u64,
 }
 
-/// Where one object is in one flow. Kept small: there may be millions.
+/// Where one object is in one flow. Kept to 32 bytes: there may be millions. What only
+/// alerting objects need lives in `FlowRuntime::alert_log`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct ObjectState {
+    pub entered_ms: i64,
+    pub last_seen_ms: i64,
+    /// Invalidates scheduled timers when the object moves.
+    pub generation: u32,
     pub state: StateId,
     /// Earlier states, most recent last, `markov::NONE` where unknown.
     pub history: [StateId; 3],
     /// An alert is firing for (this object, `state`).
     pub alerting: bool,
-    /// Invalidates scheduled timers when the object moves.
-    pub generation: u32,
-    pub entered_ms: i64,
-    pub last_seen_ms: i64,
-    /// When the first alert on this object fired, for lead times; 0 when none.
-    pub first_alert_ms: i64,
-    /// When the current alert started; 0 when none.
-    pub alert_since_ms: i64,
+}
+
+/// Alert times of an object that has alerted at least once.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct AlertLog {
+    /// When the first alert on this object fired, for lead times.
+    pub first_ms: i64,
+    /// When the current (or last) alert started.
+    pub since_ms: i64,
 }
 
 impl ObjectState {
@@ -131,7 +138,11 @@ impl Finished {
 pub struct FlowRuntime {
     pub flow: Arc<CompiledFlow>,
     pub model: FlowModel,
-    pub objects: HashMap<ObjectKey, ObjectState>,
+    /// Objects in flight. An `IndexMap` keeps entries in one dense vector (grown in place by
+    /// the allocator) behind a table of indices: about half the memory of a `HashMap` at a
+    /// million objects, and removal stays O(1) by swapping with the last entry.
+    pub objects: IndexMap<ObjectKey, ObjectState, foldhash::fast::RandomState>,
+    pub alert_log: HashMap<ObjectKey, AlertLog>,
     finished: Finished,
     timers: BinaryHeap<Timer>,
     timer_seq: u64,
@@ -163,7 +174,8 @@ impl FlowRuntime {
         FlowRuntime {
             model: FlowModel::new(&flow),
             flow,
-            objects: HashMap::default(),
+            objects: IndexMap::default(),
+            alert_log: HashMap::default(),
             finished: Finished::default(),
             timers: BinaryHeap::new(),
             timer_seq: 0,
@@ -475,8 +487,6 @@ impl Engine {
                     generation: 0,
                     entered_ms: now,
                     last_seen_ms: now,
-                    first_alert_ms: 0,
-                    alert_since_ms: 0,
                 },
             );
             self.entered(fi, &key, now, trig, out);
@@ -518,9 +528,8 @@ impl Engine {
         obj.generation = obj.generation.wrapping_add(1);
         if obj.alerting {
             // The alert was about the state the object just left.
-            let since = obj.alert_since_ms;
             obj.alerting = false;
-            obj.alert_since_ms = 0;
+            let since = rt.alert_log.get(&key).map_or(now, |l| l.since_ms);
             self.stats.resolved += 1;
             out.push(Record::Resolved(Resolved {
                 at: format_rfc3339(now),
@@ -565,6 +574,7 @@ impl Engine {
             }
             None => (obj.state, "expired"),
         };
+        let log = rt.alert_log.remove(&key);
         if obj.alerting {
             self.stats.resolved += 1;
             out.push(Record::Resolved(Resolved {
@@ -578,7 +588,7 @@ impl Engine {
                     _ => "expired",
                 }
                 .into(),
-                firing_ms: now - obj.alert_since_ms,
+                firing_ms: now - log.map_or(now, |l| l.since_ms),
             }));
         }
         self.stats.outcomes += 1;
@@ -591,12 +601,12 @@ impl Engine {
             label: flow.state(outcome).label.clone(),
             from: flow.name_of(obj.state).to_string(),
             predicted,
-            alerted: obj.first_alert_ms != 0,
-            lead_time_ms: (obj.first_alert_ms != 0).then(|| now - obj.first_alert_ms),
+            alerted: log.is_some(),
+            lead_time_ms: log.map(|l| now - l.first_ms),
             cause: trig.cause(),
         }));
         let rt = &mut self.flows[fi];
-        rt.objects.remove(&key);
+        rt.objects.swap_remove(&key);
         rt.finished.insert(key);
     }
 
@@ -693,8 +703,7 @@ impl Engine {
             if all_below_resolve {
                 let o = rt.objects.get_mut(key).expect("present");
                 o.alerting = false;
-                let since = o.alert_since_ms;
-                o.alert_since_ms = 0;
+                let since = rt.alert_log.get(key).map_or(now, |l| l.since_ms);
                 self.stats.resolved += 1;
                 out.push(Record::Resolved(Resolved {
                     at: format_rfc3339(now),
@@ -756,10 +765,13 @@ impl Engine {
             };
             let o = rt.objects.get_mut(key).expect("present");
             o.alerting = true;
-            o.alert_since_ms = now;
-            if o.first_alert_ms == 0 {
-                o.first_alert_ms = now;
-            }
+            rt.alert_log
+                .entry(key.clone())
+                .and_modify(|l| l.since_ms = now)
+                .or_insert(AlertLog {
+                    first_ms: now,
+                    since_ms: now,
+                });
             self.stats.alerts += 1;
             out.push(Record::Alert(alert));
             return;
@@ -944,4 +956,13 @@ pub fn most_likely_path(sol: &Solution, from: StateId, to: StateId) -> Vec<State
 
 pub fn round6(x: f64) -> f64 {
     (x * 1e6).round() / 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn per_object_state_stays_small() {
+        assert_eq!(std::mem::size_of::<super::ObjectState>(), 32);
+        assert_eq!(std::mem::size_of::<super::key::ObjectKey>(), 24);
+    }
 }
