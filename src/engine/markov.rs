@@ -544,7 +544,7 @@ pub fn solve_absorbing(
 }
 
 /// The learned (observed) part of a model, by state names, as stored in a state directory.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LearnedCounts {
     pub epoch_ms: i64,
     pub now_ms: i64,
@@ -553,7 +553,7 @@ pub struct LearnedCounts {
     pub contexts: Vec<LearnedContext>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LearnedTransition {
     pub from: String,
     pub to: String,
@@ -562,7 +562,7 @@ pub struct LearnedTransition {
     pub dwell: DwellHist,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LearnedContext {
     pub states: Vec<String>,
     pub next: Vec<(String, f64)>,

@@ -13,6 +13,7 @@ pub mod markov;
 pub mod message;
 pub mod output;
 pub mod projection;
+pub mod snapshot;
 pub mod table;
 pub mod time;
 
@@ -103,7 +104,7 @@ impl ObjectState {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum TimerKind {
+pub(crate) enum TimerKind {
     /// The object's time in its state runs out: it reaches the state's timeout artifact.
     Timeout,
     /// The object's risk is expected to cross its threshold by now: look again.
@@ -156,7 +157,7 @@ pub struct FlowRuntime {
 }
 
 impl FlowRuntime {
-    fn new(flow: Arc<CompiledFlow>) -> FlowRuntime {
+    pub(crate) fn new(flow: Arc<CompiledFlow>) -> FlowRuntime {
         let mut by_event: HashMap<Box<str>, Vec<u16>> = HashMap::default();
         let mut generic = Vec::new();
         for (i, r) in flow.rules.iter().enumerate() {
@@ -292,7 +293,7 @@ impl Engine {
         e
     }
 
-    fn build_index(&mut self) {
+    pub(crate) fn build_index(&mut self) {
         let mut by_event: HashMap<Box<str>, Vec<u32>> = HashMap::default();
         let mut generic = Vec::new();
         for (i, f) in self.flows.iter().enumerate() {
