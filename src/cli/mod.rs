@@ -5,6 +5,7 @@ pub mod check;
 pub mod graph;
 pub mod model_cmd;
 pub mod replay;
+pub mod run_cmd;
 
 use crate::model::{self, CompiledFlow};
 use clap::{Parser, Subcommand};
@@ -31,6 +32,10 @@ pub enum Command {
     Model(model_cmd::ModelArgs),
     /// Run the engine over recorded messages; alerts and outcomes as JSON lines on stdout.
     Replay(replay::ReplayArgs),
+    /// The live service: NATS, JetStream or a file in; alerts to sinks; HTTP API; hot reload.
+    Run(run_cmd::RunArgs),
+    /// Play a JSONL file onto a NATS subject (or JetStream), for demos, tests and benchmarks.
+    Publish(run_cmd::PublishArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +53,8 @@ pub fn main() -> std::process::ExitCode {
         Command::Graph(a) => graph::run(a),
         Command::Model(a) => model_cmd::run(a),
         Command::Replay(a) => replay::run(a),
+        Command::Run(a) => run_cmd::run(a),
+        Command::Publish(a) => run_cmd::publish(a),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code as u8),

@@ -413,7 +413,8 @@ impl FlowModel {
                 };
                 p * (residual + sol.expected_ms[to as usize])
             })
-            .sum()
+            .sum::<f64>()
+            .max(0.0)
     }
 
     /// Builds the stored-form counts back from a snapshot (see `snapshot.rs`).

@@ -1,4 +1,12 @@
-//! Service: everything that surrounds the engine with IO. For now the state directory
-//! (learned counts that survive restarts); the live NATS service builds on it.
+//! Service: everything that surrounds the engine with IO. The state directory, and the live
+//! service (`flowcast run`): sources (file, core NATS, JetStream), sinks (stdout, NATS, webhook,
+//! Alertmanager), the HTTP API and metrics, hot reload of the flow files, and snapshots.
 
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod run;
+pub mod sink;
+pub mod source;
 pub mod state_dir;
+pub mod watch;

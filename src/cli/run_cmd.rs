@@ -1,0 +1,181 @@
+//! `flowcast run`: the live service. `flowcast publish`: play a JSONL file onto NATS.
+
+use super::ExitCode;
+use crate::service::config::{Config, Source};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The YAML configuration; every setting has a default.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The flow files (overrides the configuration's `models`).
+    #[arg(long)]
+    pub models: Option<PathBuf>,
+    /// Read messages from this JSONL file (`-`: stdin) instead of the configured source.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Where snapshots live (overrides `state_dir`).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// HTTP listen address (overrides `http.listen`; empty disables it).
+    #[arg(long)]
+    pub http: Option<String>,
+    /// Validate the configuration and the flow files, then exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+fn config_of(args: &RunArgs) -> anyhow::Result<Config> {
+    let mut c = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(m) = &args.models {
+        c.models = m.clone();
+    }
+    if let Some(p) = &args.input {
+        c.source = Source::File { path: p.clone() };
+    }
+    if let Some(d) = &args.state_dir {
+        c.state_dir = Some(d.clone());
+    }
+    if let Some(h) = &args.http {
+        c.http.listen = h.clone();
+    }
+    Ok(c)
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = match config_of(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::InputErrors);
+        }
+    };
+    if args.check_config {
+        let comp = match crate::model::load(std::slice::from_ref(&config.models)) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::InputErrors);
+            }
+        };
+        if comp.has_errors() {
+            eprintln!("{}", comp.render());
+            return Ok(ExitCode::InputErrors);
+        }
+        eprintln!(
+            "configuration ok: {} flow(s) from {}",
+            comp.flows.len(),
+            config.models.display()
+        );
+        return Ok(ExitCode::Ok);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let shutdown = async {
+            #[cfg(unix)]
+            {
+                let mut term =
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        Ok(s) => s,
+                        Err(_) => return std::future::pending::<()>().await,
+                    };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        };
+        crate::service::run::run(config, shutdown).await
+    })?;
+    Ok(ExitCode::Ok)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PublishArgs {
+    /// Messages, one JSON object a line.
+    pub file: PathBuf,
+    #[arg(long)]
+    pub subject: String,
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    pub url: String,
+    /// Messages per second (default: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Publish through JetStream and wait for its acknowledgements.
+    #[arg(long)]
+    pub jetstream: bool,
+    /// Send the file this many times.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+}
+
+pub fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    let text =
+        std::fs::read(&args.file).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+    let lines: Vec<bytes::Bytes> = text
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .map(bytes::Bytes::copy_from_slice)
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let client = async_nats::connect(args.url.as_str())
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to {}: {e}", args.url))?;
+        let js = async_nats::jetstream::new(client.clone());
+        let start = Instant::now();
+        let mut sent = 0u64;
+        let mut pending = futures::stream::FuturesOrdered::new();
+        use futures::StreamExt;
+        for _ in 0..args.repeat {
+            for l in &lines {
+                if let Some(rate) = args.rate {
+                    let due = Duration::from_secs_f64(sent as f64 / rate);
+                    let elapsed = start.elapsed();
+                    if due > elapsed {
+                        tokio::time::sleep(due - elapsed).await;
+                    }
+                }
+                if args.jetstream {
+                    pending.push_back(std::future::IntoFuture::into_future(
+                        js.publish(args.subject.clone(), l.clone()).await?,
+                    ));
+                    // Keep a window of acknowledgements in flight.
+                    while pending.len() >= 256 {
+                        if let Some(ack) = pending.next().await {
+                            ack?;
+                        }
+                    }
+                } else {
+                    client.publish(args.subject.clone(), l.clone()).await?;
+                }
+                sent += 1;
+            }
+        }
+        while let Some(ack) = pending.next().await {
+            ack?;
+        }
+        client.flush().await?;
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!(
+            "published {sent} messages in {secs:.3} s ({:.0}/s)",
+            sent as f64 / secs.max(1e-9)
+        );
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::Ok)
+}

@@ -1,0 +1,327 @@
+//! `flowcast.yaml`: the service's configuration. Every setting has a default, so `flowcast run
+//! --models models` needs no file at all; unknown keys are errors that name their position.
+//! Durations are written as in `.flow` files (`30s`, `5m`).
+
+use serde::{Deserialize, Deserializer};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory (or file) of `.flow` definitions, watched for changes.
+    pub models: PathBuf,
+    /// Where snapshots live; none: nothing survives a restart.
+    pub state_dir: Option<PathBuf>,
+    /// How often the state is snapshotted (also on shutdown).
+    #[serde(deserialize_with = "duration")]
+    pub snapshot_interval_ms: i64,
+    pub source: Source,
+    pub nats: Nats,
+    pub sinks: Vec<Sink>,
+    pub http: Http,
+    pub clock: Clock,
+    /// Batches of at most this many messages go to the engine at once.
+    pub batch_size: usize,
+    /// Watch the models directory and reload on change (SIGHUP always reloads).
+    pub watch: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            models: PathBuf::from("models"),
+            state_dir: None,
+            snapshot_interval_ms: 30_000,
+            source: Source::default(),
+            nats: Nats::default(),
+            sinks: vec![Sink::Stdout],
+            http: Http::default(),
+            clock: Clock::default(),
+            batch_size: 1024,
+            watch: true,
+        }
+    }
+}
+
+/// Where messages come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Source {
+    /// A JSONL file, or stdin with `-`: needs no server. The service stops at its end.
+    File { path: PathBuf },
+    /// A core NATS subscription (at most once).
+    Nats {
+        #[serde(default = "default_subjects")]
+        subjects: Vec<String>,
+        #[serde(default)]
+        queue_group: Option<String>,
+    },
+    /// A durable JetStream pull consumer: nothing lost, nothing counted twice.
+    Jetstream {
+        stream: String,
+        #[serde(default = "default_subjects")]
+        subjects: Vec<String>,
+        #[serde(default = "default_consumer")]
+        consumer: String,
+        /// Create the stream and the consumer if they do not exist.
+        #[serde(default = "yes")]
+        create: bool,
+        /// How long an unacknowledged message waits before redelivery.
+        #[serde(default = "default_ack_wait", deserialize_with = "duration")]
+        ack_wait_ms: i64,
+    },
+}
+
+impl Default for Source {
+    fn default() -> Source {
+        Source::File {
+            path: PathBuf::from("-"),
+        }
+    }
+}
+
+fn default_subjects() -> Vec<String> {
+    vec!["notifications.>".into()]
+}
+fn default_consumer() -> String {
+    "flowcast".into()
+}
+fn default_ack_wait() -> i64 {
+    30_000
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Nats {
+    pub url: String,
+    pub token: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// An nkey seed (`SU...`).
+    pub nkey: Option<String>,
+    /// A `.creds` file (JWT + nkey).
+    pub creds: Option<PathBuf>,
+    /// CA certificate for TLS; setting it requires TLS.
+    pub tls_ca: Option<PathBuf>,
+    pub name: String,
+}
+
+impl Default for Nats {
+    fn default() -> Nats {
+        Nats {
+            url: "nats://127.0.0.1:4222".into(),
+            token: None,
+            user: None,
+            password: None,
+            nkey: None,
+            creds: None,
+            tls_ca: None,
+            name: "flowcast".into(),
+        }
+    }
+}
+
+/// Where records go. Each sink has its own queue: a slow or failing sink retries with backoff
+/// and drops (and counts) what overflows its queue, but never slows the intake.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Sink {
+    /// JSON lines on stdout.
+    Stdout,
+    /// Published to `<prefix>.<flow>` on the NATS connection.
+    Nats {
+        #[serde(default = "default_prefix")]
+        prefix: String,
+    },
+    /// Each record POSTed as JSON.
+    Webhook { url: String },
+    /// Alerts and resolutions as Alertmanager v2 alerts (`POST /api/v2/alerts`).
+    Alertmanager {
+        url: String,
+        #[serde(default)]
+        generator_url: Option<String>,
+    },
+}
+
+fn default_prefix() -> String {
+    "flowcast.alerts".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// `host:port`; loopback by default. Empty disables the server.
+    pub listen: String,
+}
+
+impl Default for Http {
+    fn default() -> Http {
+        Http {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// Which clock drives timers (timeouts, risk that grows with time in a state).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Clock {
+    /// The machine's clock, held back by `lateness` so that messages stamped a little in the
+    /// past are not late (a watermark). Messages without a timestamp take the arrival time.
+    Wall {
+        #[serde(default = "default_lateness", deserialize_with = "duration")]
+        lateness_ms: i64,
+    },
+    /// Message timestamps only, as in replay: the same input gives the same records. When no
+    /// message has come for `idle_after`, time moves on with the wall clock so that timeouts
+    /// still fire in a quiet cloud (`0` never).
+    Event {
+        #[serde(default = "default_idle", deserialize_with = "duration_or_zero")]
+        idle_after_ms: i64,
+    },
+}
+
+impl Default for Clock {
+    fn default() -> Clock {
+        Clock::Wall {
+            lateness_ms: default_lateness(),
+        }
+    }
+}
+
+fn default_lateness() -> i64 {
+    2_000
+}
+fn default_idle() -> i64 {
+    10_000
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let text = String::deserialize(d)?;
+    match crate::syntax::parse_duration_ms(&text) {
+        Some(ms) if ms > 0 => Ok(ms),
+        _ => Err(serde::de::Error::custom(format!(
+            "`{text}` is not a positive duration (like `500ms`, `30s`, `5m`)"
+        ))),
+    }
+}
+
+fn duration_or_zero<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let text = String::deserialize(d)?;
+    if text == "0" {
+        return Ok(0);
+    }
+    match crate::syntax::parse_duration_ms(&text) {
+        Some(ms) if ms >= 0 => Ok(ms),
+        _ => Err(serde::de::Error::custom(format!(
+            "`{text}` is not a duration (like `10s`, or `0`)"
+        ))),
+    }
+}
+
+impl Config {
+    /// Reads a YAML file. Errors name the file, line and column.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Config::parse(&text).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))
+    }
+
+    /// Parses YAML text; the error starts with `line:column: ` when the position is known.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        let mut c: Config = serde_norway::from_str(text).map_err(|e| match e.location() {
+            Some(l) => format!("{}:{}: {e}", l.line(), l.column()),
+            None => format!(" {e}"),
+        })?;
+        c.normalise();
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn normalise(&mut self) {
+        if self.batch_size == 0 {
+            self.batch_size = 1;
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let needs_nats = matches!(self.source, Source::Nats { .. } | Source::Jetstream { .. })
+            || self.sinks.iter().any(|s| matches!(s, Sink::Nats { .. }));
+        if needs_nats && self.nats.url.is_empty() {
+            return Err(" nats.url is empty but a NATS source or sink is configured".into());
+        }
+        if self.nats.user.is_some() != self.nats.password.is_some() {
+            return Err(" nats.user and nats.password go together".into());
+        }
+        for s in &self.sinks {
+            if let Sink::Webhook { url } | Sink::Alertmanager { url, .. } = s {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(format!(
+                        " sink url `{url}` must start with http:// or https://"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn everything_has_a_default() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.models, PathBuf::from("models"));
+        assert_eq!(c.sinks, vec![Sink::Stdout]);
+        assert!(matches!(c.source, Source::File { .. }));
+    }
+
+    #[test]
+    fn a_full_file_parses() {
+        let c = Config::parse(
+            r#"
+models: /etc/flowcast/models
+state_dir: /var/lib/flowcast
+snapshot_interval_ms: 10s
+source: { kind: jetstream, stream: NOTIFICATIONS, subjects: ["notifications.>"], ack_wait_ms: 1m }
+nats: { url: "nats://10.0.0.1:4222", user: flowcast, password: secret }
+sinks:
+  - kind: stdout
+  - kind: nats
+  - kind: alertmanager
+    url: http://127.0.0.1:9093
+clock: { mode: event, idle_after_ms: "0" }
+"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            c.source,
+            Source::Jetstream {
+                ack_wait_ms: 60_000,
+                ..
+            }
+        ));
+        assert_eq!(c.snapshot_interval_ms, 10_000);
+        assert!(matches!(c.clock, Clock::Event { idle_after_ms: 0 }));
+        assert_eq!(c.sinks.len(), 3);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_their_position() {
+        let e = Config::parse("models: m\nsnapshot_intervall_ms: 5s\n").unwrap_err();
+        assert!(e.starts_with("2:1:"), "{e}");
+        assert!(e.contains("unknown field `snapshot_intervall_ms`"), "{e}");
+        let e = Config::parse("snapshot_interval_ms: soon\n").unwrap_err();
+        assert!(e.contains("not a positive duration"), "{e}");
+        let e = Config::parse("sinks: [{kind: webhook, url: ftp://x}]\n").unwrap_err();
+        assert!(e.contains("http://"), "{e}");
+    }
+}

@@ -1,0 +1,295 @@
+//! The service's metrics, rendered in the Prometheus text format. Written by the engine task
+//! after each batch and by the sinks; read by `/metrics`. Plain atomics and one mutex for the
+//! labelled families: nothing here is on the per-message path except the latency histogram.
+
+use crate::engine::Stats;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+/// Upper bounds of the processing latency buckets, seconds.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub stats: Mutex<Stats>,
+    pub in_flight: Mutex<BTreeMap<String, u64>>,
+    pub reload_success: AtomicI64,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    pub last_reload_unix: AtomicI64,
+    pub nats_connected: AtomicI64,
+    pub nats_events: Mutex<BTreeMap<String, u64>>,
+    pub sink_sent: Mutex<BTreeMap<String, u64>>,
+    pub sink_failures: Mutex<BTreeMap<String, u64>>,
+    pub sink_dropped: Mutex<BTreeMap<String, u64>>,
+    pub redeliveries_skipped: AtomicU64,
+    pub snapshots_ok: AtomicU64,
+    pub snapshots_failed: AtomicU64,
+    pub last_snapshot_unix: AtomicI64,
+    latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    latency_sum_ns: AtomicU64,
+    latency_count: AtomicU64,
+    pub ready: AtomicI64,
+}
+
+impl Metrics {
+    pub fn observe_latency(&self, seconds: f64) {
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.latency[i].fetch_add(1, Relaxed);
+        self.latency_sum_ns
+            .fetch_add((seconds * 1e9) as u64, Relaxed);
+        self.latency_count.fetch_add(1, Relaxed);
+    }
+
+    pub fn bump(map: &Mutex<BTreeMap<String, u64>>, label: &str, by: u64) {
+        let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry(label.to_string()).or_default() += by;
+    }
+
+    /// The Prometheus text exposition (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut o = String::with_capacity(4096);
+        let s = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        family(
+            &mut o,
+            "flowcast_messages_total",
+            "counter",
+            "Messages received, by what became of them.",
+        );
+        for (result, v) in [
+            ("matched", s.matched),
+            ("unmatched", s.unmatched),
+            ("missing_key", s.missing_key),
+            ("malformed", s.malformed),
+        ] {
+            let _ = writeln!(o, "flowcast_messages_total{{result=\"{result}\"}} {v}");
+        }
+        for (name, help, v) in [
+            (
+                "flowcast_messages_late_total",
+                "Messages older than one already seen.",
+                s.late,
+            ),
+            (
+                "flowcast_messages_after_end_total",
+                "Messages about objects that had finished.",
+                s.after_end,
+            ),
+            (
+                "flowcast_messages_multi_flow_total",
+                "Messages matched by more than one flow.",
+                s.multi_flow,
+            ),
+            (
+                "flowcast_transitions_total",
+                "State transitions observed.",
+                s.transitions,
+            ),
+            (
+                "flowcast_transitions_unexpected_total",
+                "Transitions the flow does not list (unlisted report).",
+                s.unexpected,
+            ),
+            ("flowcast_alerts_fired_total", "Alerts fired.", s.alerts),
+            (
+                "flowcast_alerts_resolved_total",
+                "Alerts resolved.",
+                s.resolved,
+            ),
+            (
+                "flowcast_outcomes_total",
+                "Objects that reached a terminal state or artifact, or expired.",
+                s.outcomes,
+            ),
+            (
+                "flowcast_timeouts_total",
+                "Objects that reached a timeout artifact.",
+                s.timeouts,
+            ),
+            (
+                "flowcast_objects_expired_total",
+                "Objects evicted after not being seen for their flow's expire time.",
+                s.expired,
+            ),
+            (
+                "flowcast_redeliveries_skipped_total",
+                "JetStream redeliveries of messages already applied.",
+                self.redeliveries_skipped.load(Relaxed),
+            ),
+            (
+                "flowcast_snapshots_total",
+                "Snapshots written.",
+                self.snapshots_ok.load(Relaxed),
+            ),
+            (
+                "flowcast_snapshot_failures_total",
+                "Snapshots that could not be written.",
+                self.snapshots_failed.load(Relaxed),
+            ),
+        ] {
+            family(&mut o, name, "counter", help);
+            let _ = writeln!(o, "{name} {v}");
+        }
+        family(
+            &mut o,
+            "flowcast_objects_in_flight",
+            "gauge",
+            "Objects being tracked, per flow.",
+        );
+        for (flow, v) in self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                o,
+                "flowcast_objects_in_flight{{flow=\"{}\"}} {v}",
+                escape(flow)
+            );
+        }
+        family(
+            &mut o,
+            "flowcast_reload_success",
+            "gauge",
+            "1 if the last reload of the flow files succeeded.",
+        );
+        let _ = writeln!(
+            o,
+            "flowcast_reload_success {}",
+            self.reload_success.load(Relaxed)
+        );
+        family(
+            &mut o,
+            "flowcast_reloads_total",
+            "counter",
+            "Reloads of the flow files, by result.",
+        );
+        let _ = writeln!(
+            o,
+            "flowcast_reloads_total{{result=\"success\"}} {}",
+            self.reloads_ok.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "flowcast_reloads_total{{result=\"failure\"}} {}",
+            self.reloads_failed.load(Relaxed)
+        );
+        family(
+            &mut o,
+            "flowcast_last_reload_timestamp_seconds",
+            "gauge",
+            "When the flow files were last loaded successfully.",
+        );
+        let _ = writeln!(
+            o,
+            "flowcast_last_reload_timestamp_seconds {}",
+            self.last_reload_unix.load(Relaxed)
+        );
+        family(
+            &mut o,
+            "flowcast_last_snapshot_timestamp_seconds",
+            "gauge",
+            "When the state was last snapshotted.",
+        );
+        let _ = writeln!(
+            o,
+            "flowcast_last_snapshot_timestamp_seconds {}",
+            self.last_snapshot_unix.load(Relaxed)
+        );
+        family(
+            &mut o,
+            "flowcast_nats_connected",
+            "gauge",
+            "1 while connected to NATS.",
+        );
+        let _ = writeln!(
+            o,
+            "flowcast_nats_connected {}",
+            self.nats_connected.load(Relaxed)
+        );
+        labelled(
+            &mut o,
+            "flowcast_nats_events_total",
+            "NATS connection events.",
+            "event",
+            &self.nats_events,
+        );
+        labelled(
+            &mut o,
+            "flowcast_sink_records_total",
+            "Records delivered, per sink.",
+            "sink",
+            &self.sink_sent,
+        );
+        labelled(
+            &mut o,
+            "flowcast_sink_failures_total",
+            "Failed delivery attempts, per sink.",
+            "sink",
+            &self.sink_failures,
+        );
+        labelled(
+            &mut o,
+            "flowcast_sink_dropped_total",
+            "Records dropped because a sink's queue was full.",
+            "sink",
+            &self.sink_dropped,
+        );
+        family(
+            &mut o,
+            "flowcast_processing_seconds",
+            "histogram",
+            "Time from receiving a message to its state update being applied.",
+        );
+        let mut cum = 0;
+        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+            cum += self.latency[i].load(Relaxed);
+            let _ = writeln!(o, "flowcast_processing_seconds_bucket{{le=\"{b}\"}} {cum}");
+        }
+        cum += self.latency[LATENCY_BUCKETS.len()].load(Relaxed);
+        let _ = writeln!(o, "flowcast_processing_seconds_bucket{{le=\"+Inf\"}} {cum}");
+        let _ = writeln!(
+            o,
+            "flowcast_processing_seconds_sum {}",
+            self.latency_sum_ns.load(Relaxed) as f64 / 1e9
+        );
+        let _ = writeln!(
+            o,
+            "flowcast_processing_seconds_count {}",
+            self.latency_count.load(Relaxed)
+        );
+        o
+    }
+}
+
+fn family(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} {kind}");
+}
+
+fn labelled(
+    o: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    map: &Mutex<BTreeMap<String, u64>>,
+) {
+    family(o, name, "counter", help);
+    for (k, v) in map.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let _ = writeln!(o, "{name}{{{label}=\"{}\"}} {v}", escape(k));
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -1,0 +1,434 @@
+//! The live service: one task owns the engine and runs one `select!` loop over batches from the
+//! source, control messages (reload, snapshot), queries from the HTTP API, clock ticks and the
+//! injected shutdown. Startup is a reload from nothing, so there is one path for both.
+//!
+//! The engine stays synchronous: it is handed whole batches, never locked per message.
+
+use super::config::{Clock, Config, Source};
+use super::http::{self, Query};
+use super::metrics::Metrics;
+use super::sink::Sinks;
+use super::source::{self, Delivery, SourceEvent};
+use super::state_dir;
+use crate::engine::message::decode_projected;
+use crate::engine::projection::Projection;
+use crate::engine::snapshot::EngineSnapshot;
+use crate::engine::{table, Engine};
+use crate::model::{self, CompiledFlow};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+pub const SNAPSHOT_FILE: &str = "snapshot.json";
+
+/// The closed set of things that can be asked of the engine loop besides messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Reload,
+    Snapshot,
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Compiles the flow files; on errors returns them rendered.
+fn load_models(path: &PathBuf) -> Result<Vec<CompiledFlow>, String> {
+    match model::load(std::slice::from_ref(path)) {
+        Err(e) => Err(e.to_string()),
+        Ok(c) if c.has_errors() => Err(c.render()),
+        Ok(c) => {
+            for (_, d) in &c.diagnostics {
+                tracing::warn!(code = d.code.as_str(), "{}", d.message);
+            }
+            Ok(c.flows)
+        }
+    }
+}
+
+/// Runs until `shutdown` completes or the source ends. Returns an error only for what prevents
+/// starting (broken flow files, an unreachable NATS server, a port in use).
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let (control_tx, mut control_rx) = mpsc::unbounded_channel::<Control>();
+
+    // Startup: a reload from nothing. Without one good set of flows there is nothing to run.
+    let flows = load_models(&config.models)
+        .map_err(|e| anyhow::anyhow!("{}:\n{e}", config.models.display()))?;
+    let mut engine = Engine::new(Vec::new());
+    engine.reload(flows);
+    metrics.reload_success.store(1, Relaxed);
+    metrics.reloads_ok.fetch_add(1, Relaxed);
+    metrics.last_reload_unix.store(unix_ms() / 1000, Relaxed);
+    let mut projection = engine.projection();
+    tracing::info!(flows = engine.flows.len(), models = %config.models.display(), "Flows loaded.");
+
+    // Restore what an earlier run left.
+    let mut last_applied: Option<u64> = None;
+    if let Some(dir) = &config.state_dir {
+        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        let snap_path = dir.join(SNAPSHOT_FILE);
+        match std::fs::read(&snap_path) {
+            Ok(bytes) => {
+                let snap: EngineSnapshot = serde_json::from_slice(&bytes).map_err(|e| {
+                    anyhow::anyhow!("{} is not a flowcast snapshot: {e}", snap_path.display())
+                })?;
+                let report = engine.restore(&snap);
+                last_applied = snap.source_position;
+                tracing::info!(
+                    objects = report.objects_kept,
+                    dropped = report.objects_dropped,
+                    position = ?last_applied,
+                    "Restored the snapshot."
+                );
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(learned) = state_dir::load_learned(dir)? {
+                    let (n, _) = engine.import_learned(&learned);
+                    tracing::info!(flows = n, "Loaded learned counts (no snapshot yet).");
+                }
+            }
+            Err(e) => return Err(anyhow::anyhow!("{}: {e}", snap_path.display())),
+        }
+    }
+
+    let needs_nats = matches!(
+        config.source,
+        Source::Nats { .. } | Source::Jetstream { .. }
+    ) || config
+        .sinks
+        .iter()
+        .any(|s| matches!(s, super::config::Sink::Nats { .. }));
+    let client = if needs_nats {
+        Some(source::connect(&config.nats, metrics.clone()).await?)
+    } else {
+        None
+    };
+    let sinks = Sinks::spawn(&config.sinks, client.clone(), metrics.clone());
+
+    // HTTP.
+    let (query_tx, mut query_rx) = mpsc::channel::<Query>(64);
+    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    if !config.http.listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&config.http.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("HTTP listen on {}: {e}", config.http.listen))?;
+        tracing::info!(addr = %listener.local_addr()?, "HTTP API listening.");
+        tokio::spawn(http::serve(
+            listener,
+            metrics.clone(),
+            query_tx.clone(),
+            control_tx.clone(),
+            http_stop_rx,
+        ));
+    }
+
+    // Reload triggers: file changes and SIGHUP.
+    let _watcher = if config.watch {
+        Some(super::watch::watch(&config.models, control_tx.clone())?)
+    } else {
+        None
+    };
+    #[cfg(unix)]
+    {
+        let tx = control_tx.clone();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the flow files.");
+                let _ = tx.send(Control::Reload);
+            }
+        });
+    }
+
+    let (src_tx, mut src_rx) = mpsc::channel::<SourceEvent>(64);
+    let source_task = source::spawn(
+        config.source.clone(),
+        client.clone(),
+        config.batch_size,
+        last_applied,
+        src_tx,
+    );
+    metrics.ready.store(1, Relaxed);
+
+    let mut records = Vec::new();
+    let mut snapshot_every =
+        tokio::time::interval(Duration::from_millis(config.snapshot_interval_ms as u64));
+    snapshot_every.tick().await;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last_message = Instant::now();
+    let mut last_tick = Instant::now();
+    let (reload_done_tx, mut reload_done_rx) =
+        mpsc::unbounded_channel::<Result<Vec<CompiledFlow>, String>>();
+    let mut reloading = false;
+    let mut reload_again = false;
+    tokio::pin!(shutdown);
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => {
+                tracing::info!("Shutting down.");
+                break;
+            }
+            ev = src_rx.recv() => match ev {
+                Some(SourceEvent::Batch(batch)) => {
+                    last_message = Instant::now();
+                    apply_batch(&mut engine, &projection, &config.clock, batch, &mut last_applied, &metrics, &mut records).await;
+                    for r in records.drain(..) {
+                        sinks.send(r);
+                    }
+                    publish_metrics(&engine, &metrics);
+                }
+                Some(SourceEvent::End) | None => {
+                    tracing::info!("The source has no more messages.");
+                    break;
+                }
+                Some(SourceEvent::Failed(e)) => {
+                    tracing::error!("The source failed: {e}");
+                    break;
+                }
+            },
+            Some(done) = reload_done_rx.recv() => {
+                reloading = false;
+                match done {
+                    Ok(flows) => {
+                        let report = engine.reload(flows);
+                        projection = engine.projection();
+                        metrics.reload_success.store(1, Relaxed);
+                        metrics.reloads_ok.fetch_add(1, Relaxed);
+                        metrics.last_reload_unix.store(unix_ms() / 1000, Relaxed);
+                        tracing::info!(
+                            kept = ?report.flows_kept, added = ?report.flows_added, removed = ?report.flows_removed,
+                            objects_kept = report.objects_kept, objects_dropped = report.objects_dropped,
+                            transitions_dropped = report.transitions_dropped,
+                            "Reloaded the flow files."
+                        );
+                        publish_metrics(&engine, &metrics);
+                    }
+                    Err(rendered) => {
+                        metrics.reload_success.store(0, Relaxed);
+                        metrics.reloads_failed.fetch_add(1, Relaxed);
+                        tracing::error!("The flow files have errors; the running flows are kept.\n{rendered}");
+                    }
+                }
+                if reload_again {
+                    reload_again = false;
+                    let _ = control_tx.send(Control::Reload);
+                }
+            }
+            Some(c) = control_rx.recv() => match c {
+                Control::Reload => {
+                    if reloading {
+                        reload_again = true;
+                    } else {
+                        reloading = true;
+                        let path = config.models.clone();
+                        let tx = reload_done_tx.clone();
+                        // Compile off to the side; the engine keeps running meanwhile.
+                        tokio::task::spawn_blocking(move || {
+                            let _ = tx.send(load_models(&path));
+                        });
+                    }
+                }
+                Control::Snapshot => save_snapshot(&engine, &config, last_applied, &metrics).await,
+            },
+            Some(q) = query_rx.recv() => answer(&mut engine, q),
+            _ = snapshot_every.tick() => save_snapshot(&engine, &config, last_applied, &metrics).await,
+            _ = tick.tick() => {
+                let now = Instant::now();
+                let target = match config.clock {
+                    Clock::Wall { lateness_ms } => Some(unix_ms() - lateness_ms),
+                    Clock::Event { idle_after_ms } if idle_after_ms > 0
+                        && last_message.elapsed() >= Duration::from_millis(idle_after_ms as u64) =>
+                    {
+                        Some(engine.clock_ms() + now.duration_since(last_tick).as_millis() as i64)
+                    }
+                    Clock::Event { .. } => None,
+                };
+                last_tick = now;
+                if let Some(t) = target {
+                    if engine.clock_ms() > 0 {
+                        engine.advance(t, &mut records);
+                        for r in records.drain(..) {
+                            sinks.send(r);
+                        }
+                    }
+                }
+                publish_metrics(&engine, &metrics);
+            }
+        }
+    }
+
+    source_task.abort();
+    // Apply what the source had already handed over: it was received, so it counts.
+    while let Ok(SourceEvent::Batch(batch)) = src_rx.try_recv() {
+        apply_batch(
+            &mut engine,
+            &projection,
+            &config.clock,
+            batch,
+            &mut last_applied,
+            &metrics,
+            &mut records,
+        )
+        .await;
+        for r in records.drain(..) {
+            sinks.send(r);
+        }
+    }
+    publish_metrics(&engine, &metrics);
+    save_snapshot(&engine, &config, last_applied, &metrics).await;
+    sinks.drain(Duration::from_secs(5)).await;
+    if let Some(c) = client {
+        let _ = c.flush().await;
+    }
+    let _ = http_stop_tx.send(());
+    Ok(())
+}
+
+/// Decodes and applies one batch, then acknowledges it (JetStream: one AckAll for the batch).
+async fn apply_batch(
+    engine: &mut Engine,
+    projection: &Projection,
+    clock: &Clock,
+    batch: Vec<Delivery>,
+    last_applied: &mut Option<u64>,
+    metrics: &Metrics,
+    records: &mut Vec<crate::engine::output::Record>,
+) {
+    let wall = matches!(clock, Clock::Wall { .. });
+    let now_ms = unix_ms();
+    let mut to_ack = None;
+    for d in batch {
+        if let Some(seq) = d.seq {
+            if last_applied.is_some_and(|a| seq <= a) {
+                metrics.redeliveries_skipped.fetch_add(1, Relaxed);
+                if d.ack.is_some() {
+                    to_ack = d.ack;
+                }
+                continue;
+            }
+            *last_applied = Some(seq);
+        }
+        match decode_projected(trim(&d.payload), projection) {
+            Ok(mut msg) => {
+                if wall && msg.time_ms.is_none() {
+                    msg.time_ms = Some(now_ms);
+                }
+                engine.observe(&msg, records);
+            }
+            Err(e) => {
+                engine.count_malformed();
+                let n = engine.stats.malformed;
+                if n <= 10 || n % 1000 == 0 {
+                    tracing::warn!(malformed = n, "Skipped a malformed message: {e}");
+                }
+            }
+        }
+        metrics.observe_latency(d.received.elapsed().as_secs_f64());
+        if d.ack.is_some() {
+            to_ack = d.ack;
+        }
+    }
+    if let Some(m) = to_ack {
+        if let Err(e) = m.ack().await {
+            tracing::warn!("Acknowledging to JetStream failed (the batch will be redelivered and skipped): {e}");
+        }
+    }
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    &b[..end]
+}
+
+fn publish_metrics(engine: &Engine, metrics: &Metrics) {
+    *metrics.stats.lock().unwrap_or_else(|e| e.into_inner()) = engine.stats.clone();
+    let mut m = metrics.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+    m.clear();
+    for rt in &engine.flows {
+        m.insert(rt.flow.name.clone(), rt.objects.len() as u64);
+    }
+}
+
+async fn save_snapshot(
+    engine: &Engine,
+    config: &Config,
+    last_applied: Option<u64>,
+    metrics: &Metrics,
+) {
+    let Some(dir) = config.state_dir.clone() else {
+        return;
+    };
+    let mut snap = engine.snapshot();
+    snap.source_position = last_applied;
+    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let bytes = serde_json::to_vec(&snap)?;
+        state_dir::write_atomic(&dir.join(SNAPSHOT_FILE), &bytes)
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => {
+            metrics.snapshots_ok.fetch_add(1, Relaxed);
+            metrics.last_snapshot_unix.store(unix_ms() / 1000, Relaxed);
+        }
+        Ok(Err(e)) => {
+            metrics.snapshots_failed.fetch_add(1, Relaxed);
+            tracing::error!("Writing the snapshot failed: {e:#}");
+        }
+        Err(e) => {
+            metrics.snapshots_failed.fetch_add(1, Relaxed);
+            tracing::error!("The snapshot task failed: {e}");
+        }
+    }
+}
+
+fn answer(engine: &mut Engine, q: Query) {
+    match q {
+        Query::Flows(reply) => {
+            let flows: Vec<serde_json::Value> = engine
+                .flows
+                .iter()
+                .map(|rt| {
+                    serde_json::json!({
+                        "name": rt.flow.name,
+                        "description": rt.flow.description,
+                        "origin": rt.flow.origin,
+                        "states": rt.flow.states,
+                        "in_flight": rt.objects.len(),
+                        "observed_transitions": rt.model.total_observed(),
+                    })
+                })
+                .collect();
+            let _ = reply.send(serde_json::json!({ "flows": flows }));
+        }
+        Query::Model(name, reply) => {
+            let v = engine.flow_index(&name).map(|fi| {
+                serde_json::to_value(table::build(&mut engine.flows[fi])).unwrap_or_default()
+            });
+            let _ = reply.send(v);
+        }
+        Query::Object(key, reply) => {
+            let key = crate::engine::key::ObjectKey::parse(&key);
+            let found: Vec<serde_json::Value> = (0..engine.flows.len())
+                .filter_map(|fi| engine.predict_object(fi, &key))
+                .map(|p| serde_json::to_value(p).unwrap_or_default())
+                .collect();
+            let _ = reply.send(
+                (!found.is_empty())
+                    .then(|| serde_json::json!({ "object": key.to_string(), "flows": found })),
+            );
+        }
+    }
+}
