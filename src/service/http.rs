@@ -1,6 +1,6 @@
 //! The HTTP API, on loopback by default: `/metrics` (Prometheus), `/healthz`, `/readyz`,
 //! `/api/flows`, `/api/flows/{name}/model` (FIG. 10 and FIG. 11 as JSON), `/api/objects/{key}`
-//! and `POST /-/reload` (as Prometheus has). Questions about the engine go to the engine task
+//! `POST /-/reload` (as Prometheus has) and `POST /-/snapshot`. Questions about the engine go to the engine task
 //! over a channel; nothing here touches engine state directly.
 
 use super::metrics::Metrics;
@@ -42,6 +42,7 @@ pub async fn serve(
         .route("/api/flows/{name}/model", get(model))
         .route("/api/objects/{key}", get(object))
         .route("/-/reload", post(reload))
+        .route("/-/snapshot", post(snapshot))
         .with_state(AppState {
             metrics,
             queries,
@@ -110,6 +111,11 @@ async fn object(State(s): State<AppState>, Path(key): Path<String>) -> Response 
             .into_response(),
         Err(r) => r,
     }
+}
+
+async fn snapshot(State(s): State<AppState>) -> Response {
+    let _ = s.control.send(Control::Snapshot);
+    (StatusCode::ACCEPTED, "snapshotting\n").into_response()
 }
 
 async fn reload(State(s): State<AppState>) -> Response {

@@ -153,9 +153,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         client.clone(),
         config.batch_size,
         last_applied,
+        metrics.clone(),
         src_tx,
     );
-    metrics.ready.store(1, Relaxed);
 
     let mut records = Vec::new();
     let mut snapshot_every =

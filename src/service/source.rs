@@ -104,16 +104,21 @@ pub fn spawn(
     client: Option<async_nats::Client>,
     batch_size: usize,
     last_applied: Option<u64>,
+    metrics: Arc<Metrics>,
     tx: mpsc::Sender<SourceEvent>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let ready = metrics;
         let result = match source {
-            Source::File { path } => file(path, batch_size, &tx).await,
+            Source::File { path } => {
+                ready.ready.store(1, std::sync::atomic::Ordering::Relaxed);
+                file(path, batch_size, &tx).await
+            }
             Source::Nats {
                 subjects,
                 queue_group,
             } => match client {
-                Some(c) => core(c, subjects, queue_group, batch_size, &tx).await,
+                Some(c) => core(c, subjects, queue_group, batch_size, &ready, &tx).await,
                 None => Err(anyhow::anyhow!("no NATS connection")),
             },
             Source::Jetstream {
@@ -131,7 +136,7 @@ pub fn spawn(
                         create,
                         ack_wait_ms,
                     };
-                    js.run(c, batch_size, last_applied, &tx).await
+                    js.run(c, batch_size, last_applied, &ready, &tx).await
                 }
                 None => Err(anyhow::anyhow!("no NATS connection")),
             },
@@ -200,6 +205,7 @@ async fn core(
     subjects: Vec<String>,
     queue_group: Option<String>,
     batch_size: usize,
+    metrics: &Metrics,
     tx: &mpsc::Sender<SourceEvent>,
 ) -> anyhow::Result<()> {
     let mut subs = Vec::new();
@@ -212,6 +218,12 @@ async fn core(
         tracing::info!(subject = %s, "Subscribed.");
         subs.push(sub);
     }
+    // Make sure the server has the subscriptions before saying we are ready.
+    client
+        .flush()
+        .await
+        .map_err(|e| anyhow::anyhow!("flushing subscriptions: {e}"))?;
+    metrics.ready.store(1, std::sync::atomic::Ordering::Relaxed);
     let mut merged = futures::stream::select_all(subs);
     while let Some(first) = merged.next().await {
         let mut batch = Vec::with_capacity(batch_size);
@@ -255,6 +267,7 @@ impl JetStreamSource {
         client: async_nats::Client,
         batch_size: usize,
         last_applied: Option<u64>,
+        metrics: &Metrics,
         tx: &mpsc::Sender<SourceEvent>,
     ) -> anyhow::Result<()> {
         let js = jetstream::new(client);
@@ -360,6 +373,7 @@ impl JetStreamSource {
             .messages()
             .await
             .map_err(|e| anyhow::anyhow!("consuming {}: {e}", self.consumer))?;
+        metrics.ready.store(1, std::sync::atomic::Ordering::Relaxed);
         loop {
             let Some(first) = msgs.next().await else {
                 break;

@@ -27,3 +27,282 @@ pub fn msg(event_type: &str, key: &str, t: f64) -> flowcast::engine::message::Me
     });
     flowcast::engine::message::from_value(v).unwrap()
 }
+
+use std::io::{Read, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not open port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A real `nats-server` (Debian's package; `scripts/test.sh` installs it) on a free loopback
+/// port, with JetStream storing in a temporary directory when asked. Killed when dropped.
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    conf: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub fn start(jetstream: bool) -> NatsServer {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let store = dir.path().join("js");
+        let mut conf = format!("listen: 127.0.0.1:{port}\nmax_payload: 16MB\n");
+        if jetstream {
+            conf.push_str(&format!(
+                "jetstream {{ store_dir: {:?} }}\n",
+                store.display().to_string()
+            ));
+        }
+        let conf_path = dir.path().join("nats.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let mut s = NatsServer {
+            child: None,
+            port,
+            conf: conf_path,
+            _dir: dir,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let child = std::process::Command::new("nats-server")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is not installed: run `bash scripts/test.sh`, which installs it");
+        self.child = Some(child);
+        wait_for_port(self.port, "nats-server");
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, then start again on the same port and store.
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A plain HTTP/1.0 GET or POST on loopback: (status, body).
+pub fn http(port: u16, method: &str, path: &str) -> (u16, String) {
+    let mut s = match TcpStream::connect(("127.0.0.1", port)) {
+        Ok(s) => s,
+        Err(_) => return (0, String::new()),
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"
+    );
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    let status = buf
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A running `flowcast run`, its stdout and stderr in files.
+pub struct Service {
+    child: Option<Child>,
+    pub http_port: u16,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl Service {
+    /// Writes `config` (YAML; `http.listen` is added) into `dir` and starts the service.
+    pub fn start(dir: &Path, config: &str) -> Service {
+        let http_port = free_port();
+        let conf = dir.join("flowcast.yaml");
+        std::fs::write(
+            &conf,
+            format!("{config}\nhttp: {{ listen: \"127.0.0.1:{http_port}\" }}\n"),
+        )
+        .unwrap();
+        let n = std::fs::read_dir(dir).unwrap().count();
+        let stdout = dir.join(format!("stdout-{n}.jsonl"));
+        let stderr = dir.join(format!("stderr-{n}.log"));
+        let child = flowcast()
+            .arg("run")
+            .arg("--config")
+            .arg(&conf)
+            .env("RUST_LOG", "info")
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let s = Service {
+            child: Some(child),
+            http_port,
+            stdout,
+            stderr,
+        };
+        s.wait_until("ready", || http(http_port, "GET", "/readyz").0 == 200);
+        s
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Polls `check` for up to 30 s; panics with the service's log when it never holds.
+    pub fn wait_until(&self, what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !check() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; service log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, body) = http(self.http_port, "GET", "/metrics");
+        body.lines()
+            .find(|l| l.split(' ').next() == Some(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Every message the service has accounted for.
+    pub fn messages(&self) -> f64 {
+        ["matched", "unmatched", "missing_key", "malformed"]
+            .iter()
+            .map(|r| self.metric(&format!("flowcast_messages_total{{result=\"{r}\"}}")))
+            .sum()
+    }
+
+    pub fn wait_messages(&self, n: usize) {
+        self.wait_until(&format!("{n} messages"), || self.messages() as usize >= n);
+    }
+
+    /// SIGTERM and wait: the service snapshots and flushes its sinks.
+    pub fn stop(mut self) -> Vec<serde_json::Value> {
+        if let Some(c) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "flowcast exited with {:?}:\n{}",
+                out.status,
+                self.log()
+            );
+        }
+        self.records()
+    }
+
+    /// SIGKILL: no snapshot, no flush.
+    pub fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.stdout)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `flowcast publish FILE --subject S` to the server.
+pub fn publish(nats: &NatsServer, file: &Path, subject: &str, jetstream: bool) {
+    let mut c = flowcast();
+    c.arg("publish")
+        .arg(file)
+        .args(["--subject", subject, "--url", &nats.url()]);
+    if jetstream {
+        c.arg("--jetstream");
+    }
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "publish failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The records `flowcast replay` gives for a stream, for comparison with the service.
+pub fn replay_records(models: &str, input: &Path) -> Vec<serde_json::Value> {
+    let out = flowcast()
+        .args(["replay", "--models", models])
+        .arg(input)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Writes lines `range` of a stream to a new file, for publishing a part of it.
+pub fn part(input: &Path, range: std::ops::Range<usize>, out: &Path) -> usize {
+    let text = std::fs::read_to_string(input).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let end = range.end.min(lines.len());
+    std::fs::write(out, lines[range.start..end].join("\n") + "\n").unwrap();
+    end - range.start
+}

@@ -1,0 +1,275 @@
+//! The live service against a real nats-server (started by each test on a free loopback port,
+//! JetStream storing in a temporary directory): same answers as replay, nothing lost across a
+//! server restart or a `kill -9`, hot reload that survives a broken file, garbage counted.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+const VOLUME: &str = "examples/nova_volume_attach/events.jsonl";
+const CREATE: &str = "examples/nova_instance_create/events.jsonl";
+
+fn lines(path: &str) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+/// Event-time clock, so that the live service and replay see the same time.
+const EVENT_CLOCK: &str = "clock: { mode: event, idle_after_ms: \"0\" }";
+
+#[test]
+fn core_nats_gives_the_same_records_as_replay() {
+    let nats = NatsServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::start(
+        dir.path(),
+        &format!(
+            "models: models\nsource: {{ kind: nats, subjects: [\"notifications.>\"] }}\nnats: {{ url: \"{}\" }}\n{EVENT_CLOCK}",
+            nats.url()
+        ),
+    );
+    publish(&nats, Path::new(VOLUME), "notifications.nova", false);
+    svc.wait_messages(lines(VOLUME));
+    let live = svc.stop();
+    let replayed = replay_records("models", Path::new(VOLUME));
+    assert_eq!(live.len(), replayed.len());
+    assert_eq!(live, replayed);
+    assert!(live.iter().filter(|r| r["type"] == "alert").count() == 5);
+}
+
+#[test]
+fn jetstream_loses_nothing_when_nats_server_restarts() {
+    let mut nats = NatsServer::start(true);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "models: models\nsource: {{ kind: jetstream, stream: NOTIFICATIONS, subjects: [\"notifications.>\"] }}\nnats: {{ url: \"{}\" }}\n{EVENT_CLOCK}",
+        nats.url()
+    );
+    let svc = Service::start(dir.path(), &config);
+    let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    let total = lines(CREATE);
+    let first = part(Path::new(CREATE), 0..total / 2, &a);
+    part(Path::new(CREATE), total / 2..total, &b);
+    publish(&nats, &a, "notifications.nova", true);
+    svc.wait_messages(first);
+    nats.restart();
+    svc.wait_until("reconnection", || {
+        svc.metric("flowcast_nats_events_total{event=\"connected\"}") >= 1.0
+    });
+    publish(&nats, &b, "notifications.nova", true);
+    svc.wait_messages(total);
+    let live = svc.stop();
+    assert_eq!(live, replay_records("models", Path::new(CREATE)));
+}
+
+#[test]
+fn kill_9_mid_stream_counts_every_message_exactly_once() {
+    let nats = NatsServer::start(true);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = format!(
+        "models: models\nstate_dir: {:?}\nsnapshot_interval_ms: 1h\nsource: {{ kind: jetstream, stream: NOTIFICATIONS, subjects: [\"notifications.>\"] }}\nnats: {{ url: \"{}\" }}\n{EVENT_CLOCK}",
+        state.display().to_string(),
+        nats.url()
+    );
+    let total = lines(CREATE);
+    let parts: Vec<_> = (0..3)
+        .map(|i| dir.path().join(format!("p{i}.jsonl")))
+        .collect();
+    let n0 = part(Path::new(CREATE), 0..total / 3, &parts[0]);
+    let n1 = part(Path::new(CREATE), total / 3..2 * total / 3, &parts[1]);
+    part(Path::new(CREATE), 2 * total / 3..total, &parts[2]);
+
+    let svc = Service::start(dir.path(), &config);
+    publish(&nats, &parts[0], "notifications.nova", true);
+    svc.wait_messages(n0);
+    // A snapshot holds the first third...
+    assert_eq!(http(svc.http_port, "POST", "/-/snapshot").0, 202);
+    svc.wait_until("the snapshot", || {
+        svc.metric("flowcast_snapshots_total") >= 1.0
+    });
+    // ...the second third is applied and acknowledged, but in no snapshot, when the process dies.
+    publish(&nats, &parts[1], "notifications.nova", true);
+    svc.wait_messages(n0 + n1);
+    svc.kill9();
+    publish(&nats, &parts[2], "notifications.nova", true);
+
+    let svc = Service::start(dir.path(), &config);
+    svc.wait_messages(total);
+    // The second third was read again from the stream (acknowledged, but in no snapshot).
+    assert!(svc.log().contains("Catching up"), "{}", svc.log());
+    assert!(svc.log().contains("Restored the snapshot"), "{}", svc.log());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        svc.messages() as usize,
+        total,
+        "every message counted exactly once"
+    );
+    let (_, model) = http(
+        svc.http_port,
+        "GET",
+        "/api/flows/nova_instance_create/model",
+    );
+    svc.stop();
+    // The learned counts are those of one uninterrupted replay.
+    let learned = dir.path().join("replayed");
+    let out = flowcast()
+        .args(["replay", "--models", "models", "--state-dir"])
+        .arg(&learned)
+        .arg(CREATE)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let expected = flowcast()
+        .args([
+            "model",
+            "models/nova_instance_create.flow",
+            "--format",
+            "json",
+            "--state-dir",
+        ])
+        .arg(&learned)
+        .output()
+        .unwrap();
+    let expected: serde_json::Value = serde_json::from_slice(&expected.stdout).unwrap();
+    let live: serde_json::Value = serde_json::from_str(&model).unwrap();
+    let observed = |v: &serde_json::Value| -> Vec<(String, String, f64)> {
+        v["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["from"].to_string(),
+                    t["to"].to_string(),
+                    t["observed"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(observed(&live), observed(&expected));
+    assert!(observed(&live).iter().map(|t| t.2).sum::<f64>() > 400.0);
+}
+
+#[test]
+fn a_broken_flow_saved_during_a_run_keeps_the_old_model_until_fixed() {
+    let nats = NatsServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    let flow_path = models.join("attach.flow");
+    let good = std::fs::read_to_string("models/nova_volume_attach.flow").unwrap();
+    std::fs::write(&flow_path, &good).unwrap();
+    let svc = Service::start(
+        dir.path(),
+        &format!(
+            "models: {:?}\nsource: {{ kind: nats }}\nnats: {{ url: \"{}\" }}\n{EVENT_CLOCK}",
+            models.display().to_string(),
+            nats.url()
+        ),
+    );
+    let total = lines(VOLUME);
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    let na = part(Path::new(VOLUME), 0..70, &a);
+    let nb = part(Path::new(VOLUME), 70..140, &b);
+    part(Path::new(VOLUME), 140..total, &c);
+    publish(&nats, &a, "notifications.nova", false);
+    svc.wait_messages(na);
+    let observed = || -> f64 {
+        let (_, m) = http(svc.http_port, "GET", "/api/flows/nova_volume_attach/model");
+        serde_json::from_str::<serde_json::Value>(&m).unwrap()["observed_total"]
+            .as_f64()
+            .unwrap()
+    };
+    let learned = observed();
+    assert!(learned > 20.0);
+
+    // An editor saves a broken file: the running flows stay, the error is reported.
+    std::fs::write(
+        &flow_path,
+        good.replace("terminal attached", "terminal attached attached"),
+    )
+    .unwrap();
+    svc.wait_until("the failed reload", || {
+        svc.metric("flowcast_reload_success") == 0.0
+    });
+    assert!(
+        svc.log().contains("F001"),
+        "the diagnostics are logged:\n{}",
+        svc.log()
+    );
+    publish(&nats, &b, "notifications.nova", false);
+    svc.wait_messages(na + nb);
+    assert!(
+        observed() > learned,
+        "the old model keeps serving and learning"
+    );
+
+    // Fixed (with a changed threshold): live again, learned counts kept.
+    let before_fix = observed();
+    let fixed = good.replace("threshold 0.30", "threshold 0.35");
+    let tmp = models.join(".attach.flow.swp");
+    std::fs::write(&tmp, &fixed).unwrap();
+    std::fs::rename(&tmp, &flow_path).unwrap(); // save by rename, as vim does
+    svc.wait_until("the successful reload", || {
+        svc.metric("flowcast_reload_success") == 1.0
+    });
+    assert_eq!(observed(), before_fix, "learned counts survive the reload");
+    publish(&nats, &c, "notifications.nova", false);
+    svc.wait_messages(total);
+    let records = svc.stop();
+    assert_eq!(
+        records.iter().filter(|r| r["type"] == "outcome").count(),
+        100
+    );
+}
+
+#[test]
+fn garbage_on_the_subject_is_counted_and_the_service_goes_on() {
+    let nats = NatsServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::start(
+        dir.path(),
+        &format!(
+            "models: models\nsource: {{ kind: nats }}\nnats: {{ url: \"{}\" }}\n{EVENT_CLOCK}",
+            nats.url()
+        ),
+    );
+    let garbage = dir.path().join("garbage.jsonl");
+    let good = std::fs::read_to_string(VOLUME).unwrap();
+    let mut text = String::new();
+    text.push_str("not json at all\n");
+    text.push_str(&format!(
+        "{{\"event_type\": \"x\", \"pad\": \"{}\"}}\n",
+        "y".repeat(10 << 20)
+    ));
+    text.push_str("{\"event_type\": 7, \"payload\": [1, 2]}\n");
+    text.push_str("{\"event_type\": \"instance.volume_attach.start\", \"payload\": {\"nova_object.data\": {\"volume_id\": {\"x\": 1}}}}\n");
+    text.push_str("\u{1F4A5}\n");
+    text.push_str(&good);
+    std::fs::write(&garbage, text).unwrap();
+    publish(&nats, &garbage, "notifications.nova", false);
+    let expected = 5 + lines(VOLUME);
+    svc.wait_messages(expected);
+    assert_eq!(
+        svc.metric("flowcast_messages_total{result=\"malformed\"}"),
+        3.0
+    );
+    assert_eq!(
+        svc.metric("flowcast_messages_total{result=\"missing_key\"}"),
+        1.0
+    );
+    let records = svc.stop();
+    assert_eq!(
+        records.iter().filter(|r| r["type"] == "outcome").count(),
+        100
+    );
+}
