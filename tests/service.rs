@@ -273,3 +273,176 @@ fn garbage_on_the_subject_is_counted_and_the_service_goes_on() {
         100
     );
 }
+
+#[test]
+fn every_sink_delivers_and_a_failing_one_retries_without_blocking_the_intake() {
+    let nats = NatsServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let webhook = Capture::start(3); // down for its first three requests
+    let alertmanager = Capture::start(0);
+    let svc = Service::start(
+        dir.path(),
+        &format!(
+            "models: models\nsource: {{ kind: nats }}\nnats: {{ url: \"{}\" }}\n{EVENT_CLOCK}\nsinks:\n  - kind: nats\n  - kind: webhook\n    url: {}/hook\n  - kind: alertmanager\n    url: {}\n",
+            nats.url(),
+            webhook.url(),
+            alertmanager.url()
+        ),
+    );
+    // A subscriber on the NATS sink's subjects.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _in_runtime = rt.enter();
+    let mut sub = rt.block_on(async {
+        let c = async_nats::connect(nats.url()).await.unwrap();
+        let sub = c.subscribe("flowcast.alerts.>").await.unwrap();
+        c.flush().await.unwrap();
+        (c, sub)
+    });
+    publish(&nats, Path::new(VOLUME), "notifications.nova", false);
+    // The intake is not held up by the failing webhook.
+    svc.wait_messages(lines(VOLUME));
+    svc.wait_until("webhook deliveries", || webhook.received().len() == 110);
+    svc.wait_until("alertmanager deliveries", || {
+        alertmanager.received().len() == 10
+    });
+    let failures = svc.metric("flowcast_sink_failures_total{sink=\"webhook\"}");
+    assert_eq!(failures, 3.0);
+    let on_nats: Vec<(String, serde_json::Value)> = rt.block_on(async {
+        use futures::StreamExt;
+        let mut got = Vec::new();
+        while got.len() < 110 {
+            let m = tokio::time::timeout(std::time::Duration::from_secs(10), sub.1.next())
+                .await
+                .unwrap()
+                .unwrap();
+            got.push((
+                m.subject.to_string(),
+                serde_json::from_slice(&m.payload).unwrap(),
+            ));
+        }
+        got
+    });
+    let replayed = replay_records("models", Path::new(VOLUME));
+    svc.stop();
+    // NATS and webhook: every record, in order (the webhook after its retries).
+    assert!(on_nats
+        .iter()
+        .all(|(s, _)| s == "flowcast.alerts.nova_volume_attach"));
+    assert_eq!(
+        on_nats.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        replayed
+    );
+    let hooks = webhook.received();
+    assert!(hooks.iter().all(|(p, _)| p == "/hook"));
+    assert_eq!(
+        hooks.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        replayed
+    );
+    // Alertmanager: 5 alerts, each then resolved with the same labels and an end time.
+    let am = alertmanager.received();
+    assert!(am.iter().all(|(p, _)| p == "/api/v2/alerts"));
+    let firing: Vec<&serde_json::Value> = am
+        .iter()
+        .map(|(_, v)| &v[0])
+        .filter(|a| a.get("endsAt").is_none())
+        .collect();
+    let resolved: Vec<&serde_json::Value> = am
+        .iter()
+        .map(|(_, v)| &v[0])
+        .filter(|a| a.get("endsAt").is_some())
+        .collect();
+    assert_eq!((firing.len(), resolved.len()), (5, 5));
+    for f in &firing {
+        assert_eq!(f["labels"]["alertname"], "FlowcastFailureLikely");
+        assert_eq!(f["labels"]["flow"], "nova_volume_attach");
+        assert!(f["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("likely"));
+        assert!(resolved.iter().any(|r| r["labels"] == f["labels"]));
+    }
+}
+
+#[test]
+fn nats_credentials_are_used_and_a_wrong_password_stops_the_start() {
+    // A server that requires a user and password.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = dir.path().join("auth.conf");
+    std::fs::write(
+        &conf,
+        format!("listen: 127.0.0.1:{port}\nauthorization {{ user: flow, password: s3cret }}\n"),
+    )
+    .unwrap();
+    let mut server = std::process::Command::new("nats-server")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let url = format!("nats://127.0.0.1:{port}");
+    let ok = Service::start(
+        dir.path(),
+        &format!("models: models\nsource: {{ kind: nats }}\nnats: {{ url: \"{url}\", user: flow, password: s3cret }}"),
+    );
+    assert_eq!(ok.metric("flowcast_nats_connected"), 1.0);
+    ok.stop();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        format!("models: models\nsource: {{ kind: nats }}\nnats: {{ url: \"{url}\", user: flow, password: wrong }}\nhttp: {{ listen: \"\" }}"),
+    )
+    .unwrap();
+    let out = flowcast()
+        .arg("run")
+        .arg("--config")
+        .arg(dir.path().join("bad.yaml"))
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(
+        stderr.contains("authorization") || stderr.contains("auth"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn run_check_config_reports_unknown_keys_with_their_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("c.yaml");
+    std::fs::write(
+        &conf,
+        "models: models\nsinks:\n  - kind: stdout\n    colour: blue\n",
+    )
+    .unwrap();
+    let out = flowcast()
+        .args(["run", "--check-config", "--config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("c.yaml:"), "{stderr}");
+    assert!(stderr.contains("colour"), "{stderr}");
+    std::fs::write(&conf, "models: models\n").unwrap();
+    let out = flowcast()
+        .args(["run", "--check-config", "--config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -34,7 +34,7 @@ impl Default for Config {
             snapshot_interval_ms: 30_000,
             source: Source::default(),
             nats: Nats::default(),
-            sinks: vec![Sink::Stdout],
+            sinks: vec![Sink::Stdout {}],
             http: Http::default(),
             clock: Clock::default(),
             batch_size: 1024,
@@ -129,8 +129,8 @@ impl Default for Nats {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Sink {
-    /// JSON lines on stdout.
-    Stdout,
+    /// JSON lines on stdout. (A struct variant, so that unknown keys are refused.)
+    Stdout {},
     /// Published to `<prefix>.<flow>` on the NATS connection.
     Nats {
         #[serde(default = "default_prefix")]
@@ -280,7 +280,7 @@ mod tests {
     fn everything_has_a_default() {
         let c = Config::parse("").unwrap();
         assert_eq!(c.models, PathBuf::from("models"));
-        assert_eq!(c.sinks, vec![Sink::Stdout]);
+        assert_eq!(c.sinks, vec![Sink::Stdout {}]);
         assert!(matches!(c.source, Source::File { .. }));
     }
 

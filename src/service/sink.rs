@@ -35,7 +35,7 @@ impl Sinks {
         for (i, s) in config.iter().enumerate() {
             let (tx, rx) = mpsc::channel(QUEUE);
             let name = match s {
-                Sink::Stdout => "stdout".to_string(),
+                Sink::Stdout {} => "stdout".to_string(),
                 Sink::Nats { .. } => "nats".to_string(),
                 Sink::Webhook { .. } => "webhook".to_string(),
                 Sink::Alertmanager { .. } => "alertmanager".to_string(),
@@ -55,7 +55,7 @@ impl Sinks {
                 metrics: metrics.clone(),
             };
             match s.clone() {
-                Sink::Stdout => {
+                Sink::Stdout {} => {
                     tokio::spawn(task.stdout(rx));
                 }
                 Sink::Nats { prefix } => match nats.clone() {

@@ -36,13 +36,14 @@ pub enum SourceEvent {
     Failed(String),
 }
 
-/// Connects to NATS with the configured credentials. Reconnection (with backoff) is the
-/// client's; each connection event is logged and counted.
+/// Connects to NATS with the configured credentials. The first connection must succeed (a wrong
+/// password or an unreachable server is reported at once, and the process supervisor decides);
+/// after that, reconnection with backoff is the client's, and each connection event is logged
+/// and counted.
 pub async fn connect(cfg: &Nats, metrics: Arc<Metrics>) -> anyhow::Result<async_nats::Client> {
     let m = metrics.clone();
     let mut opts = async_nats::ConnectOptions::new()
         .name(&cfg.name)
-        .retry_on_initial_connect()
         .event_callback(move |event| {
             let m = m.clone();
             async move {

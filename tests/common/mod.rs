@@ -306,3 +306,82 @@ pub fn part(input: &Path, range: std::ops::Range<usize>, out: &Path) -> usize {
     std::fs::write(out, lines[range.start..end].join("\n") + "\n").unwrap();
     end - range.start
 }
+
+/// A tiny HTTP server that records every request body and answers `fail_first` requests with
+/// 500, then 200: a webhook or Alertmanager receiver that is down for a while.
+pub struct Capture {
+    pub port: u16,
+    pub bodies: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+impl Capture {
+    pub fn start(fail_first: usize) -> Capture {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = bodies.clone();
+        std::thread::spawn(move || {
+            let mut count = 0;
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 65536];
+                // Read the head, then as many body bytes as Content-Length says.
+                let (head, body) = loop {
+                    let n = conn.read(&mut chunk).unwrap_or(0);
+                    if n == 0 {
+                        break (String::new(), String::new());
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break (head.to_string(), body.to_string());
+                        }
+                    }
+                };
+                let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                count += 1;
+                let status = if count <= fail_first {
+                    "500 Internal Server Error"
+                } else {
+                    "200 OK"
+                };
+                if count > fail_first {
+                    seen.lock().unwrap().push((path, body));
+                }
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        Capture { port, bodies }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn received(&self) -> Vec<(String, serde_json::Value)> {
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(p, b)| {
+                (
+                    p.clone(),
+                    serde_json::from_str(b).unwrap_or(serde_json::Value::Null),
+                )
+            })
+            .collect()
+    }
+}
