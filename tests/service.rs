@@ -72,7 +72,7 @@ fn kill_9_mid_stream_counts_every_message_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let config = format!(
-        "models: models\nstate_dir: {:?}\nsnapshot_interval_ms: 1h\nsource: {{ kind: jetstream, stream: NOTIFICATIONS, subjects: [\"notifications.>\"] }}\nnats: {{ url: \"{}\" }}\n{EVENT_CLOCK}",
+        "models: models\nstate_dir: {:?}\nsnapshot_interval_ms: 1h\nsource: {{ kind: jetstream, stream: NOTIFICATIONS, subjects: [\"notifications.>\"], ack_wait_ms: 5s }}\nnats: {{ url: \"{}\" }}\n{EVENT_CLOCK}",
         state.display().to_string(),
         nats.url()
     );

@@ -337,8 +337,11 @@ async fn apply_batch(
             to_ack = d.ack;
         }
     }
+    // One acknowledgement covers the batch (AckAll). It waits for the server's confirmation,
+    // so that once a batch counts as applied its ack is on the server: a crash right after
+    // cannot leave it to be redelivered only when `ack_wait` runs out.
     if let Some(m) = to_ack {
-        if let Err(e) = m.ack().await {
+        if let Err(e) = m.double_ack().await {
             tracing::warn!("Acknowledging to JetStream failed (the batch will be redelivered and skipped): {e}");
         }
     }

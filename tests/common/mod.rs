@@ -56,43 +56,75 @@ fn wait_for_port(port: u16, what: &str) {
 pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
-    conf: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    jetstream: bool,
 }
 
 impl NatsServer {
     pub fn start(jetstream: bool) -> NatsServer {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let store = dir.path().join("js");
-        let mut conf = format!("listen: 127.0.0.1:{port}\nmax_payload: 16MB\n");
-        if jetstream {
-            conf.push_str(&format!(
-                "jetstream {{ store_dir: {:?} }}\n",
-                store.display().to_string()
-            ));
-        }
-        let conf_path = dir.path().join("nats.conf");
-        std::fs::write(&conf_path, conf).unwrap();
         let mut s = NatsServer {
             child: None,
-            port,
-            conf: conf_path,
-            _dir: dir,
+            port: 0,
+            dir: tempfile::tempdir().unwrap(),
+            jetstream,
         };
         s.spawn();
         s
     }
 
+    /// Starts the server; on the first start it picks its own port (no race with parallel
+    /// tests), read back from its log; a restart reuses that port and the same store.
     fn spawn(&mut self) {
+        let store = self.dir.path().join("js");
+        let listen = if self.port == 0 {
+            "-1".to_string()
+        } else {
+            self.port.to_string()
+        };
+        let mut conf = format!("listen: 127.0.0.1:{listen}\nmax_payload: 16MB\n");
+        if self.jetstream {
+            conf.push_str(&format!(
+                "jetstream {{ store_dir: {:?} }}\n",
+                store.display().to_string()
+            ));
+        }
+        let conf_path = self.dir.path().join("nats.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let log = self.dir.path().join(format!(
+            "nats-{}.log",
+            std::fs::read_dir(self.dir.path()).unwrap().count()
+        ));
         let child = std::process::Command::new("nats-server")
             .arg("-c")
-            .arg(&self.conf)
+            .arg(&conf_path)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("nats-server is not installed: run `bash scripts/test.sh`, which installs it");
         self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let ready = text.contains("Server is ready");
+            if let Some(port) = text
+                .lines()
+                .find_map(|l| {
+                    l.split("Listening for client connections on 127.0.0.1:")
+                        .nth(1)
+                })
+                .and_then(|p| p.trim().parse().ok())
+            {
+                self.port = port;
+            }
+            if ready && self.port != 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         wait_for_port(self.port, "nats-server");
     }
 
@@ -144,6 +176,17 @@ pub fn http(port: u16, method: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
+fn s_port(log: &Path) -> Option<u16> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .find(|l| l.contains("HTTP API listening"))?
+        .split("addr=127.0.0.1:")
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// A running `flowcast run`, its stdout and stderr in files.
 pub struct Service {
     child: Option<Child>,
@@ -153,13 +196,13 @@ pub struct Service {
 }
 
 impl Service {
-    /// Writes `config` (YAML; `http.listen` is added) into `dir` and starts the service.
+    /// Writes `config` (YAML; `http.listen` is added) into `dir` and starts the service. The
+    /// HTTP server binds port 0; its address is read back from the log.
     pub fn start(dir: &Path, config: &str) -> Service {
-        let http_port = free_port();
         let conf = dir.join("flowcast.yaml");
         std::fs::write(
             &conf,
-            format!("{config}\nhttp: {{ listen: \"127.0.0.1:{http_port}\" }}\n"),
+            format!("{config}\nhttp: {{ listen: \"127.0.0.1:0\" }}\n"),
         )
         .unwrap();
         let n = std::fs::read_dir(dir).unwrap().count();
@@ -174,13 +217,18 @@ impl Service {
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
-        let s = Service {
+        let mut s = Service {
             child: Some(child),
-            http_port,
+            http_port: 0,
             stdout,
             stderr,
         };
-        s.wait_until("ready", || http(http_port, "GET", "/readyz").0 == 200);
+        s.wait_until("the HTTP address in the log", || {
+            s_port(&s.stderr).is_some()
+        });
+        s.http_port = s_port(&s.stderr).unwrap_or(0);
+        let port = s.http_port;
+        s.wait_until("ready", || http(port, "GET", "/readyz").0 == 200);
         s
     }
 
