@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod diagnostic;
 pub mod engine;
+pub mod eval;
 pub mod model;
 pub mod service;
 pub mod syntax;

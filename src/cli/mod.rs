@@ -2,6 +2,7 @@
 //! below get their context here; exit codes are 0 ok, 1 the input has errors, 2 usage or IO.
 
 pub mod check;
+pub mod eval_cmd;
 pub mod graph;
 pub mod model_cmd;
 pub mod replay;
@@ -36,6 +37,12 @@ pub enum Command {
     Run(run_cmd::RunArgs),
     /// Play a JSONL file onto a NATS subject (or JetStream), for demos, tests and benchmarks.
     Publish(run_cmd::PublishArgs),
+    /// Generate a flow from a log: states, transitions with counts, timeouts.
+    Discover(eval_cmd::DiscoverArgs),
+    /// Emit a JSONL stream of objects walking a flow with its probabilities.
+    Simulate(eval_cmd::SimulateArgs),
+    /// Measure prediction quality on a log: next state, remaining time, outcomes, alerts.
+    Eval(eval_cmd::EvalArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +62,9 @@ pub fn main() -> std::process::ExitCode {
         Command::Replay(a) => replay::run(a),
         Command::Run(a) => run_cmd::run(a),
         Command::Publish(a) => run_cmd::publish(a),
+        Command::Discover(a) => eval_cmd::discover(a),
+        Command::Simulate(a) => eval_cmd::simulate(a),
+        Command::Eval(a) => eval_cmd::eval(a),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code as u8),

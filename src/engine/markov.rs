@@ -17,6 +17,33 @@ use crate::model::{CompiledFlow, Kind, StateId, Unlisted};
 use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
 
+/// What an object's past adds to its current state: the states before it (oldest first) and
+/// how long it spent in the last of them, as a `dwell_bucket` (`NO_DWELL` when unknown).
+#[derive(Debug, Clone, Copy)]
+pub struct Past<'a> {
+    pub history: &'a [StateId],
+    pub last_dwell: u8,
+}
+
+impl Past<'static> {
+    pub const NONE: Past<'static> = Past {
+        history: &[],
+        last_dwell: NO_DWELL,
+    };
+}
+
+pub const NO_DWELL: u8 = u8::MAX;
+
+/// A coarse, logarithmic class of a dwell: 0 under 9 s, 1 under 99 s, 2 under 16 min, 3 under
+/// 2.8 h, 4 under 28 h, 5 under 11.6 days, ... The time an object took in its previous state
+/// often says which way it goes next (a ticket closed in seconds was a duplicate).
+pub fn dwell_bucket(ms: i64) -> u8 {
+    if ms < 0 {
+        return NO_DWELL;
+    }
+    ((ms as f64 / 1000.0 + 1.0).log10().floor() as u8).min(12)
+}
+
 /// Up to 4 states, oldest first, padded with `NONE`.
 pub type Context = [StateId; 4];
 pub const NONE: StateId = StateId::MAX;
@@ -70,8 +97,11 @@ pub struct FlowModel {
     pub dwell_state: Vec<DwellHist>,
     /// Stored (scaled) next-state counts per history context of length 2..=history.
     pub contexts: HashMap<Context, Vec<(StateId, f64)>>,
+    /// Stored (scaled) next-state counts per (state, dwell class of the state before it).
+    pub dwell_contexts: HashMap<(StateId, u8), Vec<(StateId, f64)>>,
     pub history: usize,
     min_observations: f64,
+    use_dwell: bool,
     half_life_ms: Option<i64>,
     pub epoch_ms: i64,
     pub now_ms: i64,
@@ -110,8 +140,10 @@ impl FlowModel {
             dwell: HashMap::default(),
             dwell_state: vec![DwellHist::default(); n],
             contexts: HashMap::default(),
+            dwell_contexts: HashMap::default(),
             history: flow.learning.history,
             min_observations: flow.learning.min_observations,
+            use_dwell: flow.learning.use_dwell,
             half_life_ms: flow.learning.half_life_ms,
             epoch_ms: 0,
             now_ms: 0,
@@ -164,7 +196,11 @@ impl FlowModel {
         for h in self.dwell_state.iter_mut() {
             h.scale(f);
         }
-        for row in self.contexts.values_mut() {
+        for row in self
+            .contexts
+            .values_mut()
+            .chain(self.dwell_contexts.values_mut())
+        {
             for (_, w) in row.iter_mut() {
                 *w *= f;
             }
@@ -180,7 +216,8 @@ impl FlowModel {
     }
 
     /// Learns one transition. `history` holds the states before `from`, oldest first.
-    pub fn observe(&mut self, history: &[StateId], from: StateId, to: StateId, dwell_ms: i64) {
+    pub fn observe(&mut self, past: Past<'_>, from: StateId, to: StateId, dwell_ms: i64) {
+        let history = past.history;
         let w = self.obs_weight();
         let n = self.n;
         self.obs[from as usize * n + to as usize] += w;
@@ -195,11 +232,16 @@ impl FlowModel {
                 break;
             }
             let ctx = context_key(&history[history.len() + 1 - len..], from);
-            let row = self.contexts.entry(ctx).or_default();
-            match row.iter_mut().find(|(s, _)| *s == to) {
-                Some((_, c)) => *c += w,
-                None => row.push((to, w)),
-            }
+            add_to_row(self.contexts.entry(ctx).or_default(), to, w);
+        }
+        if past.last_dwell != NO_DWELL {
+            add_to_row(
+                self.dwell_contexts
+                    .entry((from, past.last_dwell))
+                    .or_default(),
+                to,
+                w,
+            );
         }
         self.changed += w * self.decay_factor();
     }
@@ -297,30 +339,70 @@ impl FlowModel {
         self.solved_at_ms = self.now_ms;
     }
 
-    /// First-step distribution for an object in `state` that came through `history` (oldest
-    /// first): the longest context with enough observed weight, else the first-order row.
+    /// First-step distribution for an object in `state` with its `past`. The first-order row
+    /// (priors and observations) is the base; the context of the time spent in the state before
+    /// (when dwell times are used), then history contexts of growing length (claim 3), each
+    /// refine it by interpolation: p = (n p_context + k p_shorter) / (n + k), with n the
+    /// context's observed weight and k = `min_observations`. A context seen rarely leans on the
+    /// shorter one; one seen often speaks for itself. With k = 0 the longest context seen wins.
     pub fn next_distribution(
         &self,
         sol: &Solution,
-        history: &[StateId],
+        past: Past<'_>,
         state: StateId,
         out: &mut Vec<(StateId, f64)>,
     ) {
         out.clear();
         let f = self.decay_factor();
-        for len in (2..=self.history.min(history.len() + 1)).rev() {
-            let ctx = context_key(&history[history.len() + 1 - len..], state);
-            if let Some(row) = self.contexts.get(&ctx) {
-                let total: f64 = row.iter().map(|(_, w)| w * f).sum();
-                if total >= self.min_observations.max(f64::MIN_POSITIVE) {
-                    out.extend(row.iter().map(|&(s, w)| (s, w * f / total)));
-                    return;
-                }
+        let k = self.min_observations.max(0.0);
+        let history = past.history;
+        let mut rows: Vec<&Vec<(StateId, f64)>> = Vec::new();
+        if self.use_dwell && past.last_dwell != NO_DWELL {
+            if let Some(row) = self.dwell_contexts.get(&(state, past.last_dwell)) {
+                rows.push(row);
             }
         }
-        let row = sol.p_row(state);
+        for len in 2..=self.history.min(history.len() + 1) {
+            if let Some(row) = self
+                .contexts
+                .get(&context_key(&history[history.len() + 1 - len..], state))
+            {
+                rows.push(row);
+            }
+        }
+        let first = sol.p_row(state);
+        if rows.is_empty() {
+            out.extend(
+                first
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| **p > 0.0)
+                    .map(|(s, p)| (s as StateId, *p)),
+            );
+            return;
+        }
+        let mut dist: Vec<f64> = first.to_vec();
+        for row in rows {
+            let n: f64 = row.iter().map(|(_, w)| w * f).sum();
+            if n <= 0.0 {
+                continue;
+            }
+            // Without a base (nothing known first-order), the context alone.
+            let base_known = dist.iter().any(|p| *p > 0.0);
+            let (wc, wb) = if base_known && k > 0.0 {
+                (n / (n + k), k / (n + k))
+            } else {
+                (1.0, 0.0)
+            };
+            for p in dist.iter_mut() {
+                *p *= wb;
+            }
+            for &(s, w) in row {
+                dist[s as usize] += wc * w * f / n;
+            }
+        }
         out.extend(
-            row.iter()
+            dist.iter()
                 .enumerate()
                 .filter(|(_, p)| **p > 0.0)
                 .map(|(s, p)| (s as StateId, *p)),
@@ -332,7 +414,7 @@ impl FlowModel {
     /// make every object slower than the slowest seen look doomed), and never below
     /// 1/(2(n+1)): n observations cannot rule out a dwell longer than all of them.
     fn survival(&self, from: StateId, to: StateId, elapsed_ms: f64) -> f64 {
-        if elapsed_ms <= 0.0 || self.timeout_target[from as usize] == Some(to) {
+        if !self.use_dwell || elapsed_ms <= 0.0 || self.timeout_target[from as usize] == Some(to) {
             return 1.0;
         }
         let f = self.decay_factor();
@@ -356,7 +438,7 @@ impl FlowModel {
     pub fn predict(
         &self,
         sol: &Solution,
-        history: &[StateId],
+        past: Past<'_>,
         state: StateId,
         elapsed_ms: f64,
         scratch: &mut Vec<(StateId, f64)>,
@@ -370,7 +452,7 @@ impl FlowModel {
             scratch.clear();
             return;
         }
-        self.next_distribution(sol, history, state, scratch);
+        self.next_distribution(sol, past, state, scratch);
         if elapsed_ms > 0.0 {
             let mut total = 0.0;
             for (to, p) in scratch.iter_mut() {
@@ -383,7 +465,7 @@ impl FlowModel {
                 }
             } else {
                 // Longer than anything ever seen: fall back to the unconditioned distribution.
-                self.next_distribution(sol, history, state, scratch);
+                self.next_distribution(sol, past, state, scratch);
             }
         }
         for &(to, p) in scratch.iter() {
@@ -430,6 +512,13 @@ impl FlowModel {
 
     pub fn kind(&self, s: StateId) -> Kind {
         self.kinds[s as usize]
+    }
+}
+
+fn add_to_row(row: &mut Vec<(StateId, f64)>, to: StateId, w: f64) {
+    match row.iter_mut().find(|(s, _)| *s == to) {
+        Some((_, c)) => *c += w,
+        None => row.push((to, w)),
     }
 }
 
@@ -552,6 +641,15 @@ pub struct LearnedCounts {
     pub transitions: Vec<LearnedTransition>,
     #[serde(default)]
     pub contexts: Vec<LearnedContext>,
+    #[serde(default)]
+    pub dwell_contexts: Vec<LearnedDwellContext>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LearnedDwellContext {
+    pub state: String,
+    pub dwell_class: u8,
+    pub next: Vec<(String, f64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -605,11 +703,25 @@ impl FlowModel {
             })
             .collect();
         contexts.sort_by(|a, b| a.states.cmp(&b.states));
+        let mut dwell_contexts: Vec<LearnedDwellContext> = self
+            .dwell_contexts
+            .iter()
+            .map(|((s, d), row)| LearnedDwellContext {
+                state: names[*s as usize].clone(),
+                dwell_class: *d,
+                next: row
+                    .iter()
+                    .map(|&(t, w)| (names[t as usize].clone(), w))
+                    .collect(),
+            })
+            .collect();
+        dwell_contexts.sort_by(|a, b| (&a.state, a.dwell_class).cmp(&(&b.state, b.dwell_class)));
         LearnedCounts {
             epoch_ms: self.epoch_ms,
             now_ms: self.now_ms,
             transitions,
             contexts,
+            dwell_contexts,
         }
     }
 
@@ -651,6 +763,15 @@ impl FlowModel {
                 .filter_map(|(s, w)| id_of(s).map(|id| (id, *w)))
                 .collect();
             self.contexts.insert(ctx, row);
+        }
+        for c in &learned.dwell_contexts {
+            let Some(s) = id_of(&c.state) else { continue };
+            let row: Vec<(StateId, f64)> = c
+                .next
+                .iter()
+                .filter_map(|(t, w)| id_of(t).map(|id| (id, *w)))
+                .collect();
+            self.dwell_contexts.insert((s, c.dwell_class), row);
         }
         dropped
     }

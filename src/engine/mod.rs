@@ -75,6 +75,8 @@ pub struct ObjectState {
     pub history: [StateId; 3],
     /// An alert is firing for (this object, `state`).
     pub alerting: bool,
+    /// `markov::dwell_bucket` of the time spent in the previous state.
+    pub last_dwell: u8,
 }
 
 /// Alert times of an object that has alerted at least once.
@@ -95,6 +97,13 @@ impl ObjectState {
             .position(|&s| s != markov::NONE)
             .unwrap_or(3);
         &self.history[start..]
+    }
+
+    pub fn past(&self) -> markov::Past<'_> {
+        markov::Past {
+            history: self.history_slice(),
+            last_dwell: self.last_dwell,
+        }
     }
 
     fn push_history(&mut self, s: StateId) {
@@ -249,8 +258,10 @@ impl Trigger<'_> {
 }
 
 /// A prediction for one object.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
+    /// Event time of the prediction, RFC 3339.
+    pub at: String,
     pub flow: String,
     pub object: String,
     pub state: String,
@@ -272,6 +283,10 @@ pub struct Engine {
     clock_ms: i64,
     scratch: Vec<(StateId, f64)>,
     risk: Vec<f64>,
+    /// Learn from what is observed (the default). Evaluation turns it off for test cases.
+    pub learn: bool,
+    /// Emit a `prediction` record every time an object enters a state.
+    pub trace: bool,
 }
 
 impl Engine {
@@ -288,6 +303,8 @@ impl Engine {
             clock_ms: 0,
             scratch: Vec::new(),
             risk: Vec::new(),
+            learn: true,
+            trace: false,
         };
         e.build_index();
         e
@@ -485,6 +502,7 @@ impl Engine {
                     state: target,
                     history: [markov::NONE; 3],
                     alerting: false,
+                    last_dwell: markov::NO_DWELL,
                     generation: 0,
                     entered_ms: now,
                     last_seen_ms: now,
@@ -495,12 +513,13 @@ impl Engine {
         };
         obj.last_seen_ms = now;
         let from = obj.state;
-        if from == target {
+        if from == target && !rt.flow.learning.count_repeats {
             return; // A repeated notification of the same state: no transition.
         }
         self.stats.transitions += 1;
         let dwell = now - obj.entered_ms;
         let before = *obj;
+        let learn = self.learn;
         if !rt.model.learns(from, target) {
             self.stats.unexpected += 1;
             out.push(Record::Unexpected(Unexpected {
@@ -518,12 +537,12 @@ impl Engine {
             return;
         }
         let rt = &mut self.flows[fi];
-        if rt.model.learns(from, target) {
-            rt.model
-                .observe(before.history_slice(), from, target, dwell);
+        if learn && rt.model.learns(from, target) {
+            rt.model.observe(before.past(), from, target, dwell);
         }
         let obj = rt.objects.get_mut(&key).expect("object present");
         obj.push_history(from);
+        obj.last_dwell = markov::dwell_bucket(dwell);
         obj.state = target;
         obj.entered_ms = now;
         obj.generation = obj.generation.wrapping_add(1);
@@ -563,8 +582,8 @@ impl Engine {
         let flow = rt.flow.clone();
         let (outcome, kind) = match &end {
             Some((t, dwell)) => {
-                if rt.model.learns(obj.state, *t) {
-                    rt.model.observe(obj.history_slice(), obj.state, *t, *dwell);
+                if self.learn && rt.model.learns(obj.state, *t) {
+                    rt.model.observe(obj.past(), obj.state, *t, *dwell);
                 }
                 let k = if flow.state(*t).kind == Kind::Artifact {
                     "artifact"
@@ -633,6 +652,11 @@ impl Engine {
             )));
         }
         self.evaluate(fi, key, now, trig, out);
+        if self.trace {
+            if let Some(p) = self.predict_object_at(fi, key, now) {
+                out.push(Record::Prediction(p));
+            }
+        }
     }
 
     /// Artifact risks of an object at `elapsed` ms in its state, by artifact name.
@@ -642,7 +666,7 @@ impl Engine {
         let sol = rt.model.cached().expect("solved");
         rt.model.predict(
             sol,
-            obj.history_slice(),
+            obj.past(),
             obj.state,
             elapsed,
             &mut self.scratch,
@@ -675,7 +699,7 @@ impl Engine {
         let sol = rt.model.cached().expect("solved");
         rt.model.predict(
             sol,
-            obj.history_slice(),
+            obj.past(),
             obj.state,
             elapsed,
             &mut self.scratch,
@@ -817,8 +841,14 @@ impl Engine {
             if e >= limit {
                 break;
             }
-            rt.model
-                .predict(sol, &[], state, e, &mut self.scratch, &mut self.risk);
+            rt.model.predict(
+                sol,
+                markov::Past::NONE,
+                state,
+                e,
+                &mut self.scratch,
+                &mut self.risk,
+            );
             let crosses = sol.finals.iter().zip(self.risk.iter()).any(|(s, r)| {
                 rt.flow.state(*s).kind == Kind::Artifact
                     && *r > 0.0
@@ -835,7 +865,10 @@ impl Engine {
 
     /// The prediction for one object of one flow, for the API and tests.
     pub fn predict_object(&mut self, fi: usize, key: &ObjectKey) -> Option<Prediction> {
-        let now = self.clock_ms;
+        self.predict_object_at(fi, key, self.clock_ms)
+    }
+
+    fn predict_object_at(&mut self, fi: usize, key: &ObjectKey, now: i64) -> Option<Prediction> {
         let obj = *self.flows[fi].objects.get(key)?;
         let elapsed = (now - obj.entered_ms).max(0) as f64;
         let rt = &mut self.flows[fi];
@@ -843,7 +876,7 @@ impl Engine {
         let sol = rt.model.cached().expect("solved");
         rt.model.predict(
             sol,
-            obj.history_slice(),
+            obj.past(),
             obj.state,
             elapsed,
             &mut self.scratch,
@@ -855,8 +888,9 @@ impl Engine {
         let flow = &rt.flow;
         let mut next = Vec::new();
         rt.model
-            .next_distribution(sol, obj.history_slice(), obj.state, &mut next);
+            .next_distribution(sol, obj.past(), obj.state, &mut next);
         Some(Prediction {
+            at: format_rfc3339(now),
             flow: flow.name.clone(),
             object: key.to_string(),
             state: flow.name_of(obj.state).to_string(),

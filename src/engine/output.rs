@@ -12,6 +12,8 @@ pub enum Record {
     Resolved(Resolved),
     Outcome(Outcome),
     Unexpected(Unexpected),
+    /// With tracing on: the prediction made as an object entered a state.
+    Prediction(super::Prediction),
 }
 
 impl Record {
@@ -21,6 +23,7 @@ impl Record {
             Record::Resolved(r) => &r.flow,
             Record::Outcome(o) => &o.flow,
             Record::Unexpected(u) => &u.flow,
+            Record::Prediction(p) => &p.flow,
         }
     }
 }

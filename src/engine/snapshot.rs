@@ -47,6 +47,9 @@ pub struct ObjectSnapshot {
     pub first_alert_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alert_since_ms: Option<i64>,
+    /// Dwell class of the time spent in the previous state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_dwell: Option<u8>,
 }
 
 /// What a restore or reload kept and dropped.
@@ -88,6 +91,7 @@ impl Engine {
                             alerting: o.alerting,
                             first_alert_ms: log.map(|l| l.first_ms),
                             alert_since_ms: log.map(|l| l.since_ms),
+                            last_dwell: (o.last_dwell != markov::NO_DWELL).then_some(o.last_dwell),
                         }
                     })
                     .collect();
@@ -149,6 +153,7 @@ impl Engine {
                         state,
                         history,
                         alerting: o.alerting,
+                        last_dwell: o.last_dwell.unwrap_or(markov::NO_DWELL),
                     },
                 );
                 self.schedule(fi, &key);

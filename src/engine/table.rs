@@ -70,7 +70,14 @@ pub fn build(rt: &mut FlowRuntime) -> ModelTable {
     let states = (0..n)
         .map(|s| {
             let id = s as StateId;
-            model.predict(sol, &[], id, 0.0, &mut scratch, &mut risk);
+            model.predict(
+                sol,
+                super::markov::Past::NONE,
+                id,
+                0.0,
+                &mut scratch,
+                &mut risk,
+            );
             let expected = model.expected_remaining(sol, id, 0.0, &scratch);
             StateRow {
                 state: flow.name_of(id).to_string(),

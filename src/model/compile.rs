@@ -560,6 +560,18 @@ impl FlowCompiler<'_> {
                         }
                     }
                 }
+                "repeats" => match &v.kind {
+                    ValueKind::Ident(w) if w == "count" => l.count_repeats = true,
+                    ValueKind::Ident(w) if w == "ignore" => l.count_repeats = false,
+                    other => {
+                        self.err(
+                            Code::BadSetting,
+                            v.span,
+                            format!("`repeats` is `count` or `ignore`, found {}", other.describe()),
+                        )
+                        .help = Some("`count`: an activity that repeats is a transition to itself (process logs); `ignore`: a repeated notification (the default)".into());
+                    }
+                },
                 other => self.unknown_setting(
                     &s.name,
                     other,
@@ -569,6 +581,7 @@ impl FlowCompiler<'_> {
                         "history",
                         "min_observations",
                         "expire",
+                        "repeats",
                     ],
                     "learn",
                 ),

@@ -80,6 +80,11 @@ pub struct Learning {
     pub min_observations: f64,
     /// Objects not seen for this long are evicted with an outcome record.
     pub expire_ms: i64,
+    /// A message for the state an object is already in counts as a transition (process logs,
+    /// where an activity can repeat) instead of a repeated notification (the default).
+    pub count_repeats: bool,
+    /// Condition risk on the time already spent in a state ([0102]); evaluation can turn it off.
+    pub use_dwell: bool,
 }
 
 impl Default for Learning {
@@ -90,6 +95,8 @@ impl Default for Learning {
             history: 1,
             min_observations: 10.0,
             expire_ms: 86_400_000,
+            count_repeats: false,
+            use_dwell: true,
         }
     }
 }

@@ -4,4 +4,6 @@
 pub mod ast;
 mod parser;
 
-pub use parser::{format_duration_ms, parse, parse_duration_ms, MAX_FILE_BYTES, MAX_NESTING};
+pub use parser::{
+    format_duration_ms, parse, parse_duration_ms, parse_path, MAX_FILE_BYTES, MAX_NESTING,
+};

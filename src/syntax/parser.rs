@@ -48,6 +48,29 @@ pub fn parse(file: FileId, text: &str) -> Result<File, Vec<Diagnostic>> {
     }
 }
 
+/// Parses a field path written on its own (`payload."nova_object.data".uuid`).
+pub fn parse_path(text: &str) -> Result<Vec<Segment>, String> {
+    if let Some(d) = prescan(0, text) {
+        return Err(d.message);
+    }
+    let mut pairs =
+        FlowParser::parse(Rule::path_only, text).map_err(|e| syntax_error(0, text, e).message)?;
+    let root = pairs.next().expect("path_only yields one pair");
+    let mut lower = Lower {
+        file: 0,
+        diags: Vec::new(),
+    };
+    let path = root
+        .into_inner()
+        .find(|p| p.as_rule() == Rule::path)
+        .expect("a path");
+    let p = lower.path(path);
+    match lower.diags.first() {
+        Some(d) => Err(d.message.clone()),
+        None => Ok(p.segments),
+    }
+}
+
 /// Refuses input the parser must not see: too deeply nested. Strings and comments are skipped
 /// so that a `(` inside them does not count.
 fn prescan(file: FileId, text: &str) -> Option<Diagnostic> {
@@ -101,6 +124,7 @@ fn prescan(file: FileId, text: &str) -> Option<Diagnostic> {
 fn rule_name(rule: Rule) -> Option<&'static str> {
     Some(match rule {
         Rule::EOI => "end of file",
+        Rule::path_only => "a field path",
         Rule::flow | Rule::kw_flow => "`flow`",
         Rule::description | Rule::kw_description => "`description`",
         Rule::key_decl | Rule::kw_key => "`key`",

@@ -1,0 +1,539 @@
+//! Measuring prediction quality with the engine itself (Tax et al. 2017's protocol): cases in
+//! file order, the first 2/3 train and the last 1/3 test.
+//!
+//! Training feeds the training cases' messages to an `Engine` in time order (so that recency
+//! weighting sees real time). Testing turns learning off and tracing on, and replays each test
+//! case on its own, shifted in time to start at the engine's clock: with learning off the cases
+//! cannot influence each other, and their dwell times are kept exactly. `--online` instead runs
+//! every message in time order with learning on (prequential evaluation, as deployed).
+//!
+//! Scored: the next state at every prefix of length 2 to len-1 (argmax of the next-state
+//! distribution over the activities, ties toward the larger activity label compared as strings,
+//! and the most frequent training activity when the state was never seen); the remaining time
+//! at the same prefixes; and for flows with artifacts, the artifact probability at every prefix
+//! against the case's outcome (ROC AUC, Brier, calibration) and the alerts (precision, recall,
+//! lead time).
+
+use super::log::{Stream, CASE_END};
+use crate::engine::output::Record;
+use crate::engine::Engine;
+use crate::model::{CompiledFlow, Kind};
+use serde::Serialize;
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EvalConfig {
+    pub history: usize,
+    pub half_life_ms: Option<i64>,
+    pub prior_weight: f64,
+    pub min_observations: f64,
+    /// Condition risk on the time already spent in a state.
+    pub dwell: bool,
+    pub online: bool,
+}
+
+impl EvalConfig {
+    pub fn label(&self) -> String {
+        format!(
+            "history={} half_life={} prior_weight={} min_obs={} dwell={}{}",
+            self.history,
+            self.half_life_ms
+                .map(crate::syntax::format_duration_ms)
+                .unwrap_or_else(|| "off".into()),
+            self.prior_weight,
+            self.min_observations,
+            if self.dwell { "on" } else { "off" },
+            if self.online { " online" } else { "" }
+        )
+    }
+
+    /// The flow with this configuration's learning parameters.
+    pub fn apply(&self, flow: &CompiledFlow) -> CompiledFlow {
+        let mut f = flow.clone();
+        f.learning.history = self.history;
+        f.learning.half_life_ms = self.half_life_ms;
+        f.learning.prior_weight = self.prior_weight;
+        f.learning.min_observations = self.min_observations;
+        f.learning.use_dwell = self.dwell;
+        // Nothing is evicted during an evaluation: cases end by their outcome.
+        f.learning.expire_ms = i64::MAX / 4;
+        f
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub config: EvalConfig,
+    pub label: String,
+    pub train_cases: usize,
+    pub test_cases: usize,
+    pub next_state: NextState,
+    pub remaining_time: Option<Remaining>,
+    pub outcome: Option<OutcomeReport>,
+    /// Against known true probabilities (simulated streams).
+    pub truth: Option<Truth>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NextState {
+    pub prefixes: usize,
+    pub correct: usize,
+    pub accuracy: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Remaining {
+    pub prefixes: usize,
+    pub mae_days: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutcomeReport {
+    /// Test cases with a known outcome, and how many of them reached an artifact.
+    pub cases: usize,
+    pub artifact_cases: usize,
+    /// Predictions scored (one per prefix).
+    pub predictions: usize,
+    pub roc_auc: Option<f64>,
+    pub brier: f64,
+    pub calibration: Vec<CalibrationBin>,
+    pub alert_threshold: f64,
+    pub alerted_cases: usize,
+    pub true_alerts: usize,
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    pub median_lead_time_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CalibrationBin {
+    pub from: f64,
+    pub to: f64,
+    pub predictions: usize,
+    pub mean_predicted: f64,
+    pub observed_rate: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Truth {
+    pub predictions: usize,
+    /// Mean squared difference between predicted and true artifact probabilities.
+    pub brier_vs_truth: f64,
+    /// The same for the a priori model alone, for scale.
+    pub brier_vs_outcome: f64,
+}
+
+/// Per test case: the predictions traced at each state entry, the states entered, the end.
+#[derive(Default)]
+struct CaseTrace {
+    predictions: Vec<crate::engine::Prediction>,
+    times: Vec<i64>,
+    outcome: Option<(bool, i64)>,
+    first_alert: Option<i64>,
+}
+
+pub fn evaluate(
+    flow: &CompiledFlow,
+    stream: &Stream,
+    cfg: &EvalConfig,
+    truth: Option<&CompiledFlow>,
+) -> anyhow::Result<Report> {
+    let flow = cfg.apply(flow);
+    let n_cases = stream.cases.len();
+    // Tax et al.'s split: three folds of round(n/3) cases, the first two for training.
+    let n_train = (2 * ((n_cases as f64 / 3.0).round() as usize)).min(n_cases);
+    let is_test = |c: u32| (c as usize) >= n_train;
+    let mut engine = Engine::new(vec![flow.clone()]);
+    let mut records = Vec::new();
+    let mut traces: HashMap<String, CaseTrace> = HashMap::new();
+    let mut by_case: Vec<Vec<usize>> = vec![Vec::new(); n_cases];
+    for (i, &c) in stream.case_of.iter().enumerate() {
+        by_case[c as usize].push(i);
+    }
+    // Activity frequencies in training, for the fallback prediction.
+    let mut freq: HashMap<String, usize> = HashMap::new();
+    // Records about test cases go to their traces; everything else is dropped.
+    let collect = |records: &mut Vec<Record>, traces: &mut HashMap<String, CaseTrace>| {
+        for r in records.drain(..) {
+            match r {
+                Record::Prediction(p) => {
+                    if let Some(e) = traces.get_mut(&p.object) {
+                        e.times
+                            .push(crate::engine::time::parse_str(&p.at).unwrap_or(0));
+                        e.predictions.push(p);
+                    }
+                }
+                Record::Outcome(o) => {
+                    if let Some(e) = traces.get_mut(&o.object) {
+                        if o.kind != "expired" {
+                            let t = crate::engine::time::parse_str(&o.at).unwrap_or(0);
+                            e.outcome = Some((o.kind == "artifact", t));
+                        }
+                    }
+                }
+                Record::Alert(a) => {
+                    if let Some(e) = traces.get_mut(&a.object) {
+                        if e.first_alert.is_none() {
+                            e.first_alert = crate::engine::time::parse_str(&a.at);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    };
+    let sorted =
+        |idx: &mut Vec<usize>| idx.sort_by_key(|&i| (stream.messages[i].time_ms.unwrap_or(0), i));
+    for c in n_train..n_cases {
+        traces.insert(stream.cases[c].clone(), CaseTrace::default());
+    }
+    if cfg.online {
+        engine.trace = true;
+        let mut all: Vec<usize> = (0..stream.messages.len()).collect();
+        sorted(&mut all);
+        for i in all {
+            if !is_test(stream.case_of[i]) {
+                if let Some(et) = stream.messages[i].event_type() {
+                    *freq.entry(et.to_string()).or_default() += 1;
+                }
+            }
+            engine.observe(&stream.messages[i], &mut records);
+            collect(&mut records, &mut traces);
+        }
+    } else {
+        let mut train: Vec<usize> = (0..stream.messages.len())
+            .filter(|&i| !is_test(stream.case_of[i]))
+            .collect();
+        sorted(&mut train);
+        for i in train {
+            if let Some(et) = stream.messages[i].event_type() {
+                *freq.entry(et.to_string()).or_default() += 1;
+            }
+            engine.observe(&stream.messages[i], &mut records);
+            records.clear();
+        }
+        engine.learn = false;
+        engine.trace = true;
+        for idx in &by_case[n_train..] {
+            let start = idx
+                .iter()
+                .filter_map(|&i| stream.messages[i].time_ms)
+                .min()
+                .unwrap_or(0);
+            let offset = (engine.clock_ms() - start).max(0);
+            for &i in idx {
+                let mut m = stream.messages[i].clone();
+                m.time_ms = m.time_ms.map(|t| t + offset);
+                engine.observe(&m, &mut records);
+                collect(&mut records, &mut traces);
+            }
+        }
+    }
+    freq.remove(CASE_END);
+    // The most frequent training activity, ties toward the larger label (as strings).
+    let fallback = freq
+        .iter()
+        .max_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0)))
+        .map(|(k, _)| k.clone());
+
+    // State name -> the activity label it stands for (the rule's event type), for scoring.
+    let label_of = |state: &str| -> String {
+        let id = flow.state_id(state);
+        id.and_then(|i| flow.state(i).label.clone())
+            .unwrap_or_else(|| state.to_string())
+    };
+    let activity_state = |state: &str| -> bool {
+        flow.state_id(state).is_some_and(|i| {
+            let s = flow.state(i);
+            s.kind != Kind::Artifact && !(s.kind == Kind::Terminal && s.name == "done")
+        })
+    };
+
+    // Next state and remaining time.
+    let (mut prefixes, mut correct) = (0, 0);
+    let (mut rem_n, mut rem_abs) = (0usize, 0.0f64);
+    for c in n_train..n_cases {
+        let Some(t) = traces.get(&stream.cases[c]) else {
+            continue;
+        };
+        let len = t.predictions.len();
+        if len < 3 {
+            continue;
+        }
+        let last_time = *t.times.last().unwrap_or(&0);
+        for k in 2..len {
+            let p = &t.predictions[k - 1];
+            let actual = label_of(&t.predictions[k].state);
+            let predicted = p
+                .next
+                .iter()
+                .filter(|(s, _)| activity_state(s))
+                .map(|(s, pr)| (label_of(s), *pr))
+                .max_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
+                .map(|(l, _)| l)
+                .or_else(|| fallback.clone());
+            prefixes += 1;
+            if predicted.as_deref() == Some(actual.as_str()) {
+                correct += 1;
+            }
+            rem_n += 1;
+            let actual_rem = (last_time - t.times[k - 1]) as f64;
+            rem_abs += (p.expected_remaining_ms - actual_rem).abs();
+        }
+    }
+    let next_state = NextState {
+        prefixes,
+        correct,
+        accuracy: if prefixes > 0 {
+            correct as f64 / prefixes as f64
+        } else {
+            0.0
+        },
+    };
+    let remaining_time =
+        (rem_n > 0 && flow.states.iter().any(|s| s.kind.is_final())).then(|| Remaining {
+            prefixes: rem_n,
+            mae_days: rem_abs / rem_n as f64 / 86_400_000.0,
+        });
+
+    // Outcomes.
+    let artifacts: Vec<String> = flow
+        .artifacts()
+        .map(|a| flow.name_of(a).to_string())
+        .collect();
+    let outcome = if artifacts.is_empty() {
+        None
+    } else {
+        Some(outcome_report(&flow, n_train..n_cases, stream, &traces))
+    };
+    let truth = truth.map(|t| truth_report(t, n_train..n_cases, stream, &traces));
+    Ok(Report {
+        label: cfg.label(),
+        config: cfg.clone(),
+        train_cases: n_train,
+        test_cases: n_cases - n_train,
+        next_state,
+        remaining_time,
+        outcome,
+        truth,
+    })
+}
+
+fn risk_sum(p: &crate::engine::Prediction) -> f64 {
+    p.risk.values().sum::<f64>().min(1.0)
+}
+
+fn outcome_report(
+    flow: &CompiledFlow,
+    test: std::ops::Range<usize>,
+    stream: &Stream,
+    traces: &HashMap<String, CaseTrace>,
+) -> OutcomeReport {
+    let mut pairs: Vec<(f64, bool)> = Vec::new();
+    let (mut cases, mut artifact_cases, mut alerted, mut true_alerts) = (0, 0, 0, 0);
+    let mut leads = Vec::new();
+    for c in test {
+        let Some(t) = traces.get(&stream.cases[c]) else {
+            continue;
+        };
+        let Some((bad, at)) = t.outcome else { continue };
+        cases += 1;
+        if bad {
+            artifact_cases += 1;
+        }
+        for p in &t.predictions {
+            pairs.push((risk_sum(p), bad));
+        }
+        if let Some(first) = t.first_alert {
+            alerted += 1;
+            if bad {
+                true_alerts += 1;
+                leads.push(at - first);
+            }
+        }
+    }
+    let brier = if pairs.is_empty() {
+        0.0
+    } else {
+        pairs
+            .iter()
+            .map(|(p, y)| (p - if *y { 1.0 } else { 0.0 }).powi(2))
+            .sum::<f64>()
+            / pairs.len() as f64
+    };
+    let calibration = (0..10)
+        .filter_map(|d| {
+            let (lo, hi) = (d as f64 / 10.0, (d + 1) as f64 / 10.0);
+            let bin: Vec<&(f64, bool)> = pairs
+                .iter()
+                .filter(|(p, _)| *p >= lo && (*p < hi || (d == 9 && *p <= 1.0)))
+                .collect();
+            (!bin.is_empty()).then(|| CalibrationBin {
+                from: lo,
+                to: hi,
+                predictions: bin.len(),
+                mean_predicted: bin.iter().map(|(p, _)| p).sum::<f64>() / bin.len() as f64,
+                observed_rate: bin.iter().filter(|(_, y)| *y).count() as f64 / bin.len() as f64,
+            })
+        })
+        .collect();
+    leads.sort_unstable();
+    let threshold = flow
+        .artifacts()
+        .map(|a| flow.alerts[a as usize].threshold)
+        .fold(f64::INFINITY, f64::min);
+    OutcomeReport {
+        cases,
+        artifact_cases,
+        predictions: pairs.len(),
+        roc_auc: roc_auc(&pairs),
+        brier,
+        calibration,
+        alert_threshold: threshold,
+        alerted_cases: alerted,
+        true_alerts,
+        precision: (alerted > 0).then(|| true_alerts as f64 / alerted as f64),
+        recall: (artifact_cases > 0).then(|| true_alerts as f64 / artifact_cases as f64),
+        median_lead_time_ms: leads.get(leads.len() / 2).copied(),
+    }
+}
+
+/// ROC AUC by the Mann-Whitney statistic, ties counted half.
+pub fn roc_auc(pairs: &[(f64, bool)]) -> Option<f64> {
+    let mut v: Vec<(f64, bool)> = pairs.to_vec();
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let pos = v.iter().filter(|x| x.1).count() as f64;
+    let neg = v.len() as f64 - pos;
+    if pos == 0.0 || neg == 0.0 {
+        return None;
+    }
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j < v.len() && v[j].0 == v[i].0 {
+            j += 1;
+        }
+        let avg_rank = (i + 1 + j) as f64 / 2.0;
+        rank_sum += v[i..j].iter().filter(|x| x.1).count() as f64 * avg_rank;
+        i = j;
+    }
+    Some((rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg))
+}
+
+/// Predicted artifact probabilities against the true ones of the flow that generated the
+/// stream (its a priori counts are the truth).
+fn truth_report(
+    truth: &CompiledFlow,
+    test: std::ops::Range<usize>,
+    stream: &Stream,
+    traces: &HashMap<String, CaseTrace>,
+) -> Truth {
+    let mut model = crate::engine::markov::FlowModel::new(truth);
+    model.refresh();
+    let sol = model.cached().expect("refreshed").clone();
+    let artifact_cols: Vec<usize> = sol
+        .finals
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| truth.state(**f).kind == Kind::Artifact)
+        .map(|(i, _)| i)
+        .collect();
+    let true_risk = |state: &str| -> Option<f64> {
+        let id = truth.state_id(state)?;
+        let row = sol.absorb_row(id);
+        Some(artifact_cols.iter().map(|&i| row[i]).sum())
+    };
+    let (mut n, mut se, mut se_outcome) = (0usize, 0.0, 0.0);
+    for c in test {
+        let Some(t) = traces.get(&stream.cases[c]) else {
+            continue;
+        };
+        let y = t.outcome.map(|o| if o.0 { 1.0 } else { 0.0 });
+        for p in &t.predictions {
+            if let (Some(tr), Some(y)) = (true_risk(&p.state), y) {
+                n += 1;
+                se += (risk_sum(p) - tr).powi(2);
+                se_outcome += (risk_sum(p) - y).powi(2);
+            }
+        }
+    }
+    Truth {
+        predictions: n,
+        brier_vs_truth: if n > 0 { se / n as f64 } else { 0.0 },
+        brier_vs_outcome: if n > 0 { se_outcome / n as f64 } else { 0.0 },
+    }
+}
+
+/// A fixed-width table of several reports, best next-state accuracy marked.
+pub fn render(reports: &[Report]) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let best = reports
+        .iter()
+        .map(|r| r.next_state.accuracy)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let _ = writeln!(
+        o,
+        "{:<62} {:>9} {:>8} {:>10} {:>8} {:>7} {:>9} {:>9}",
+        "configuration",
+        "prefixes",
+        "next acc",
+        "MAE days",
+        "ROC AUC",
+        "Brier",
+        "precision",
+        "recall"
+    );
+    for r in reports {
+        let f = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+        let mark = if (r.next_state.accuracy - best).abs() < 1e-12 {
+            " *"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            o,
+            "{:<62} {:>9} {:>8.4} {:>10} {:>8} {:>7} {:>9} {:>9}{mark}",
+            r.label,
+            r.next_state.prefixes,
+            r.next_state.accuracy,
+            f(r.remaining_time.as_ref().map(|m| m.mae_days)),
+            f(r.outcome.as_ref().and_then(|o| o.roc_auc)),
+            f(r.outcome.as_ref().map(|o| o.brier)),
+            f(r.outcome.as_ref().and_then(|o| o.precision)),
+            f(r.outcome.as_ref().and_then(|o| o.recall)),
+        );
+    }
+    if let Some(r) = reports.iter().find(|r| r.outcome.is_some()) {
+        let oc = r.outcome.as_ref().expect("found");
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "outcomes ({}): {} test cases with an outcome, {} reached an artifact; {} alerted ({} rightly); median lead time {}",
+            r.label,
+            oc.cases,
+            oc.artifact_cases,
+            oc.alerted_cases,
+            oc.true_alerts,
+            oc.median_lead_time_ms.map(|m| format!("{:.1} s", m as f64 / 1000.0)).unwrap_or_else(|| "-".into())
+        );
+        let _ = writeln!(o, "calibration: predicted  observed  (predictions)");
+        for b in &oc.calibration {
+            let _ = writeln!(
+                o,
+                "  [{:.1}, {:.1})  {:>8.3}  {:>8.3}  ({})",
+                b.from, b.to, b.mean_predicted, b.observed_rate, b.predictions
+            );
+        }
+    }
+    for r in reports.iter().filter(|r| r.truth.is_some()) {
+        let t = r.truth.as_ref().expect("filtered");
+        let _ = writeln!(
+            o,
+            "against the true probabilities ({}): Brier {:.5} over {} predictions (against outcomes: {:.4})",
+            r.label, t.brier_vs_truth, t.predictions, t.brier_vs_outcome
+        );
+    }
+    o
+}
