@@ -221,6 +221,10 @@ pub struct SimulateArgs {
     /// Mean dwell in a state, e.g. `10s`.
     #[arg(long, default_value = "10s")]
     pub mean_dwell: String,
+    /// Mean dwell before a step into one state, `STATE=DURATION` (repeatable): failures that
+    /// take longer than successes, for instance.
+    #[arg(long = "dwell-to")]
+    pub dwell_to: Vec<String>,
     /// Start time, RFC 3339.
     #[arg(long, default_value = "2026-01-01T00:00:00Z")]
     pub start: String,
@@ -244,7 +248,17 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     if args.rate <= 0.0 || !args.rate.is_finite() {
         anyhow::bail!("--rate must be a positive number");
     }
+    let mut dwell_to = Vec::new();
+    for d in &args.dwell_to {
+        let (state, dur) = d.split_once('=').ok_or_else(|| anyhow::anyhow!("--dwell-to {d}: expected STATE=DURATION"))?;
+        let id = flow.state_id(state).ok_or_else(|| anyhow::anyhow!("--dwell-to {d}: flow `{}` has no state `{state}`", flow.name))?;
+        let ms = crate::syntax::parse_duration_ms(dur)
+            .filter(|m| *m > 0)
+            .ok_or_else(|| anyhow::anyhow!("--dwell-to {d}: `{dur}` is not a positive duration"))?;
+        dwell_to.push((id, ms as f64));
+    }
     let opts = SimOptions {
+        dwell_to,
         objects: args.objects,
         seed: args.seed,
         start_ms: start,

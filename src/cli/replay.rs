@@ -24,6 +24,9 @@ pub struct ReplayArgs {
     /// Emit only alerts and resolutions, not outcomes or unexpected transitions.
     #[arg(long)]
     pub alerts_only: bool,
+    /// Also emit a `prediction` record each time an object enters a state.
+    #[arg(long)]
+    pub trace: bool,
 }
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
@@ -32,6 +35,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let mut engine = Engine::new(flows);
+    engine.trace = args.trace;
     if let Some(dir) = &args.state_dir {
         if let Some(learned) = state_dir::load_learned(dir)? {
             let (loaded, dropped) = engine.import_learned(&learned);

@@ -31,6 +31,8 @@ pub struct SimOptions {
     pub interval_ms: f64,
     /// Mean dwell in a state.
     pub mean_dwell_ms: f64,
+    /// Mean dwell before a step into particular states (e.g. failures that take longer).
+    pub dwell_to: Vec<(StateId, f64)>,
 }
 
 /// SplitMix64: small, fast and good enough for simulation; deterministic by seed.
@@ -241,7 +243,7 @@ pub fn simulate(
                 &templates,
                 &initial,
                 next_start,
-                opts.mean_dwell_ms,
+                opts,
                 &mut rng,
                 &mut summary,
             );
@@ -307,7 +309,7 @@ fn walk(
     templates: &[Option<Value>],
     initial: &[StateId],
     start: i64,
-    mean_dwell_ms: f64,
+    opts: &SimOptions,
     rng: &mut Rng,
     summary: &mut SimSummary,
 ) -> Vec<(i64, StateId)> {
@@ -336,7 +338,8 @@ fn walk(
             }
             u -= c;
         }
-        let dwell = (-(1.0 - rng.unit()).ln() * mean_dwell_ms).max(1.0) as i64;
+        let mean = opts.dwell_to.iter().find(|(t, _)| *t == next).map_or(opts.mean_dwell_ms, |(_, m)| *m);
+        let dwell = (-(1.0 - rng.unit()).ln() * mean).max(1.0) as i64;
         if let Some((limit, artifact)) = flow.timeouts[s as usize] {
             if next == artifact || dwell >= limit {
                 // Silence: the engine's timer makes the timeout happen.
