@@ -250,8 +250,15 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     }
     let mut dwell_to = Vec::new();
     for d in &args.dwell_to {
-        let (state, dur) = d.split_once('=').ok_or_else(|| anyhow::anyhow!("--dwell-to {d}: expected STATE=DURATION"))?;
-        let id = flow.state_id(state).ok_or_else(|| anyhow::anyhow!("--dwell-to {d}: flow `{}` has no state `{state}`", flow.name))?;
+        let (state, dur) = d
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--dwell-to {d}: expected STATE=DURATION"))?;
+        let id = flow.state_id(state).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--dwell-to {d}: flow `{}` has no state `{state}`",
+                flow.name
+            )
+        })?;
         let ms = crate::syntax::parse_duration_ms(dur)
             .filter(|m| *m > 0)
             .ok_or_else(|| anyhow::anyhow!("--dwell-to {d}: `{dur}` is not a positive duration"))?;

@@ -1,6 +1,7 @@
 //! The command line: argument parsing and one module per subcommand. Errors from the layers
 //! below get their context here; exit codes are 0 ok, 1 the input has errors, 2 usage or IO.
 
+pub mod bench_cmd;
 pub mod check;
 pub mod eval_cmd;
 pub mod graph;
@@ -43,6 +44,9 @@ pub enum Command {
     Simulate(eval_cmd::SimulateArgs),
     /// Measure prediction quality on a log: next state, remaining time, outcomes, alerts.
     Eval(eval_cmd::EvalArgs),
+    /// Measuring tools for bench/run.sh.
+    #[command(subcommand, hide = true)]
+    Bench(bench_cmd::BenchTool),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +69,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Discover(a) => eval_cmd::discover(a),
         Command::Simulate(a) => eval_cmd::simulate(a),
         Command::Eval(a) => eval_cmd::eval(a),
+        Command::Bench(t) => bench_cmd::run(t),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code as u8),

@@ -532,8 +532,12 @@ pub fn context_key(before: &[StateId], last: StateId) -> Context {
 
 /// Solves the absorbing chain: for every state, the probability of ending in each final state
 /// and the expected time to get there. States that cannot reach any final state (no data, or a
-/// closed loop) are given zero probabilities and zero time rather than making the system
-/// singular.
+/// closed loop) get zero probabilities and zero time rather than making the system singular.
+///
+/// The chain is split into strongly connected components, solved sinks first (Tarjan's order):
+/// a component only depends on components already solved, so each is a small dense system
+/// (m x m for a component of m states: a retry loop), and a flow without loops costs one pass
+/// over its edges. Exact, like one dense solve of the whole chain, and O(edges) for chains.
 pub fn solve_absorbing(
     n: usize,
     p: &[f64],
@@ -541,55 +545,80 @@ pub fn solve_absorbing(
     mean_dwell: &[f64],
 ) -> (Vec<f64>, Vec<f64>) {
     let k = finals.len();
-    let is_final: Vec<bool> = {
-        let mut v = vec![false; n];
-        for &f in finals {
-            v[f as usize] = true;
-        }
-        v
-    };
-    // Which transient states reach a final state with positive probability.
-    let mut reaches = is_final.clone();
+    let mut final_col = vec![usize::MAX; n];
+    for (i, &f) in finals.iter().enumerate() {
+        final_col[f as usize] = i;
+    }
+    // Sparse successors of each transient state.
+    let succ: Vec<Vec<(usize, f64)>> = (0..n)
+        .map(|s| {
+            if final_col[s] != usize::MAX {
+                return Vec::new();
+            }
+            (0..n)
+                .filter(|&t| p[s * n + t] > 0.0)
+                .map(|t| (t, p[s * n + t]))
+                .collect()
+        })
+        .collect();
+    // Which states reach a final state with positive probability.
+    let mut reaches: Vec<bool> = (0..n).map(|s| final_col[s] != usize::MAX).collect();
     let mut changed = true;
     while changed {
         changed = false;
         for s in 0..n {
-            if !reaches[s] && (0..n).any(|t| p[s * n + t] > 0.0 && reaches[t]) {
+            if !reaches[s] && succ[s].iter().any(|&(t, _)| reaches[t]) {
                 reaches[s] = true;
                 changed = true;
             }
         }
     }
-    let transient: Vec<usize> = (0..n).filter(|&s| !is_final[s] && reaches[s]).collect();
-    let m = transient.len();
-    let mut pos = vec![usize::MAX; n];
-    for (i, &s) in transient.iter().enumerate() {
-        pos[s] = i;
+    let mut absorb = vec![0.0; n * k];
+    let mut expected = vec![0.0; n];
+    for (fi, &f) in finals.iter().enumerate() {
+        absorb[f as usize * k + fi] = 1.0;
     }
-    // Augmented system [I - Q | R | d], m x (m + k + 1).
-    let w = m + k + 1;
-    let mut a = vec![0.0; m * w];
-    for (i, &s) in transient.iter().enumerate() {
-        a[i * w + i] = 1.0;
-        for t in 0..n {
-            let pst = p[s * n + t];
-            if pst == 0.0 {
-                continue;
+    for comp in tarjan(n, &succ, &reaches, &final_col) {
+        let m = comp.len();
+        let mut pos = vec![usize::MAX; 0];
+        if m > 1 {
+            pos = vec![usize::MAX; n];
+            for (i, &s) in comp.iter().enumerate() {
+                pos[s] = i;
             }
-            if pos[t] != usize::MAX {
-                a[i * w + pos[t]] -= pst;
-            } else if is_final[t] {
-                let fi = finals
-                    .iter()
-                    .position(|&f| f as usize == t)
-                    .expect("final listed");
-                a[i * w + m + fi] += pst;
-            }
-            // Transitions into states that never end contribute nothing to either.
         }
-        a[i * w + m + k] = mean_dwell[s];
+        // Right-hand sides: what leaves the component, to solved states or finals.
+        let w = m + k + 1;
+        let mut a = vec![0.0; m * w];
+        for (i, &s) in comp.iter().enumerate() {
+            a[i * w + i] = 1.0;
+            for &(t, pt) in &succ[s] {
+                let inside = if m == 1 { t == s } else { pos[t] != usize::MAX };
+                if inside {
+                    let j = if m == 1 { 0 } else { pos[t] };
+                    a[i * w + j] -= pt;
+                } else if reaches[t] {
+                    for fi in 0..k {
+                        a[i * w + m + fi] += pt * absorb[t * k + fi];
+                    }
+                    a[i * w + m + k] += pt * expected[t];
+                }
+            }
+            a[i * w + m + k] += mean_dwell[s];
+        }
+        gauss(&mut a, m, w);
+        for (i, &s) in comp.iter().enumerate() {
+            for fi in 0..k {
+                absorb[s * k + fi] = a[i * w + m + fi].clamp(0.0, 1.0);
+            }
+            expected[s] = a[i * w + m + k].max(0.0);
+        }
     }
-    // Gaussian elimination with partial pivoting.
+    (absorb, expected)
+}
+
+/// Gaussian elimination with partial pivoting on an m x w augmented matrix, in place.
+fn gauss(a: &mut [f64], m: usize, w: usize) {
     for col in 0..m {
         let piv = (col..m)
             .max_by(|&x, &y| a[x * w + col].abs().total_cmp(&a[y * w + col].abs()))
@@ -619,18 +648,71 @@ pub fn solve_absorbing(
             }
         }
     }
-    let mut absorb = vec![0.0; n * k];
-    let mut expected = vec![0.0; n];
-    for (fi, &f) in finals.iter().enumerate() {
-        absorb[f as usize * k + fi] = 1.0;
-    }
-    for (i, &s) in transient.iter().enumerate() {
-        for fi in 0..k {
-            absorb[s * k + fi] = a[i * w + m + fi].clamp(0.0, 1.0);
+}
+
+/// Strongly connected components of the transient states that reach a final state, sinks
+/// first. Iterative (a flow may have thousands of states; no recursion, no stack overflow).
+fn tarjan(
+    n: usize,
+    succ: &[Vec<(usize, f64)>],
+    reaches: &[bool],
+    final_col: &[usize],
+) -> Vec<Vec<usize>> {
+    let member = |s: usize| reaches[s] && final_col[s] == usize::MAX;
+    let mut index = vec![usize::MAX; n];
+    let mut low = vec![0usize; n];
+    let mut on_stack = vec![false; n];
+    let mut stack = Vec::new();
+    let mut out = Vec::new();
+    let mut next = 0;
+    for root in 0..n {
+        if !member(root) || index[root] != usize::MAX {
+            continue;
         }
-        expected[s] = a[i * w + m + k].max(0.0);
+        // (state, position in its successor list)
+        let mut call: Vec<(usize, usize)> = vec![(root, 0)];
+        index[root] = next;
+        low[root] = next;
+        next += 1;
+        stack.push(root);
+        on_stack[root] = true;
+        while let Some(&mut (v, ref mut i)) = call.last_mut() {
+            if *i < succ[v].len() {
+                let t = succ[v][*i].0;
+                *i += 1;
+                if !member(t) {
+                    continue;
+                }
+                if index[t] == usize::MAX {
+                    index[t] = next;
+                    low[t] = next;
+                    next += 1;
+                    stack.push(t);
+                    on_stack[t] = true;
+                    call.push((t, 0));
+                } else if on_stack[t] {
+                    low[v] = low[v].min(index[t]);
+                }
+            } else {
+                call.pop();
+                if let Some(&(parent, _)) = call.last() {
+                    low[parent] = low[parent].min(low[v]);
+                }
+                if low[v] == index[v] {
+                    let mut comp = Vec::new();
+                    while let Some(x) = stack.pop() {
+                        on_stack[x] = false;
+                        comp.push(x);
+                        if x == v {
+                            break;
+                        }
+                    }
+                    out.push(comp);
+                }
+            }
+        }
     }
-    (absorb, expected)
+    out
 }
 
 /// The learned (observed) part of a model, by state names, as stored in a state directory.

@@ -283,6 +283,8 @@ pub struct Engine {
     clock_ms: i64,
     scratch: Vec<(StateId, f64)>,
     risk: Vec<f64>,
+    /// No timer or sweep of any flow is due before this time.
+    next_due_ms: i64,
     /// Learn from what is observed (the default). Evaluation turns it off for test cases.
     pub learn: bool,
     /// Emit a `prediction` record every time an object enters a state.
@@ -305,6 +307,7 @@ impl Engine {
             risk: Vec::new(),
             learn: true,
             trace: false,
+            next_due_ms: i64::MIN,
         };
         e.build_index();
         e
@@ -409,8 +412,11 @@ impl Engine {
             return;
         }
         self.clock_ms = now_ms;
+        // Nothing is due before `next_due_ms`: most messages pass here without touching flows.
+        if now_ms < self.next_due_ms {
+            return;
+        }
         for fi in 0..self.flows.len() {
-            self.flows[fi].model.set_now(now_ms);
             loop {
                 let due = matches!(self.flows[fi].timers.peek(), Some(Reverse((at, ..))) if *at <= now_ms);
                 if !due {
@@ -425,6 +431,34 @@ impl Engine {
                 self.sweep(fi, now_ms, out);
             }
         }
+        self.next_due_ms = self.compute_next_due();
+    }
+
+    /// The earliest time at which any flow has a timer or a sweep due.
+    pub(crate) fn compute_next_due(&self) -> i64 {
+        self.flows
+            .iter()
+            .map(|f| {
+                let t = f.timers.peek().map_or(i64::MAX, |Reverse((at, ..))| *at);
+                t.min(f.next_sweep_ms)
+            })
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+
+    pub(crate) fn push_timer(
+        &mut self,
+        fi: usize,
+        at: i64,
+        kind: TimerKind,
+        generation: u32,
+        key: ObjectKey,
+    ) {
+        let rt = &mut self.flows[fi];
+        rt.timer_seq += 1;
+        rt.timers
+            .push(Reverse((at, rt.timer_seq, kind, generation, key)));
+        self.next_due_ms = self.next_due_ms.min(at);
     }
 
     fn fire_timer(
@@ -482,6 +516,8 @@ impl Engine {
         out: &mut Vec<Record>,
     ) {
         let rt = &mut self.flows[fi];
+        // A flow's model keeps its own clock, moved only when the flow is touched.
+        rt.model.set_now(now);
         let target_kind = rt.flow.state(target).kind;
         let Some(obj) = rt.objects.get_mut(&key) else {
             if target_kind != Kind::Initial && rt.finished.set.contains(&key) {
@@ -577,6 +613,7 @@ impl Engine {
         let Some(obj) = self.flows[fi].objects.get(&key).cloned() else {
             return;
         };
+        self.flows[fi].model.set_now(now);
         let predicted = self.risk_map(fi, &obj, 0.0);
         let rt = &mut self.flows[fi];
         let flow = rt.flow.clone();
@@ -639,17 +676,11 @@ impl Engine {
         trig: Trigger<'_>,
         out: &mut Vec<Record>,
     ) {
-        let rt = &mut self.flows[fi];
+        let rt = &self.flows[fi];
         let obj = &rt.objects[key];
         if let Some((ms, _)) = rt.flow.timeouts[obj.state as usize] {
-            rt.timer_seq += 1;
-            rt.timers.push(Reverse((
-                now + ms,
-                rt.timer_seq,
-                TimerKind::Timeout,
-                obj.generation,
-                key.clone(),
-            )));
+            let generation = obj.generation;
+            self.push_timer(fi, now + ms, TimerKind::Timeout, generation, key.clone());
         }
         self.evaluate(fi, key, now, trig, out);
         if self.trace {
@@ -690,6 +721,7 @@ impl Engine {
         out: &mut Vec<Record>,
     ) {
         let rt = &mut self.flows[fi];
+        rt.model.set_now(now);
         let Some(obj) = rt.objects.get(key) else {
             return;
         };
@@ -808,14 +840,7 @@ impl Engine {
             let timeout_at =
                 rt.flow.timeouts[obj.state as usize].map(|(ms, _)| obj.entered_ms + ms);
             if at > now && timeout_at.is_none_or(|t| at < t) {
-                rt.timer_seq += 1;
-                rt.timers.push(Reverse((
-                    at,
-                    rt.timer_seq,
-                    TimerKind::RiskCheck,
-                    obj.generation,
-                    key.clone(),
-                )));
+                self.push_timer(fi, at, TimerKind::RiskCheck, obj.generation, key.clone());
             }
         }
     }
@@ -872,6 +897,7 @@ impl Engine {
         let obj = *self.flows[fi].objects.get(key)?;
         let elapsed = (now - obj.entered_ms).max(0) as f64;
         let rt = &mut self.flows[fi];
+        rt.model.set_now(now);
         rt.model.solution();
         let sol = rt.model.cached().expect("solved");
         rt.model.predict(

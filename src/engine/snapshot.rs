@@ -8,7 +8,6 @@ use super::markov::{self, LearnedCounts};
 use super::{AlertLog, Engine, FlowRuntime, ObjectState, Stats, TimerKind};
 use crate::model::{CompiledFlow, StateId};
 use serde::{Deserialize, Serialize};
-use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -160,12 +159,13 @@ impl Engine {
                 report.objects_kept += 1;
             }
         }
-        for rt in &mut self.flows {
-            rt.model.set_now(self.clock_ms);
+        for rt in &self.flows {
             if !snap.flows.contains_key(&rt.flow.name) {
                 report.flows_added.push(rt.flow.name.clone());
             }
         }
+        // New runtimes have sweeps due from time zero: look at every flow on the next advance.
+        self.next_due_ms = i64::MIN;
         report
     }
 
@@ -226,36 +226,32 @@ impl Engine {
             }
         }
         report.flows_removed = old.into_keys().collect();
-        for rt in &mut self.flows {
-            rt.model.set_now(self.clock_ms);
-        }
+        self.next_due_ms = i64::MIN;
         report
     }
 
     /// Sets the timers of an object that was restored or carried over: its state's timeout,
     /// and a look at its risk now (the next `advance` evaluates it).
     fn schedule(&mut self, fi: usize, key: &ObjectKey) {
-        let rt = &mut self.flows[fi];
+        let rt = &self.flows[fi];
         let Some(o) = rt.objects.get(key).copied() else {
             return;
         };
         if let Some((ms, _)) = rt.flow.timeouts[o.state as usize] {
-            rt.timer_seq += 1;
-            rt.timers.push(Reverse((
+            self.push_timer(
+                fi,
                 o.entered_ms + ms,
-                rt.timer_seq,
                 TimerKind::Timeout,
                 o.generation,
                 key.clone(),
-            )));
+            );
         }
-        rt.timer_seq += 1;
-        rt.timers.push(Reverse((
+        self.push_timer(
+            fi,
             self.clock_ms,
-            rt.timer_seq,
             TimerKind::RiskCheck,
             o.generation,
             key.clone(),
-        )));
+        );
     }
 }

@@ -338,7 +338,11 @@ fn walk(
             }
             u -= c;
         }
-        let mean = opts.dwell_to.iter().find(|(t, _)| *t == next).map_or(opts.mean_dwell_ms, |(_, m)| *m);
+        let mean = opts
+            .dwell_to
+            .iter()
+            .find(|(t, _)| *t == next)
+            .map_or(opts.mean_dwell_ms, |(_, m)| *m);
         let dwell = (-(1.0 - rng.unit()).ln() * mean).max(1.0) as i64;
         if let Some((limit, artifact)) = flow.timeouts[s as usize] {
             if next == artifact || dwell >= limit {
