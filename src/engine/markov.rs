@@ -54,6 +54,8 @@ pub struct Solution {
     pub n: usize,
     /// Row-stochastic next-state probabilities, n x n; a row of zeros where nothing is known.
     pub p: Vec<f64>,
+    /// The same rows, sparse: the successors with a positive probability.
+    pub succ: Vec<Vec<(StateId, f64)>>,
     /// Effective weight of each row (prior x weight + decayed observations).
     pub row_weight: Vec<f64>,
     /// The absorbing (final) states, in state order.
@@ -325,10 +327,21 @@ impl FlowModel {
             .map(|s| s as StateId)
             .collect();
         let (absorb, expected_ms) = solve_absorbing(n, &p, &finals, &mean_dwell);
+        let succ = (0..n)
+            .map(|s| {
+                p[s * n..(s + 1) * n]
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, x)| **x > 0.0)
+                    .map(|(t, x)| (t as StateId, *x))
+                    .collect()
+            })
+            .collect();
         self.version += 1;
         self.solution = Some(Solution {
             n,
             p,
+            succ,
             row_weight,
             finals,
             absorb,
@@ -370,43 +383,38 @@ impl FlowModel {
                 rows.push(row);
             }
         }
-        let first = sol.p_row(state);
-        if rows.is_empty() {
-            out.extend(
-                first
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, p)| **p > 0.0)
-                    .map(|(s, p)| (s as StateId, *p)),
-            );
-            return;
-        }
-        let mut dist: Vec<f64> = first.to_vec();
+        out.extend_from_slice(&sol.succ[state as usize]);
         for row in rows {
             let n: f64 = row.iter().map(|(_, w)| w * f).sum();
             if n <= 0.0 {
                 continue;
             }
             // Without a base (nothing known first-order), the context alone.
-            let base_known = dist.iter().any(|p| *p > 0.0);
-            let (wc, wb) = if base_known && k > 0.0 {
+            let (wc, wb) = if !out.is_empty() && k > 0.0 {
                 (n / (n + k), k / (n + k))
             } else {
                 (1.0, 0.0)
             };
-            for p in dist.iter_mut() {
+            for (_, p) in out.iter_mut() {
                 *p *= wb;
             }
             for &(s, w) in row {
-                dist[s as usize] += wc * w * f / n;
+                let add = wc * w * f / n;
+                match out.iter_mut().find(|(t, _)| *t == s) {
+                    Some((_, p)) => *p += add,
+                    None => out.push((s, add)),
+                }
             }
+            out.retain(|(_, p)| *p > 0.0);
         }
-        out.extend(
-            dist.iter()
-                .enumerate()
-                .filter(|(_, p)| **p > 0.0)
-                .map(|(s, p)| (s as StateId, *p)),
-        );
+    }
+
+    /// Whether the time already spent in `state` can change its predictions: dwell times are
+    /// used and the state has enough dwell data.
+    pub fn time_matters(&self, state: StateId) -> bool {
+        self.use_dwell
+            && self.dwell_state[state as usize].total * self.decay_factor()
+                >= self.min_observations.max(1.0)
     }
 
     /// Survival of the dwell before moving `from -> to`, given `elapsed_ms` spent in `from`.
@@ -561,15 +569,20 @@ pub fn solve_absorbing(
                 .collect()
         })
         .collect();
-    // Which states reach a final state with positive probability.
+    // Which states reach a final state with positive probability: a search backwards from them.
+    let mut pred: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (s, row) in succ.iter().enumerate() {
+        for &(t, _) in row {
+            pred[t].push(s);
+        }
+    }
     let mut reaches: Vec<bool> = (0..n).map(|s| final_col[s] != usize::MAX).collect();
-    let mut changed = true;
-    while changed {
-        changed = false;
-        for s in 0..n {
-            if !reaches[s] && succ[s].iter().any(|&(t, _)| reaches[t]) {
+    let mut queue: Vec<usize> = (0..n).filter(|&s| reaches[s]).collect();
+    while let Some(t) = queue.pop() {
+        for &s in &pred[t] {
+            if !reaches[s] {
                 reaches[s] = true;
-                changed = true;
+                queue.push(s);
             }
         }
     }

@@ -857,6 +857,11 @@ impl Engine {
         if let Some(v) = rt.alert_after[state as usize] {
             return v.is_finite().then_some(v);
         }
+        // Without dwell data the risk does not change with time: what entry said stands.
+        if !rt.model.time_matters(state) {
+            rt.alert_after[state as usize] = Some(f64::INFINITY);
+            return None;
+        }
         let sol = rt.model.cached()?;
         let limit = rt.flow.timeouts[state as usize]
             .map(|(ms, _)| ms as f64)
