@@ -84,7 +84,19 @@ pub fn run(tool: BenchTool) -> anyhow::Result<ExitCode> {
                 n += 1;
             }
             let s = start.elapsed().as_secs_f64();
-            println!("{{\"messages\": {n}, \"objects\": {objects}, \"seconds\": {s:.4}, \"per_second\": {:.0}}}", n as f64 / s);
+            // A scan that validates the JSON and builds nothing: the floor of any JSON reader.
+            let start = Instant::now();
+            for line in bytes.split(|b| *b == b'\n') {
+                if !line.is_empty() {
+                    let _ = serde_json::from_slice::<serde::de::IgnoredAny>(line);
+                }
+            }
+            let scan = start.elapsed().as_secs_f64();
+            println!(
+                "{{\"messages\": {n}, \"objects\": {objects}, \"seconds\": {s:.4}, \"per_second\": {:.0}, \"scan_seconds\": {scan:.4}, \"scan_per_second\": {:.0}}}",
+                n as f64 / s,
+                n as f64 / scan
+            );
         }
         BenchTool::Subscribe {
             url,
