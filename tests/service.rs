@@ -446,3 +446,72 @@ fn run_check_config_reports_unknown_keys_with_their_position() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn http_api_answers_about_flows_and_objects_and_sighup_reloads() {
+    let nats = NatsServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::start(
+        dir.path(),
+        &format!(
+            "models: models\nsource: {{ kind: nats }}\nnats: {{ url: \"{}\" }}\n{EVENT_CLOCK}",
+            nats.url()
+        ),
+    );
+    // The first 40 messages of the volume-attach stream leave some attaches in flight.
+    let part_file = dir.path().join("p.jsonl");
+    let n = part(Path::new(VOLUME), 0..41, &part_file);
+    publish(&nats, &part_file, "notifications.nova", false);
+    svc.wait_messages(n);
+    assert_eq!(
+        http(svc.http_port, "GET", "/healthz"),
+        (200, "ok\n".to_string())
+    );
+    let (status, flows) = http(svc.http_port, "GET", "/api/flows");
+    assert_eq!(status, 200);
+    let flows: serde_json::Value = serde_json::from_str(&flows).unwrap();
+    let names: Vec<&str> = flows["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"nova_volume_attach"), "{names:?}");
+    assert_eq!(
+        http(svc.http_port, "GET", "/api/flows/no_such_flow/model").0,
+        404
+    );
+    // An object in flight: the last attach started.
+    let last_start = std::fs::read_to_string(&part_file)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("volume_attach.start"))
+        .last()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .unwrap();
+    let volume = last_start["payload"]["nova_object.data"]["volume_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, body) = http(svc.http_port, "GET", &format!("/api/objects/{volume}"));
+    assert_eq!(status, 200, "{body}");
+    let obj: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(obj["flows"][0]["state"], "attaching");
+    assert!(obj["flows"][0]["risk"]["attach_error"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        http(svc.http_port, "GET", "/api/objects/not-a-known-object").0,
+        404
+    );
+    // SIGHUP reloads the flow files.
+    let before = svc.metric("flowcast_reloads_total{result=\"success\"}");
+    let pid = svc.pid();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    svc.wait_until("the SIGHUP reload", || {
+        svc.metric("flowcast_reloads_total{result=\"success\"}") > before
+    });
+    svc.stop();
+}
