@@ -485,8 +485,7 @@ fn http_api_answers_about_flows_and_objects_and_sighup_reloads() {
     let last_start = std::fs::read_to_string(&part_file)
         .unwrap()
         .lines()
-        .filter(|l| l.contains("volume_attach.start"))
-        .last()
+        .rfind(|l| l.contains("volume_attach.start"))
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .unwrap();
     let volume = last_start["payload"]["nova_object.data"]["volume_id"]

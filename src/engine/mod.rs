@@ -703,12 +703,7 @@ impl Engine {
             &mut self.scratch,
             &mut self.risk,
         );
-        sol.finals
-            .iter()
-            .zip(self.risk.iter())
-            .filter(|(s, _)| rt.flow.state(**s).kind == Kind::Artifact)
-            .map(|(s, r)| (rt.flow.name_of(*s).to_string(), round6(*r)))
-            .collect()
+        artifact_risks(&rt.flow, sol, &self.risk)
     }
 
     /// Judges an object's risk now: fire an alert, resolve one, or schedule another look.
@@ -788,13 +783,7 @@ impl Engine {
                 .map(|(s, _)| flow.alerts[*s as usize].severity)
                 .max()
                 .unwrap_or(level.severity);
-            let risk: BTreeMap<String, f64> = sol
-                .finals
-                .iter()
-                .zip(self.risk.iter())
-                .filter(|(s, _)| flow.state(**s).kind == Kind::Artifact)
-                .map(|(s, r)| (flow.name_of(*s).to_string(), round6(*r)))
-                .collect();
+            let risk = artifact_risks(flow, sol, &self.risk);
             let path = most_likely_path(sol, obj.state, artifact)
                 .into_iter()
                 .map(|s| flow.name_of(s).to_string())
@@ -935,13 +924,7 @@ impl Engine {
                 .iter()
                 .map(|(s, p)| (flow.name_of(*s).to_string(), round6(*p)))
                 .collect(),
-            risk: sol
-                .finals
-                .iter()
-                .zip(self.risk.iter())
-                .filter(|(s, _)| flow.state(**s).kind == Kind::Artifact)
-                .map(|(s, r)| (flow.name_of(*s).to_string(), round6(*r)))
-                .collect(),
+            risk: artifact_risks(flow, sol, &self.risk),
             expected_remaining_ms: expected.round(),
             alerting: obj.alerting,
             model_version: sol.version,
@@ -1018,6 +1001,16 @@ pub fn most_likely_path(sol: &Solution, from: StateId, to: StateId) -> Vec<State
     }
     path.reverse();
     path
+}
+
+/// The risks `predict` wrote (aligned with `sol.finals`), for the artifacts only, by name.
+pub fn artifact_risks(flow: &CompiledFlow, sol: &Solution, risk: &[f64]) -> BTreeMap<String, f64> {
+    sol.finals
+        .iter()
+        .zip(risk)
+        .filter(|(s, _)| flow.state(**s).kind == Kind::Artifact)
+        .map(|(s, r)| (flow.name_of(*s).to_string(), round6(*r)))
+        .collect()
 }
 
 pub fn round6(x: f64) -> f64 {

@@ -89,13 +89,7 @@ pub fn build(rt: &mut FlowRuntime) -> ModelTable {
                     .filter(|(_, p)| **p > 0.0)
                     .map(|(t, p)| (flow.name_of(t as StateId).to_string(), round6(*p)))
                     .collect(),
-                risk: sol
-                    .finals
-                    .iter()
-                    .zip(risk.iter())
-                    .filter(|(f, _)| flow.state(**f).kind == Kind::Artifact)
-                    .map(|(f, r)| (flow.name_of(*f).to_string(), round6(*r)))
-                    .collect(),
+                risk: super::artifact_risks(&flow, sol, &risk),
                 expected_remaining_ms: expected.round(),
             }
         })
