@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh machine: installs what the tests need (nats-server,
-# from Debian's packages) if it is missing, checks formatting and lints, then runs every test.
+# Runs the whole test suite on a fresh machine: installs what the tests need (nats-server and
+# openssl, from Debian's packages) if it is missing, checks formatting and lints, then runs every test.
 # CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v nats-server >/dev/null 2>&1; then
-    echo "nats-server not found: installing it from Debian's packages"
+# The tests start real servers: nats-server, and certificates made with openssl for TLS.
+missing=()
+command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing from Debian's packages: ${missing[*]}"
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nats-server >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 nats-server --version
 

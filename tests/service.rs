@@ -514,3 +514,95 @@ fn http_api_answers_about_flows_and_objects_and_sighup_reloads() {
     });
     svc.stop();
 }
+
+/// Starts a nats-server with `auth` as its authorization block; returns it and its URL.
+fn auth_server(dir: &Path, auth: &str) -> (std::process::Child, String) {
+    let port = free_port();
+    let conf = dir.join(format!("auth-{port}.conf"));
+    std::fs::write(&conf, format!("listen: 127.0.0.1:{port}\n{auth}\n")).unwrap();
+    let server = std::process::Command::new("nats-server")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (server, format!("nats://127.0.0.1:{port}"))
+}
+
+#[test]
+fn token_and_nkey_credentials_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, url) = auth_server(dir.path(), "authorization { token: \"s3cr3t-token\" }");
+    let svc = Service::start(
+        dir.path(),
+        &format!("models: models\nsource: {{ kind: nats }}\nnats: {{ url: \"{url}\", token: \"s3cr3t-token\" }}"),
+    );
+    assert_eq!(svc.metric("flowcast_nats_connected"), 1.0);
+    svc.stop();
+    let _ = server.kill();
+    let _ = server.wait();
+
+    let user = nkeys::KeyPair::new_user();
+    let (mut server, url) = auth_server(
+        dir.path(),
+        &format!(
+            "authorization {{ users = [ {{ nkey: \"{}\" }} ] }}",
+            user.public_key()
+        ),
+    );
+    let seed = user.seed().unwrap();
+    let svc = Service::start(
+        dir.path(),
+        &format!("models: models\nsource: {{ kind: nats }}\nnats: {{ url: \"{url}\", nkey: \"{seed}\" }}"),
+    );
+    assert_eq!(svc.metric("flowcast_nats_connected"), 1.0);
+    svc.stop();
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+#[test]
+fn tls_with_a_private_ca() {
+    // A CA and a server certificate for 127.0.0.1, made with openssl for this test.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sh = |args: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(args)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=flowcast-test-ca");
+    sh("openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1");
+    std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    sh("openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile san.ext");
+    let tls = format!(
+        "tls {{ cert_file: {:?}, key_file: {:?} }}",
+        d.join("server.pem").display().to_string(),
+        d.join("server.key").display().to_string()
+    );
+    let (mut server, url) = auth_server(d, &tls);
+    let url = url.replace("nats://", "tls://");
+    let svc = Service::start(
+        d,
+        &format!(
+            "models: models\nsource: {{ kind: nats }}\nnats: {{ url: \"{url}\", tls_ca: {:?} }}",
+            d.join("ca.pem").display().to_string()
+        ),
+    );
+    assert_eq!(svc.metric("flowcast_nats_connected"), 1.0);
+    svc.stop();
+    let _ = server.kill();
+    let _ = server.wait();
+}
