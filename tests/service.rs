@@ -225,6 +225,28 @@ fn a_broken_flow_saved_during_a_run_keeps_the_old_model_until_fixed() {
     assert_eq!(observed(), before_fix, "learned counts survive the reload");
     publish(&nats, &c, "notifications.nova", false);
     svc.wait_messages(total);
+
+    // A file added is loaded; a file removed takes its flows with it; learning survives both.
+    let learned_all = observed();
+    let flow_names = || -> Vec<String> {
+        let (_, body) = http(svc.http_port, "GET", "/api/flows");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    std::fs::copy("models/patent_disk_attach.flow", models.join("patent.flow")).unwrap();
+    svc.wait_until("the added flow", || {
+        flow_names().contains(&"patent_disk_attach".to_string())
+    });
+    std::fs::remove_file(models.join("patent.flow")).unwrap();
+    svc.wait_until("the removed flow", || {
+        flow_names() == ["nova_volume_attach"]
+    });
+    assert_eq!(observed(), learned_all);
+
     let records = svc.stop();
     assert_eq!(
         records.iter().filter(|r| r["type"] == "outcome").count(),
