@@ -123,25 +123,42 @@ pub(crate) enum TimerKind {
 type Timer = Reverse<(i64, u64, TimerKind, u32, ObjectKey)>;
 
 /// A bounded memory of recently finished objects, to recognise late messages about them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Finished {
     order: VecDeque<ObjectKey>,
     set: HashSet<ObjectKey>,
+    capacity: usize,
 }
 
-const FINISHED_REMEMBERED: usize = 65_536;
+/// How many finished objects all flows together remember (about 50 MB), shared evenly, and at
+/// least `FINISHED_MIN` per flow: a thousand busy flows must not each keep their own 65k.
+const FINISHED_BUDGET: usize = 1 << 20;
+const FINISHED_MIN: usize = 1024;
+const FINISHED_MAX: usize = 65_536;
 
 impl Finished {
+    fn with_capacity(capacity: usize) -> Finished {
+        Finished {
+            order: VecDeque::new(),
+            set: HashSet::default(),
+            capacity,
+        }
+    }
+
     fn insert(&mut self, k: ObjectKey) {
         if self.set.insert(k.clone()) {
             self.order.push_back(k);
-            if self.order.len() > FINISHED_REMEMBERED {
+            while self.order.len() > self.capacity {
                 if let Some(old) = self.order.pop_front() {
                     self.set.remove(&old);
                 }
             }
         }
     }
+}
+
+fn finished_capacity(flows: usize) -> usize {
+    (FINISHED_BUDGET / flows.max(1)).clamp(FINISHED_MIN, FINISHED_MAX)
 }
 
 /// One flow at run time: its definition, its learned model, its objects and timers.
@@ -186,7 +203,7 @@ impl FlowRuntime {
             flow,
             objects: IndexMap::default(),
             alert_log: HashMap::default(),
-            finished: Finished::default(),
+            finished: Finished::with_capacity(FINISHED_MAX),
             timers: BinaryHeap::new(),
             timer_seq: 0,
             rules_by_event: by_event,
@@ -314,6 +331,10 @@ impl Engine {
     }
 
     pub(crate) fn build_index(&mut self) {
+        let cap = finished_capacity(self.flows.len());
+        for f in &mut self.flows {
+            f.finished.capacity = cap;
+        }
         let mut by_event: HashMap<Box<str>, Vec<u32>> = HashMap::default();
         let mut generic = Vec::new();
         for (i, f) in self.flows.iter().enumerate() {
@@ -1019,6 +1040,19 @@ pub fn round6(x: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn finished_objects_share_one_budget() {
+        assert_eq!(super::finished_capacity(1), 65_536);
+        assert_eq!(super::finished_capacity(100), 10_485);
+        assert_eq!(super::finished_capacity(10_000), 1024);
+        let mut f = super::Finished::with_capacity(2);
+        for k in ["a", "b", "c"] {
+            f.insert(super::key::ObjectKey::parse(k));
+        }
+        assert!(!f.set.contains(&super::key::ObjectKey::parse("a")));
+        assert_eq!(f.order.len(), 2);
+    }
+
     #[test]
     fn per_object_state_stays_small() {
         assert_eq!(std::mem::size_of::<super::ObjectState>(), 32);

@@ -202,7 +202,9 @@ impl Engine {
             report.transitions_dropped +=
                 self.flows[fi].model.import(&learned, |n| flow.state_id(n));
             let rt = &mut self.flows[fi];
-            rt.finished = std::mem::take(&mut prev.finished);
+            let capacity = rt.finished.capacity;
+            rt.finished = std::mem::replace(&mut prev.finished, super::Finished::with_capacity(0));
+            rt.finished.capacity = capacity;
             for (key, mut o) in prev.objects.drain(..) {
                 let Some(state) = map[o.state as usize] else {
                     report.objects_dropped += 1;
