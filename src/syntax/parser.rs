@@ -71,33 +71,44 @@ pub fn parse_path(text: &str) -> Result<Vec<Segment>, String> {
     }
 }
 
-/// Refuses input the parser must not see: too deeply nested. Strings and comments are skipped
-/// so that a `(` inside them does not count.
-fn prescan(file: FileId, text: &str) -> Option<Diagnostic> {
+/// The positions and bytes of `text` outside strings and comments: what brackets are counted
+/// on, so that a `(` inside a string or a comment does not count.
+fn structural_bytes(text: &str) -> impl Iterator<Item = (usize, u8)> + '_ {
     let bytes = text.as_bytes();
-    let mut depth = 0usize;
     let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\n' {
-                    if bytes[i] == b'\\' {
-                        i += 1;
+    std::iter::from_fn(move || {
+        while i < bytes.len() {
+            let (at, b) = (i, bytes[i]);
+            i += 1;
+            match b {
+                b'"' => {
+                    while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\n' {
+                        i += if bytes[i] == b'\\' { 2 } else { 1 };
                     }
                     i += 1;
                 }
-            }
-            b'#' => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
+                b'#' => {
+                    while i < bytes.len() && bytes[i] != b'\n' {
+                        i += 1;
+                    }
                 }
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
+                b'/' if bytes.get(i) == Some(&b'/') => {
+                    while i < bytes.len() && bytes[i] != b'\n' {
+                        i += 1;
+                    }
                 }
+                _ => return Some((at, b)),
             }
+        }
+        None
+    })
+}
+
+/// Refuses input the parser must not see: too deeply nested.
+fn prescan(file: FileId, text: &str) -> Option<Diagnostic> {
+    let mut depth = 0usize;
+    for (i, b) in structural_bytes(text) {
+        match b {
             b'(' | b'[' | b'{' => {
                 depth += 1;
                 if depth > MAX_NESTING {
@@ -114,7 +125,6 @@ fn prescan(file: FileId, text: &str) -> Option<Diagnostic> {
             b')' | b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
-        i += 1;
     }
     None
 }
@@ -233,39 +243,17 @@ fn syntax_error(file: FileId, text: &str, err: pest::error::Error<Rule>) -> Diag
     d
 }
 
-/// The position of the last `{` that is never closed, skipping strings and comments.
+/// The position of the last `{` that is never closed.
 fn unclosed_brace(text: &str) -> Option<usize> {
-    let bytes = text.as_bytes();
     let mut open = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\n' {
-                    if bytes[i] == b'\\' {
-                        i += 1;
-                    }
-                    i += 1;
-                }
-            }
-            b'#' => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
+    for (i, b) in structural_bytes(text) {
+        match b {
             b'{' => open.push(i),
             b'}' => {
                 open.pop();
             }
             _ => {}
         }
-        i += 1;
     }
     open.pop()
 }
