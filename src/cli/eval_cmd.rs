@@ -87,20 +87,7 @@ fn flow_name_from(path: &Path) -> String {
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or("discovered");
-    let mut n: String = stem
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if n.is_empty() || n.starts_with(|c: char| c.is_ascii_digit()) {
-        n.insert_str(0, "flow_");
-    }
-    n
+    discover::identifier(stem)
 }
 
 pub fn discover(args: DiscoverArgs) -> anyhow::Result<ExitCode> {

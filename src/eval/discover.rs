@@ -193,10 +193,10 @@ pub struct RenderOptions {
     pub count_repeats: bool,
 }
 
-/// A state name for an activity: lower case, `_` for anything else, never starting with a
-/// digit or being a reserved word.
-fn state_name(activity: &str, taken: &mut Vec<String>) -> String {
-    let mut s: String = activity
+/// A name the language accepts, from any text: lower case, `_` for anything else, runs of `_`
+/// collapsed, never empty, never starting with a digit, never a reserved word.
+pub fn identifier(text: &str) -> String {
+    let mut s: String = text
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
@@ -218,7 +218,17 @@ fn state_name(activity: &str, taken: &mut Vec<String>) -> String {
     const RESERVED: [&str; 11] = [
         "after", "for", "and", "or", "not", "in", "exists", "glob", "true", "false", "null",
     ];
-    if RESERVED.contains(&s.as_str()) || s == "done" || s == "timed_out" {
+    if RESERVED.contains(&s.as_str()) {
+        s.push_str("_activity");
+    }
+    s
+}
+
+/// A state name for an activity, distinct from the names already `taken` and from the states
+/// discovery adds itself (`done`, `timed_out`).
+fn state_name(activity: &str, taken: &mut Vec<String>) -> String {
+    let mut s = identifier(activity);
+    if s == "done" || s == "timed_out" {
         s.push_str("_activity");
     }
     let base = s.clone();
