@@ -713,6 +713,15 @@ impl Engine {
 
     /// Artifact risks of an object at `elapsed` ms in its state, by artifact name.
     fn risk_map(&mut self, fi: usize, obj: &ObjectState, elapsed: f64) -> BTreeMap<String, f64> {
+        self.predict_into(fi, obj, elapsed);
+        let rt = &self.flows[fi];
+        artifact_risks(&rt.flow, rt.model.cached().expect("solved"), &self.risk)
+    }
+
+    /// Refreshes the flow's model if its counts changed materially, then predicts for `obj` at
+    /// `elapsed` ms in its state: risks in `self.risk`, the first step in `self.scratch`.
+    /// The solution it used stays in `model.cached()`.
+    fn predict_into(&mut self, fi: usize, obj: &ObjectState, elapsed: f64) {
         let rt = &mut self.flows[fi];
         rt.model.solution();
         let sol = rt.model.cached().expect("solved");
@@ -724,7 +733,6 @@ impl Engine {
             &mut self.scratch,
             &mut self.risk,
         );
-        artifact_risks(&rt.flow, sol, &self.risk)
     }
 
     /// Judges an object's risk now: fire an alert, resolve one, or schedule another look.
@@ -743,16 +751,9 @@ impl Engine {
         };
         let obj = *obj;
         let elapsed = (now - obj.entered_ms) as f64;
-        rt.model.solution();
+        self.predict_into(fi, &obj, elapsed);
+        let rt = &mut self.flows[fi];
         let sol = rt.model.cached().expect("solved");
-        rt.model.predict(
-            sol,
-            obj.past(),
-            obj.state,
-            elapsed,
-            &mut self.scratch,
-            &mut self.risk,
-        );
         let flow = &rt.flow;
         // The worst artifact over its threshold: highest risk relative to its threshold.
         let mut worst: Option<(usize, f64)> = None;
@@ -911,18 +912,10 @@ impl Engine {
     fn predict_object_at(&mut self, fi: usize, key: &ObjectKey, now: i64) -> Option<Prediction> {
         let obj = *self.flows[fi].objects.get(key)?;
         let elapsed = (now - obj.entered_ms).max(0) as f64;
+        self.flows[fi].model.set_now(now);
+        self.predict_into(fi, &obj, elapsed);
         let rt = &mut self.flows[fi];
-        rt.model.set_now(now);
-        rt.model.solution();
         let sol = rt.model.cached().expect("solved");
-        rt.model.predict(
-            sol,
-            obj.past(),
-            obj.state,
-            elapsed,
-            &mut self.scratch,
-            &mut self.risk,
-        );
         let expected = rt
             .model
             .expected_remaining(sol, obj.state, elapsed, &self.scratch);
