@@ -4,25 +4,36 @@
 
 mod common;
 
-use common::flowcast;
+use common::{flowcast, run_ok};
 use std::path::Path;
 
 const HELPDESK: &str = "../shared/data/process_logs/helpdesk.csv";
 const BPI: &str = "../shared/data/process_logs/bpi_12_w.csv";
 
 fn eval_json(args: &[&str]) -> serde_json::Value {
-    let out = flowcast()
-        .arg("eval")
-        .args(args)
-        .args(["--output", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(flowcast().arg("eval").args(args).args(["--output", "json"]));
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A simulated stream of the patent flow (20 s mean dwell) written to `out`.
+fn simulate_patent(out: &Path, objects: u32, seed: u32, rate: u32) {
+    run_ok(
+        flowcast()
+            .args([
+                "simulate",
+                "models/patent_disk_attach.flow",
+                "--mean-dwell",
+                "20s",
+            ])
+            .args([
+                "--objects",
+                &objects.to_string(),
+                "--seed",
+                &seed.to_string(),
+            ])
+            .args(["--rate", &rate.to_string(), "-o"])
+            .arg(out),
+    );
 }
 
 #[test]
@@ -122,22 +133,14 @@ fn discovered_flows_pass_check() {
 #[test]
 fn simulation_is_deterministic_for_a_seed() {
     let run = |seed: &str| {
-        let out = flowcast()
-            .args([
-                "simulate",
-                "models/nova_volume_attach.flow",
-                "--objects",
-                "200",
-                "--seed",
-                seed,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = run_ok(flowcast().args([
+            "simulate",
+            "models/nova_volume_attach.flow",
+            "--objects",
+            "200",
+            "--seed",
+            seed,
+        ]));
         out.stdout
     };
     assert_eq!(run("3"), run("3"));
@@ -148,28 +151,7 @@ fn simulation_is_deterministic_for_a_seed() {
 fn learning_from_a_simulated_stream_recovers_the_flows_probabilities() {
     let dir = tempfile::tempdir().unwrap();
     let stream = dir.path().join("sim.jsonl");
-    let out = flowcast()
-        .args([
-            "simulate",
-            "models/patent_disk_attach.flow",
-            "--objects",
-            "20000",
-            "--seed",
-            "11",
-            "--rate",
-            "20",
-            "--mean-dwell",
-            "20s",
-            "-o",
-        ])
-        .arg(&stream)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    simulate_patent(&stream, 20000, 11, 20);
     let state = dir.path().join("state");
     let out = flowcast()
         .args([
@@ -231,24 +213,7 @@ fn learning_from_a_simulated_stream_recovers_the_flows_probabilities() {
 fn outcome_metrics_on_a_simulated_stream_track_the_true_probabilities() {
     let dir = tempfile::tempdir().unwrap();
     let stream = dir.path().join("sim.jsonl");
-    let out = flowcast()
-        .args([
-            "simulate",
-            "models/patent_disk_attach.flow",
-            "--objects",
-            "3000",
-            "--seed",
-            "7",
-            "--rate",
-            "2",
-            "--mean-dwell",
-            "20s",
-            "-o",
-        ])
-        .arg(&stream)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    simulate_patent(&stream, 3000, 7, 2);
     let s = stream.to_str().unwrap();
     let r = &eval_json(&[
         s,

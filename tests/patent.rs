@@ -3,24 +3,19 @@
 
 mod common;
 
-use common::flowcast;
+use common::{flowcast, run_ok};
 use serde_json::Value;
 
 fn model_json(extra: &[&str]) -> Value {
-    let out = flowcast()
-        .args([
-            "model",
-            "models/patent_disk_attach.flow",
-            "--format",
-            "json",
-        ])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        flowcast()
+            .args([
+                "model",
+                "models/patent_disk_attach.flow",
+                "--format",
+                "json",
+            ])
+            .args(extra),
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -70,21 +65,16 @@ fn the_patents_figures_from_the_a_priori_counts() {
 fn learning_the_example_stream_reproduces_fig_10() {
     let dir = tempfile::tempdir().unwrap();
     let st = dir.path().to_str().unwrap();
-    let out = flowcast()
-        .args([
-            "replay",
-            "--models",
-            "models/patent_disk_attach.flow",
-            "--state-dir",
-            st,
-        ])
-        .arg("examples/patent_disk_attach/events.jsonl")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        flowcast()
+            .args([
+                "replay",
+                "--models",
+                "models/patent_disk_attach.flow",
+                "--state-dir",
+                st,
+            ])
+            .arg("examples/patent_disk_attach/events.jsonl"),
     );
     let m = model_json(&["--state-dir", st]);
     let rows = m["transitions"].as_array().unwrap();

@@ -3,20 +3,15 @@
 
 mod common;
 
-use common::flowcast;
+use common::{flowcast, run_ok};
 use std::io::Write;
 
 fn replay(models: &str, input: &str, extra: &[&str]) -> (String, String) {
-    let out = flowcast()
-        .args(["replay", "--models", models])
-        .args(extra)
-        .arg(input)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        flowcast()
+            .args(["replay", "--models", models])
+            .args(extra)
+            .arg(input),
     );
     (
         String::from_utf8(out.stdout).unwrap(),

@@ -21,6 +21,14 @@ fn lines(path: &str) -> usize {
 /// Event-time clock, so that the live service and replay see the same time.
 const EVENT_CLOCK: &str = "clock: { mode: event, idle_after_ms: \"0\" }";
 
+/// The bundled models, fed by a core NATS subscription to `notifications.>`, on event time.
+fn core_nats_config(nats: &NatsServer) -> String {
+    format!(
+        "models: models\nsource: {{ kind: nats }}\nnats: {{ url: \"{}\" }}\n{EVENT_CLOCK}",
+        nats.url()
+    )
+}
+
 #[test]
 fn core_nats_gives_the_same_records_as_replay() {
     let nats = NatsServer::start(false);
@@ -258,13 +266,7 @@ fn a_broken_flow_saved_during_a_run_keeps_the_old_model_until_fixed() {
 fn garbage_on_the_subject_is_counted_and_the_service_goes_on() {
     let nats = NatsServer::start(false);
     let dir = tempfile::tempdir().unwrap();
-    let svc = Service::start(
-        dir.path(),
-        &format!(
-            "models: models\nsource: {{ kind: nats }}\nnats: {{ url: \"{}\" }}\n{EVENT_CLOCK}",
-            nats.url()
-        ),
-    );
+    let svc = Service::start(dir.path(), &core_nats_config(&nats));
     let garbage = dir.path().join("garbage.jsonl");
     let good = std::fs::read_to_string(VOLUME).unwrap();
     let mut text = String::new();
@@ -473,13 +475,7 @@ fn run_check_config_reports_unknown_keys_with_their_position() {
 fn http_api_answers_about_flows_and_objects_and_sighup_reloads() {
     let nats = NatsServer::start(false);
     let dir = tempfile::tempdir().unwrap();
-    let svc = Service::start(
-        dir.path(),
-        &format!(
-            "models: models\nsource: {{ kind: nats }}\nnats: {{ url: \"{}\" }}\n{EVENT_CLOCK}",
-            nats.url()
-        ),
-    );
+    let svc = Service::start(dir.path(), &core_nats_config(&nats));
     // The first 40 messages of the volume-attach stream leave some attaches in flight.
     let part_file = dir.path().join("p.jsonl");
     let n = part(Path::new(VOLUME), 0..41, &part_file);
