@@ -309,9 +309,19 @@ pub struct EvalArgs {
     /// Dwell-time conditioning on and/or off.
     #[arg(long, value_delimiter = ',')]
     pub dwell: Vec<OnOff>,
-    /// Keep learning during the test cases (prequential) instead of freezing the model.
+    /// How the test cases meet the model, to compare: `frozen` (train, then test with the
+    /// model frozen: the reference protocol), `live` (every message in time order, learning
+    /// from the training cases only as they happen), `online` (the same, learning from every
+    /// case).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub mode: Vec<evaluate::Mode>,
+    /// Same as `--mode online`.
     #[arg(long)]
     pub online: bool,
+    /// Choose among the configurations on a validation split carved from the training cases
+    /// (their first 2/3 fit, the last 1/3 validate); the test cases play no part in the choice.
+    #[arg(long)]
+    pub select: bool,
     /// The flow that generated a simulated stream: report the Brier score against its true
     /// probabilities.
     #[arg(long)]
@@ -436,7 +446,14 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.dwell.clone()
     };
-    let mut reports = Vec::new();
+    let mut modes = args.mode.clone();
+    if args.online {
+        modes.push(evaluate::Mode::Online);
+    }
+    if modes.is_empty() {
+        modes.push(evaluate::Mode::Frozen);
+    }
+    let mut configs = Vec::new();
     for &history in &histories {
         if !(1..=4).contains(&history) {
             anyhow::bail!("--history {history}: from 1 to 4");
@@ -445,18 +462,41 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
             for &prior_weight in &weights {
                 for &min_observations in &min_obs {
                     for &d in &dwells {
-                        let cfg = EvalConfig {
-                            history,
-                            half_life_ms,
-                            prior_weight,
-                            min_observations,
-                            dwell: d == OnOff::On,
-                            online: args.online,
-                        };
-                        reports.push(evaluate::evaluate(&flow, &stream, &cfg, truth.as_ref())?);
+                        for &mode in &modes {
+                            configs.push(EvalConfig {
+                                history,
+                                half_life_ms,
+                                prior_weight,
+                                min_observations,
+                                dwell: d == OnOff::On,
+                                mode,
+                            });
+                        }
                     }
                 }
             }
+        }
+    }
+    let mut reports = Vec::new();
+    for cfg in &configs {
+        reports.push(evaluate::evaluate(&flow, &stream, cfg, truth.as_ref())?);
+    }
+    if args.select {
+        let part = evaluate::training_part(&stream);
+        for r in reports.iter_mut() {
+            let v = evaluate::evaluate(&flow, &part, &r.config, None)?;
+            r.validation = Some(v.next_state);
+        }
+        // The best on validation; the first configuration listed wins a tie.
+        let mut best: Option<(usize, f64)> = None;
+        for (i, r) in reports.iter().enumerate() {
+            let a = r.validation.as_ref().map_or(0.0, |v| v.accuracy);
+            if best.is_none_or(|(_, b)| a > b) {
+                best = Some((i, a));
+            }
+        }
+        if let Some((i, _)) = best {
+            reports[i].selected = true;
         }
     }
     match args.output {

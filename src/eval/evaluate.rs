@@ -1,11 +1,20 @@
 //! Measuring prediction quality with the engine itself (Tax et al. 2017's protocol): cases in
 //! file order, the first 2/3 train and the last 1/3 test.
 //!
-//! Training feeds the training cases' messages to an `Engine` in time order (so that recency
-//! weighting sees real time). Testing turns learning off and tracing on, and replays each test
-//! case on its own, shifted in time to start at the engine's clock: with learning off the cases
-//! cannot influence each other, and their dwell times are kept exactly. `--online` instead runs
-//! every message in time order with learning on (prequential evaluation, as deployed).
+//! Three ways to run the same split (`Mode`):
+//! - `frozen` (the reference protocol): the training cases' messages go to an `Engine` in time
+//!   order, then learning is turned off and each test case is replayed on its own, shifted in
+//!   time to start at the engine's clock: with learning off the cases cannot influence each
+//!   other, and their dwell times are kept exactly. Every prediction sees every training case,
+//!   including those that happened after it.
+//! - `live` (as deployed): every message of every case in time order; the engine learns from
+//!   the training cases' messages as they happen and never from the test cases'. A prediction
+//!   sees only the training cases' past, as a monitor on a live bus does, and recency weighting
+//!   ([0099]) can follow a process that changes.
+//! - `online` (prequential): the same, learning from the test cases' messages too.
+//!
+//! `select` carves a validation split out of the training cases the same way (their first 2/3
+//! fit, the last 1/3 validate), so that a configuration can be chosen without the test cases.
 //!
 //! Scored: the next state at every prefix of length 2 to len-1 (argmax of the next-state
 //! distribution over the activities, ties toward the larger activity label compared as strings,
@@ -29,7 +38,28 @@ pub struct EvalConfig {
     pub min_observations: f64,
     /// Condition risk on the time already spent in a state.
     pub dwell: bool,
-    pub online: bool,
+    pub mode: Mode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Train on the training cases, then test with the model frozen (Tax et al.'s protocol).
+    Frozen,
+    /// Every message in time order; learn from the training cases only, as they happen.
+    Live,
+    /// Every message in time order; learn from every case (prequential).
+    Online,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Frozen => "frozen",
+            Mode::Live => "live",
+            Mode::Online => "online",
+        }
+    }
 }
 
 impl EvalConfig {
@@ -43,7 +73,11 @@ impl EvalConfig {
             self.prior_weight,
             self.min_observations,
             if self.dwell { "on" } else { "off" },
-            if self.online { " online" } else { "" }
+            if self.mode == Mode::Frozen {
+                String::new()
+            } else {
+                format!(" {}", self.mode.name())
+            }
         )
     }
 
@@ -72,6 +106,10 @@ pub struct Report {
     pub outcome: Option<OutcomeReport>,
     /// Against known true probabilities (simulated streams).
     pub truth: Option<Truth>,
+    /// Next-state accuracy on the validation split (training cases only), when selecting.
+    pub validation: Option<NextState>,
+    /// Chosen on the validation split among the configurations compared.
+    pub selected: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -127,8 +165,13 @@ pub struct Truth {
 #[derive(Default)]
 struct CaseTrace {
     predictions: Vec<crate::engine::Prediction>,
+    /// The most frequent training activity when each prediction was made (for states never
+    /// seen): only the training messages seen so far count.
+    fallbacks: Vec<Option<String>>,
     times: Vec<i64>,
     outcome: Option<(bool, i64)>,
+    /// The terminal state the case ended in (an activity, when the flow's terminal is one).
+    end_state: Option<String>,
     first_alert: Option<i64>,
 }
 
@@ -150,10 +193,19 @@ pub fn evaluate(
     for (i, &c) in stream.case_of.iter().enumerate() {
         by_case[c as usize].push(i);
     }
-    // Activity frequencies in training, for the fallback prediction.
+    // Activity frequencies in training so far, for the fallback prediction.
     let mut freq: HashMap<String, usize> = HashMap::new();
+    // The most frequent training activity, ties toward the larger label (as strings).
+    let fallback_of = |freq: &HashMap<String, usize>| {
+        freq.iter()
+            .filter(|(k, _)| k.as_str() != CASE_END)
+            .max_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0)))
+            .map(|(k, _)| k.clone())
+    };
     // Records about test cases go to their traces; everything else is dropped.
-    let collect = |records: &mut Vec<Record>, traces: &mut HashMap<String, CaseTrace>| {
+    let collect = |records: &mut Vec<Record>,
+                   traces: &mut HashMap<String, CaseTrace>,
+                   fallback: &Option<String>| {
         for r in records.drain(..) {
             match r {
                 Record::Prediction(p) => {
@@ -161,6 +213,7 @@ pub fn evaluate(
                         e.times
                             .push(crate::engine::time::parse_str(&p.at).unwrap_or(0));
                         e.predictions.push(p);
+                        e.fallbacks.push(fallback.clone());
                     }
                 }
                 Record::Outcome(o) => {
@@ -168,6 +221,9 @@ pub fn evaluate(
                         if o.kind != "expired" {
                             let t = crate::engine::time::parse_str(&o.at).unwrap_or(0);
                             e.outcome = Some((o.kind == "artifact", t));
+                            if o.kind == "success" {
+                                e.end_state = Some(o.outcome.clone());
+                            }
                         }
                     }
                 }
@@ -187,18 +243,22 @@ pub fn evaluate(
     for c in n_train..n_cases {
         traces.insert(stream.cases[c].clone(), CaseTrace::default());
     }
-    if cfg.online {
+    if cfg.mode != Mode::Frozen {
         engine.trace = true;
         let mut all: Vec<usize> = (0..stream.messages.len()).collect();
         sorted(&mut all);
+        let mut fallback = None;
         for i in all {
-            if !is_test(stream.case_of[i]) {
+            let training = !is_test(stream.case_of[i]);
+            if training {
                 if let Some(et) = stream.messages[i].event_type() {
                     *freq.entry(et.to_string()).or_default() += 1;
+                    fallback = fallback_of(&freq);
                 }
             }
+            engine.learn = training || cfg.mode == Mode::Online;
             engine.observe(&stream.messages[i], &mut records);
-            collect(&mut records, &mut traces);
+            collect(&mut records, &mut traces, &fallback);
         }
     } else {
         let mut train: Vec<usize> = (0..stream.messages.len())
@@ -212,6 +272,7 @@ pub fn evaluate(
             engine.observe(&stream.messages[i], &mut records);
             records.clear();
         }
+        let fallback = fallback_of(&freq);
         engine.learn = false;
         engine.trace = true;
         for idx in &by_case[n_train..] {
@@ -225,16 +286,10 @@ pub fn evaluate(
                 let mut m = stream.messages[i].clone();
                 m.time_ms = m.time_ms.map(|t| t + offset);
                 engine.observe(&m, &mut records);
-                collect(&mut records, &mut traces);
+                collect(&mut records, &mut traces, &fallback);
             }
         }
     }
-    freq.remove(CASE_END);
-    // The most frequent training activity, ties toward the larger label (as strings).
-    let fallback = freq
-        .iter()
-        .max_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0)))
-        .map(|(k, _)| k.clone());
 
     // State name -> the activity label it stands for (the rule's event type), for scoring.
     let label_of = |state: &str| -> String {
@@ -256,14 +311,25 @@ pub fn evaluate(
         let Some(t) = traces.get(&stream.cases[c]) else {
             continue;
         };
-        let len = t.predictions.len();
+        // The states the case went through: one prediction at each, except a terminal one.
+        let mut states: Vec<&str> = t.predictions.iter().map(|p| p.state.as_str()).collect();
+        if let Some(end) = t.end_state.as_deref().filter(|s| activity_state(s)) {
+            states.push(end);
+        }
+        let len = states.len();
         if len < 3 {
             continue;
         }
-        let last_time = *t.times.last().unwrap_or(&0);
-        for k in 2..len {
+        let last_time = t
+            .outcome
+            .map(|o| o.1)
+            .into_iter()
+            .chain(t.times.last().copied())
+            .max()
+            .unwrap_or(0);
+        for (k, state) in states.iter().enumerate().skip(2) {
             let p = &t.predictions[k - 1];
-            let actual = label_of(&t.predictions[k].state);
+            let actual = label_of(state);
             let predicted = p
                 .next
                 .iter()
@@ -271,7 +337,7 @@ pub fn evaluate(
                 .map(|(s, pr)| (label_of(s), *pr))
                 .max_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
                 .map(|(l, _)| l)
-                .or_else(|| fallback.clone());
+                .or_else(|| t.fallbacks[k - 1].clone());
             prefixes += 1;
             if predicted.as_deref() == Some(actual.as_str()) {
                 correct += 1;
@@ -316,7 +382,24 @@ pub fn evaluate(
         remaining_time,
         outcome,
         truth,
+        validation: None,
+        selected: false,
     })
+}
+
+/// The training cases alone, as a stream of their own: evaluated, their first 2/3 fit and the
+/// last 1/3 validate.
+pub fn training_part(stream: &Stream) -> Stream {
+    let n_cases = stream.cases.len();
+    let n_train = (2 * ((n_cases as f64 / 3.0).round() as usize)).min(n_cases);
+    let keep: Vec<usize> = (0..stream.messages.len())
+        .filter(|&i| (stream.case_of[i] as usize) < n_train)
+        .collect();
+    Stream {
+        messages: keep.iter().map(|&i| stream.messages[i].clone()).collect(),
+        case_of: keep.iter().map(|&i| stream.case_of[i]).collect(),
+        cases: stream.cases[..n_train].to_vec(),
+    }
 }
 
 fn risk_sum(p: &crate::engine::Prediction) -> f64 {
@@ -473,11 +556,13 @@ pub fn render(reports: &[Report]) -> String {
         .iter()
         .map(|r| r.next_state.accuracy)
         .fold(f64::NEG_INFINITY, f64::max);
+    let validated = reports.iter().any(|r| r.validation.is_some());
     let _ = writeln!(
         o,
-        "{:<62} {:>9} {:>8} {:>10} {:>8} {:>7} {:>9} {:>9}",
+        "{:<70} {:>9} {}{:>8} {:>10} {:>8} {:>7} {:>9} {:>9}",
         "configuration",
         "prefixes",
+        if validated { " val acc " } else { "" },
         "next acc",
         "MAE days",
         "ROC AUC",
@@ -487,14 +572,25 @@ pub fn render(reports: &[Report]) -> String {
     );
     for r in reports {
         let f = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
-        let mark = if (r.next_state.accuracy - best).abs() < 1e-12 {
+        let mark = if validated {
+            if r.selected {
+                " <- selected on validation"
+            } else {
+                ""
+            }
+        } else if (r.next_state.accuracy - best).abs() < 1e-12 {
             " *"
         } else {
             ""
         };
+        let val = if validated {
+            format!("{:>8} ", f(r.validation.as_ref().map(|v| v.accuracy)))
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             o,
-            "{:<62} {:>9} {:>8.4} {:>10} {:>8} {:>7} {:>9} {:>9}{mark}",
+            "{:<70} {:>9} {val}{:>8.4} {:>10} {:>8} {:>7} {:>9} {:>9}{mark}",
             r.label,
             r.next_state.prefixes,
             r.next_state.accuracy,
