@@ -378,3 +378,108 @@ fn reload_keeps_what_still_exists_and_drops_what_was_removed() {
     let report = e.reload(compile(&v3));
     assert_eq!(report.objects_dropped, 1, "{report:?}");
 }
+
+#[test]
+fn the_calendar_context_separates_night_work_from_day_work() {
+    // Entered at night (UTC), `review` is followed by `batch`; by day, by `call`.
+    let src = r#"
+    flow w {
+        key payload.id
+        initial review
+        terminal batch, call
+        on "review" -> review
+        on "batch" -> batch
+        on "call" -> call
+        learn { calendar day  min_observations 2  half_life off }
+    }"#;
+    let mut e = Engine::new(compile(src));
+    let mut msgs = Vec::new();
+    for d in 0..20 {
+        let day = d as f64 * 86_400.0;
+        // 2026-01-01 is a Thursday; 02:00 and 14:00 UTC each day.
+        msgs.push(msg("review", &format!("n{d}"), day + 2.0 * 3600.0));
+        msgs.push(msg("batch", &format!("n{d}"), day + 2.0 * 3600.0 + 60.0));
+        msgs.push(msg("review", &format!("d{d}"), day + 14.0 * 3600.0));
+        msgs.push(msg("call", &format!("d{d}"), day + 14.0 * 3600.0 + 60.0));
+    }
+    // In the same 3-hour classes (00-03 and 12-15), another day.
+    let night = 30.0 * 86_400.0 + 2.5 * 3600.0;
+    msgs.push(msg("review", "night", night));
+    msgs.push(msg("review", "day", night + 12.0 * 3600.0));
+    run(&mut e, &msgs);
+    let n = e.predict_object(0, &ObjectKey::parse("night")).unwrap();
+    let d = e.predict_object(0, &ObjectKey::parse("day")).unwrap();
+    // 20 observations of the context, interpolated with the 50/50 row at k = 2: 21/22.
+    assert!((n.next["batch"] - 21.0 / 22.0).abs() < 1e-6, "{:?}", n.next);
+    assert!((d.next["call"] - 21.0 / 22.0).abs() < 1e-6, "{:?}", d.next);
+    // Without the calendar the state says 50/50 whatever the hour.
+    let table = flowcast::engine::table::build(&mut e.flows[0]);
+    let r = table.states.iter().find(|s| s.state == "review").unwrap();
+    assert!((r.next["batch"] - 0.5).abs() < 1e-9);
+    // Learned counts (a state directory, a reload) carry the calendar contexts.
+    let learned = e.export_learned();
+    let json = serde_json::to_string(&learned).unwrap();
+    let mut fresh = Engine::new(compile(src));
+    fresh.import_learned(&serde_json::from_str(&json).unwrap());
+    run(
+        &mut fresh,
+        &[msg("review", "night2", night + 7.0 * 86_400.0)],
+    );
+    let n2 = fresh
+        .predict_object(0, &ObjectKey::parse("night2"))
+        .unwrap();
+    assert_eq!(n2.next, n.next);
+}
+
+#[test]
+fn calendar_classes_follow_utc_time_of_day_and_weekends() {
+    use flowcast::model::Calendar;
+    let at = |s: &str| flowcast::engine::time::parse_str(s).unwrap();
+    // 2011-10-01 was a Saturday.
+    assert_eq!(Calendar::Day.class(at("2011-10-01T19:45:13Z")), 6);
+    assert_eq!(Calendar::Week.class(at("2011-10-01T19:45:13Z")), 14);
+    assert_eq!(Calendar::Week.class(at("2011-10-03T00:00:00Z")), 0);
+    assert_eq!(Calendar::Week.class(at("2011-10-02T23:59:59Z")), 15);
+    assert_eq!(
+        Calendar::Off.class(at("2011-10-02T23:59:59Z")),
+        Calendar::NONE
+    );
+}
+
+#[test]
+fn recency_weighting_does_not_make_a_quiet_state_forget_its_exits() {
+    // `work` loops on itself and leaves to `done`. Long ago it left 50 times; lately it has
+    // only looped. With a 1-hour half-life the old exits are worth nothing, and a chain that
+    // believed only the recent loops would never end.
+    let src = r#"
+    flow q {
+        key payload.id
+        initial work
+        terminal done
+        on "work" -> work
+        on "done" -> done
+        learn { half_life 1h  prior_weight 0  repeats count  min_observations 10 }
+    }"#;
+    let mut e = Engine::new(compile(src));
+    let mut msgs = Vec::new();
+    for i in 0..50 {
+        msgs.push(msg("work", &format!("o{i}"), i as f64 * 10.0));
+        msgs.push(msg("done", &format!("o{i}"), i as f64 * 10.0 + 5.0));
+    }
+    // Three days later: 3 loops, nothing else.
+    let t = 3.0 * 86_400.0;
+    for i in 0..4 {
+        msgs.push(msg("work", "late", t + i as f64 * 60.0));
+    }
+    run(&mut e, &msgs);
+    let table = flowcast::engine::table::build(&mut e.flows[0]);
+    let w = table.states.iter().find(|s| s.state == "work").unwrap();
+    // Recent weight ~3 loops, under min_observations: the long-run counts (50 exits, 3
+    // loops) fill the 7 missing, so `done` keeps about 7 * 50/53 / 10 of the row.
+    assert!(w.next["done"] > 0.6 && w.next["done"] < 0.7, "{:?}", w.next);
+    let p = e.predict_object(0, &ObjectKey::parse("late")).unwrap();
+    assert!(
+        p.expected_remaining_ms.is_finite() && p.expected_remaining_ms < 600_000.0,
+        "{p:?}"
+    );
+}

@@ -309,6 +309,10 @@ pub struct EvalArgs {
     /// Dwell-time conditioning on and/or off.
     #[arg(long, value_delimiter = ',')]
     pub dwell: Vec<OnOff>,
+    /// Calendar contexts to compare: `off`, `day` (time of day the state was entered, UTC,
+    /// 3-hour classes), `week` (the same, weekdays apart from weekends).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub calendar: Vec<CalendarArg>,
     /// How the test cases meet the model, to compare: `frozen` (train, then test with the
     /// model frozen: the reference protocol), `live` (every message in time order, learning
     /// from the training cases only as they happen), `online` (the same, learning from every
@@ -328,6 +332,23 @@ pub struct EvalArgs {
     pub truth: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "table")]
     pub output: super::model_cmd::TableFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CalendarArg {
+    Off,
+    Day,
+    Week,
+}
+
+impl From<CalendarArg> for model::Calendar {
+    fn from(c: CalendarArg) -> model::Calendar {
+        match c {
+            CalendarArg::Off => model::Calendar::Off,
+            CalendarArg::Day => model::Calendar::Day,
+            CalendarArg::Week => model::Calendar::Week,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -446,6 +467,15 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.dwell.clone()
     };
+    let calendars: Vec<model::Calendar> = if args.calendar.is_empty() {
+        vec![if auto {
+            model::Calendar::Off
+        } else {
+            l.calendar
+        }]
+    } else {
+        args.calendar.iter().map(|&c| c.into()).collect()
+    };
     let mut modes = args.mode.clone();
     if args.online {
         modes.push(evaluate::Mode::Online);
@@ -462,15 +492,18 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
             for &prior_weight in &weights {
                 for &min_observations in &min_obs {
                     for &d in &dwells {
-                        for &mode in &modes {
-                            configs.push(EvalConfig {
-                                history,
-                                half_life_ms,
-                                prior_weight,
-                                min_observations,
-                                dwell: d == OnOff::On,
-                                mode,
-                            });
+                        for &calendar in &calendars {
+                            for &mode in &modes {
+                                configs.push(EvalConfig {
+                                    history,
+                                    half_life_ms,
+                                    prior_weight,
+                                    min_observations,
+                                    dwell: d == OnOff::On,
+                                    calendar,
+                                    mode,
+                                });
+                            }
                         }
                     }
                 }

@@ -13,24 +13,31 @@
 //! total is small) or when decay has moved the weights by more than 1%.
 
 use super::dwell::DwellHist;
-use crate::model::{CompiledFlow, Kind, StateId, Unlisted};
+use crate::model::{Calendar, CompiledFlow, Kind, StateId, Unlisted};
 use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
 
-/// What an object's past adds to its current state: the states before it (oldest first) and
-/// how long it spent in the last of them, as a `dwell_bucket` (`NO_DWELL` when unknown).
+/// What an object's past adds to its current state: the states before it (oldest first), how
+/// long it spent in the last of them, as a `dwell_bucket` (`NO_DWELL` when unknown), and when
+/// it entered its current state (ms since the epoch; 0 when unknown).
 #[derive(Debug, Clone, Copy)]
 pub struct Past<'a> {
     pub history: &'a [StateId],
     pub last_dwell: u8,
+    pub entered_ms: i64,
 }
 
 impl Past<'static> {
     pub const NONE: Past<'static> = Past {
         history: &[],
         last_dwell: NO_DWELL,
+        entered_ms: 0,
     };
 }
+
+/// Key of a calendar context: the state, the dwell class of the state before it (`NO_DWELL`
+/// when dwell times are not used), the calendar class of the time it was entered.
+pub type CalendarKey = (StateId, u8, u8);
 
 pub const NO_DWELL: u8 = u8::MAX;
 
@@ -93,6 +100,9 @@ pub struct FlowModel {
     pub obs: Vec<f64>,
     /// Their sum, kept up to date so that the refresh test costs nothing.
     obs_total: f64,
+    /// Observed counts without decay, n x n: what a row falls back on when recency weighting
+    /// has left it fewer than `min_observations` of recent weight.
+    pub obs_long: Vec<f64>,
     /// Stored (scaled) dwell histograms per (from, to).
     pub dwell: HashMap<(StateId, StateId), DwellHist>,
     /// Pooled dwell per state, over the transitions that are not its timeout.
@@ -101,6 +111,9 @@ pub struct FlowModel {
     pub contexts: HashMap<Context, Vec<(StateId, f64)>>,
     /// Stored (scaled) next-state counts per (state, dwell class of the state before it).
     pub dwell_contexts: HashMap<(StateId, u8), Vec<(StateId, f64)>>,
+    /// Stored (scaled) next-state counts per calendar context (`learn { calendar ... }`).
+    pub calendar_contexts: HashMap<CalendarKey, Vec<(StateId, f64)>>,
+    calendar: Calendar,
     pub history: usize,
     min_observations: f64,
     use_dwell: bool,
@@ -139,10 +152,13 @@ impl FlowModel {
             prior_weight: flow.learning.prior_weight,
             obs: vec![0.0; n * n],
             obs_total: 0.0,
+            obs_long: vec![0.0; n * n],
             dwell: HashMap::default(),
             dwell_state: vec![DwellHist::default(); n],
             contexts: HashMap::default(),
             dwell_contexts: HashMap::default(),
+            calendar_contexts: HashMap::default(),
+            calendar: flow.learning.calendar,
             history: flow.learning.history,
             min_observations: flow.learning.min_observations,
             use_dwell: flow.learning.use_dwell,
@@ -202,6 +218,7 @@ impl FlowModel {
             .contexts
             .values_mut()
             .chain(self.dwell_contexts.values_mut())
+            .chain(self.calendar_contexts.values_mut())
         {
             for (_, w) in row.iter_mut() {
                 *w *= f;
@@ -224,6 +241,7 @@ impl FlowModel {
         let n = self.n;
         self.obs[from as usize * n + to as usize] += w;
         self.obs_total += w;
+        self.obs_long[from as usize * n + to as usize] += 1.0;
         self.dwell.entry((from, to)).or_default().add(dwell_ms, w);
         if self.timeout_target[from as usize] != Some(to) {
             self.dwell_state[from as usize].add(dwell_ms, w);
@@ -245,7 +263,23 @@ impl FlowModel {
                 w,
             );
         }
+        if let Some(key) = self.calendar_key(past, from) {
+            add_to_row(self.calendar_contexts.entry(key).or_default(), to, w);
+        }
         self.changed += w * self.decay_factor();
+    }
+
+    /// The calendar context of an object in `state` with this past, if calendars are used.
+    fn calendar_key(&self, past: Past<'_>, state: StateId) -> Option<CalendarKey> {
+        if self.calendar == Calendar::Off || past.entered_ms == 0 {
+            return None;
+        }
+        let dwell = if self.use_dwell {
+            past.last_dwell
+        } else {
+            NO_DWELL
+        };
+        Some((state, dwell, self.calendar.class(past.entered_ms)))
     }
 
     /// Effective (decayed) observed count of one transition.
@@ -300,9 +334,29 @@ impl FlowModel {
             }
             let row = &mut p[s * n..(s + 1) * n];
             let mut total = 0.0;
+            let mut recent = 0.0;
             for (t, x) in row.iter_mut().enumerate() {
-                *x = self.prior[s * n + t] * self.prior_weight + self.obs[s * n + t] * f;
+                let o = self.obs[s * n + t] * f;
+                *x = self.prior[s * n + t] * self.prior_weight + o;
                 total += *x;
+                recent += o;
+            }
+            // Recency weighting must not erase what a row knows: when decay has left a row
+            // less than `min_observations` of weight (a rare state, a quiet period), its
+            // long-run counts fill the gap (up to what decay took), so a state seen only
+            // looping lately does not forget that it has exits.
+            let floor = self.min_observations.max(1.0);
+            if self.half_life_ms.is_some() && recent < floor {
+                let long = &self.obs_long[s * n..(s + 1) * n];
+                let long_total: f64 = long.iter().sum();
+                // Never more than decay took away: a young row is left as it is.
+                let k = floor.min(long_total) - recent;
+                if k > 1e-9 {
+                    for (x, l) in row.iter_mut().zip(long) {
+                        *x += k * l / long_total;
+                    }
+                    total += k;
+                }
             }
             if total > 0.0 {
                 for x in row.iter_mut() {
@@ -354,7 +408,8 @@ impl FlowModel {
 
     /// First-step distribution for an object in `state` with its `past`. The first-order row
     /// (priors and observations) is the base; the context of the time spent in the state before
-    /// (when dwell times are used), then history contexts of growing length (claim 3), each
+    /// (when dwell times are used), then the calendar context (that dwell class and the time of
+    /// day the state was entered, when calendars are used), then history contexts of growing length (claim 3), each
     /// refine it by interpolation: p = (n p_context + k p_shorter) / (n + k), with n the
     /// context's observed weight and k = `min_observations`. A context seen rarely leans on the
     /// shorter one; one seen often speaks for itself. With k = 0 the longest context seen wins.
@@ -374,6 +429,12 @@ impl FlowModel {
             if let Some(row) = self.dwell_contexts.get(&(state, past.last_dwell)) {
                 rows.push(row);
             }
+        }
+        if let Some(row) = self
+            .calendar_key(past, state)
+            .and_then(|key| self.calendar_contexts.get(&key))
+        {
+            rows.push(row);
         }
         for len in 2..=self.history.min(history.len() + 1) {
             if let Some(row) = self
@@ -738,6 +799,18 @@ pub struct LearnedCounts {
     pub contexts: Vec<LearnedContext>,
     #[serde(default)]
     pub dwell_contexts: Vec<LearnedDwellContext>,
+    #[serde(default)]
+    pub calendar_contexts: Vec<LearnedCalendarContext>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LearnedCalendarContext {
+    pub state: String,
+    /// `dwell_bucket` of the previous state; absent when unknown or not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dwell_class: Option<u8>,
+    pub calendar_class: u8,
+    pub next: Vec<(String, f64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -753,6 +826,9 @@ pub struct LearnedTransition {
     pub to: String,
     /// Stored (scaled by the epoch) weight.
     pub weight: f64,
+    /// Observed count without decay.
+    #[serde(default)]
+    pub count: f64,
     pub dwell: DwellHist,
 }
 
@@ -768,11 +844,13 @@ impl FlowModel {
         for s in 0..self.n {
             for t in 0..self.n {
                 let w = self.obs[s * self.n + t];
-                if w > 0.0 {
+                let count = self.obs_long[s * self.n + t];
+                if w > 0.0 || count > 0.0 {
                     transitions.push(LearnedTransition {
                         from: names[s].clone(),
                         to: names[t].clone(),
                         weight: w,
+                        count,
                         dwell: self
                             .dwell
                             .get(&(s as StateId, t as StateId))
@@ -811,12 +889,33 @@ impl FlowModel {
             })
             .collect();
         dwell_contexts.sort_by(|a, b| (&a.state, a.dwell_class).cmp(&(&b.state, b.dwell_class)));
+        let mut calendar_contexts: Vec<LearnedCalendarContext> = self
+            .calendar_contexts
+            .iter()
+            .map(|((s, d, c), row)| LearnedCalendarContext {
+                state: names[*s as usize].clone(),
+                dwell_class: (*d != NO_DWELL).then_some(*d),
+                calendar_class: *c,
+                next: row
+                    .iter()
+                    .map(|&(t, w)| (names[t as usize].clone(), w))
+                    .collect(),
+            })
+            .collect();
+        calendar_contexts.sort_by(|a, b| {
+            (&a.state, a.dwell_class, a.calendar_class).cmp(&(
+                &b.state,
+                b.dwell_class,
+                b.calendar_class,
+            ))
+        });
         LearnedCounts {
             epoch_ms: self.epoch_ms,
             now_ms: self.now_ms,
             transitions,
             contexts,
             dwell_contexts,
+            calendar_contexts,
         }
     }
 
@@ -839,6 +938,7 @@ impl FlowModel {
                 continue;
             }
             self.obs[s as usize * self.n + d as usize] += t.weight;
+            self.obs_long[s as usize * self.n + d as usize] += t.count;
             self.obs_total += t.weight;
             self.dwell.entry((s, d)).or_default().merge(&t.dwell);
             if self.timeout_target[s as usize] != Some(d) {
@@ -867,6 +967,16 @@ impl FlowModel {
                 .filter_map(|(t, w)| id_of(t).map(|id| (id, *w)))
                 .collect();
             self.dwell_contexts.insert((s, c.dwell_class), row);
+        }
+        for c in &learned.calendar_contexts {
+            let Some(s) = id_of(&c.state) else { continue };
+            let row: Vec<(StateId, f64)> = c
+                .next
+                .iter()
+                .filter_map(|(t, w)| id_of(t).map(|id| (id, *w)))
+                .collect();
+            let key = (s, c.dwell_class.unwrap_or(NO_DWELL), c.calendar_class);
+            self.calendar_contexts.insert(key, row);
         }
         dropped
     }

@@ -103,6 +103,7 @@ impl ObjectState {
         markov::Past {
             history: self.history_slice(),
             last_dwell: self.last_dwell,
+            entered_ms: self.entered_ms,
         }
     }
 

@@ -4,7 +4,7 @@
 //! Three ways to run the same split (`Mode`):
 //! - `frozen` (the reference protocol): the training cases' messages go to an `Engine` in time
 //!   order, then learning is turned off and each test case is replayed on its own, shifted in
-//!   time to start at the engine's clock: with learning off the cases cannot influence each
+//!   time to start at the engine's clock (by whole weeks when calendar contexts are used): with learning off the cases cannot influence each
 //!   other, and their dwell times are kept exactly. Every prediction sees every training case,
 //!   including those that happened after it.
 //! - `live` (as deployed): every message of every case in time order; the engine learns from
@@ -26,7 +26,7 @@
 use super::log::{Stream, CASE_END};
 use crate::engine::output::Record;
 use crate::engine::Engine;
-use crate::model::{CompiledFlow, Kind};
+use crate::model::{Calendar, CompiledFlow, Kind};
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -38,6 +38,8 @@ pub struct EvalConfig {
     pub min_observations: f64,
     /// Condition risk on the time already spent in a state.
     pub dwell: bool,
+    /// Condition on the time of day (and week) an object entered its state.
+    pub calendar: Calendar,
     pub mode: Mode,
 }
 
@@ -65,7 +67,7 @@ impl Mode {
 impl EvalConfig {
     pub fn label(&self) -> String {
         format!(
-            "history={} half_life={} prior_weight={} min_obs={} dwell={}{}",
+            "history={} half_life={} prior_weight={} min_obs={} dwell={}{}{}",
             self.history,
             self.half_life_ms
                 .map(crate::syntax::format_duration_ms)
@@ -73,6 +75,11 @@ impl EvalConfig {
             self.prior_weight,
             self.min_observations,
             if self.dwell { "on" } else { "off" },
+            if self.calendar == Calendar::Off {
+                String::new()
+            } else {
+                format!(" calendar={}", self.calendar.name())
+            },
             if self.mode == Mode::Frozen {
                 String::new()
             } else {
@@ -89,6 +96,7 @@ impl EvalConfig {
         f.learning.prior_weight = self.prior_weight;
         f.learning.min_observations = self.min_observations;
         f.learning.use_dwell = self.dwell;
+        f.learning.calendar = self.calendar;
         // Nothing is evicted during an evaluation: cases end by their outcome.
         f.learning.expire_ms = i64::MAX / 4;
         f
@@ -281,7 +289,12 @@ pub fn evaluate(
                 .filter_map(|&i| stream.messages[i].time_ms)
                 .min()
                 .unwrap_or(0);
-            let offset = (engine.clock_ms() - start).max(0);
+            let mut offset = (engine.clock_ms() - start).max(0);
+            if cfg.calendar != Calendar::Off {
+                // Whole weeks, so that each time keeps its time of day and day of the week.
+                const WEEK: i64 = 7 * 86_400_000;
+                offset = (offset + WEEK - 1) / WEEK * WEEK;
+            }
             for &i in idx {
                 let mut m = stream.messages[i].clone();
                 m.time_ms = m.time_ms.map(|t| t + offset);

@@ -572,6 +572,22 @@ impl FlowCompiler<'_> {
                         .help = Some("`count`: an activity that repeats is a transition to itself (process logs); `ignore`: a repeated notification (the default)".into());
                     }
                 },
+                "calendar" => match &v.kind {
+                    ValueKind::Ident(w) if w == "off" => l.calendar = Calendar::Off,
+                    ValueKind::Ident(w) if w == "day" => l.calendar = Calendar::Day,
+                    ValueKind::Ident(w) if w == "week" => l.calendar = Calendar::Week,
+                    other => {
+                        self.err(
+                            Code::BadSetting,
+                            v.span,
+                            format!(
+                                "`calendar` is `off`, `day` or `week`, found {}",
+                                other.describe()
+                            ),
+                        )
+                        .help = Some("`day`: condition on the UTC time of day the object entered its state (3-hour classes); `week`: the same, weekdays apart from weekends".into());
+                    }
+                },
                 other => self.unknown_setting(
                     &s.name,
                     other,
@@ -582,6 +598,7 @@ impl FlowCompiler<'_> {
                         "min_observations",
                         "expire",
                         "repeats",
+                        "calendar",
                     ],
                     "learn",
                 ),

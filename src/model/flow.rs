@@ -85,6 +85,46 @@ pub struct Learning {
     pub count_repeats: bool,
     /// Condition risk on the time already spent in a state ([0102]); evaluation can turn it off.
     pub use_dwell: bool,
+    /// Condition the next state on when the object entered its state (UTC time of day, and
+    /// weekday or weekend): work done by people and by nightly jobs follows the clock.
+    pub calendar: Calendar,
+}
+
+/// Classes of the time an object entered its state, for `learn { calendar ... }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Calendar {
+    #[default]
+    Off,
+    /// Eight three-hour classes of the UTC time of day.
+    Day,
+    /// The same, weekdays apart from weekends (16 classes).
+    Week,
+}
+
+impl Calendar {
+    pub const NONE: u8 = u8::MAX;
+
+    /// The class of a time (ms since the epoch, UTC); `NONE` when off.
+    pub fn class(self, ms: i64) -> u8 {
+        let secs = ms.div_euclid(1000);
+        let hour = (secs.div_euclid(3600)).rem_euclid(24) as u8;
+        // 1970-01-01 was a Thursday: days + 3 counts from a Monday.
+        let weekday = (secs.div_euclid(86_400) + 3).rem_euclid(7);
+        match self {
+            Calendar::Off => Calendar::NONE,
+            Calendar::Day => hour / 3,
+            Calendar::Week => hour / 3 + if weekday >= 5 { 8 } else { 0 },
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Calendar::Off => "off",
+            Calendar::Day => "day",
+            Calendar::Week => "week",
+        }
+    }
 }
 
 impl Default for Learning {
@@ -97,6 +137,7 @@ impl Default for Learning {
             expire_ms: 86_400_000,
             count_repeats: false,
             use_dwell: true,
+            calendar: Calendar::Off,
         }
     }
 }
