@@ -289,3 +289,26 @@ fn recency_weighting_live_chosen_on_validation_reaches_the_helpdesk_goal() {
     let acc = s["next_state"]["accuracy"].as_f64().unwrap();
     assert!(acc >= 0.74, "{s}");
 }
+
+#[test]
+fn the_feature_model_chosen_on_validation_reaches_the_bpi_goal() {
+    // EVALUATION.md: on BPI'12 W the time of day, the time in the case and the previous
+    // states matter together; the per-state log-linear model weighs them at once.
+    let reports = eval_json(&[
+        BPI,
+        "--dwell",
+        "on",
+        "--calendar",
+        "off,week",
+        "--features",
+        "off,on",
+        "--select",
+    ]);
+    let reports = reports.as_array().unwrap();
+    let s: Vec<_> = reports.iter().filter(|r| r["selected"] == true).collect();
+    assert_eq!(s.len(), 1);
+    let s = s[0];
+    assert_eq!(s["config"]["features"], true, "{s}");
+    let acc = s["next_state"]["accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.80, "{s}");
+}

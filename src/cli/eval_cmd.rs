@@ -313,6 +313,9 @@ pub struct EvalArgs {
     /// 3-hour classes), `week` (the same, weekdays apart from weekends).
     #[arg(long, value_delimiter = ',', value_enum)]
     pub calendar: Vec<CalendarArg>,
+    /// The log-linear feature model on and/or off (`learn { features on }`).
+    #[arg(long, value_delimiter = ',')]
+    pub features: Vec<OnOff>,
     /// How the test cases meet the model, to compare: `frozen` (train, then test with the
     /// model frozen: the reference protocol), `live` (every message in time order, learning
     /// from the training cases only as they happen), `online` (the same, learning from every
@@ -476,6 +479,11 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.calendar.iter().map(|&c| c.into()).collect()
     };
+    let features: Vec<bool> = if args.features.is_empty() {
+        vec![!auto && l.features]
+    } else {
+        args.features.iter().map(|f| *f == OnOff::On).collect()
+    };
     let mut modes = args.mode.clone();
     if args.online {
         modes.push(evaluate::Mode::Online);
@@ -493,16 +501,19 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
                 for &min_observations in &min_obs {
                     for &d in &dwells {
                         for &calendar in &calendars {
-                            for &mode in &modes {
-                                configs.push(EvalConfig {
-                                    history,
-                                    half_life_ms,
-                                    prior_weight,
-                                    min_observations,
-                                    dwell: d == OnOff::On,
-                                    calendar,
-                                    mode,
-                                });
+                            for &feat in &features {
+                                for &mode in &modes {
+                                    configs.push(EvalConfig {
+                                        history,
+                                        half_life_ms,
+                                        prior_weight,
+                                        min_observations,
+                                        dwell: d == OnOff::On,
+                                        calendar,
+                                        features: feat,
+                                        mode,
+                                    });
+                                }
                             }
                         }
                     }

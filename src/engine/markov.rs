@@ -13,6 +13,7 @@
 //! total is small) or when decay has moved the weights by more than 1%.
 
 use super::dwell::DwellHist;
+use super::features::{Example, FeatureModel};
 use crate::model::{Calendar, CompiledFlow, Kind, StateId, Unlisted};
 use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,10 @@ pub struct Past<'a> {
     pub history: &'a [StateId],
     pub last_dwell: u8,
     pub entered_ms: i64,
+    /// Dwell class of the state before the previous one.
+    pub prev_dwell: u8,
+    /// Time since the object was first seen, at its entry into its state (-1 when unknown).
+    pub age_ms: i64,
 }
 
 impl Past<'static> {
@@ -32,7 +37,23 @@ impl Past<'static> {
         history: &[],
         last_dwell: NO_DWELL,
         entered_ms: 0,
+        prev_dwell: NO_DWELL,
+        age_ms: -1,
     };
+}
+
+impl Past<'_> {
+    /// The feature values of an object in `state` with this past.
+    pub fn features(&self, state: StateId) -> super::features::Values {
+        super::features::values(&super::features::Inputs {
+            history: self.history,
+            state,
+            last_dwell: self.last_dwell,
+            prev_dwell: self.prev_dwell,
+            entered_ms: self.entered_ms,
+            age_ms: self.age_ms,
+        })
+    }
 }
 
 /// Key of a calendar context: the state, the dwell class of the state before it (`NO_DWELL`
@@ -114,6 +135,8 @@ pub struct FlowModel {
     /// Stored (scaled) next-state counts per calendar context (`learn { calendar ... }`).
     pub calendar_contexts: HashMap<CalendarKey, Vec<(StateId, f64)>>,
     calendar: Calendar,
+    /// The log-linear feature model, when `learn { features on }`.
+    pub features: Option<FeatureModel>,
     pub history: usize,
     min_observations: f64,
     use_dwell: bool,
@@ -159,6 +182,7 @@ impl FlowModel {
             dwell_contexts: HashMap::default(),
             calendar_contexts: HashMap::default(),
             calendar: flow.learning.calendar,
+            features: flow.learning.features.then(FeatureModel::default),
             history: flow.learning.history,
             min_observations: flow.learning.min_observations,
             use_dwell: flow.learning.use_dwell,
@@ -266,6 +290,14 @@ impl FlowModel {
         if let Some(key) = self.calendar_key(past, from) {
             add_to_row(self.calendar_contexts.entry(key).or_default(), to, w);
         }
+        if let Some(fm) = self.features.as_mut() {
+            fm.add(Example {
+                at_ms: self.now_ms,
+                from,
+                to,
+                values: past.features(from),
+            });
+        }
         self.changed += w * self.decay_factor();
     }
 
@@ -314,7 +346,30 @@ impl FlowModel {
         if self.needs_refresh() {
             self.refresh();
         }
+        if self.features.as_ref().is_some_and(|f| f.needs_fit()) {
+            self.fit_features();
+        }
         self.solution.as_ref().expect("refresh sets the solution")
+    }
+
+    /// Refits the feature model now (if the flow has one) on the current first-order rows.
+    pub fn fit_features(&mut self) {
+        let Some(mut fm) = self.features.take() else {
+            return;
+        };
+        if self.solution.is_none() {
+            self.refresh();
+        }
+        let sol = self.solution.as_ref().expect("refreshed");
+        let (hl, now) = (self.half_life_ms, self.now_ms);
+        fm.fit(
+            |s| sol.succ[s as usize].clone(),
+            |t| match hl {
+                Some(hl) => 2f64.powf(-((now - t).max(0) as f64) / hl as f64),
+                None => 1.0,
+            },
+        );
+        self.features = Some(fm);
     }
 
     /// The cached solution without refreshing, if there is one.
@@ -421,6 +476,13 @@ impl FlowModel {
         out: &mut Vec<(StateId, f64)>,
     ) {
         out.clear();
+        if let Some(fm) = &self.features {
+            if fm.weights.contains_key(&state) {
+                out.extend_from_slice(&sol.succ[state as usize]);
+                fm.apply(state, &past.features(state), out);
+                return;
+            }
+        }
         let f = self.decay_factor();
         let k = self.min_observations.max(0.0);
         let history = past.history;
@@ -801,6 +863,9 @@ pub struct LearnedCounts {
     pub dwell_contexts: Vec<LearnedDwellContext>,
     #[serde(default)]
     pub calendar_contexts: Vec<LearnedCalendarContext>,
+    /// The transitions the feature model is fitted on (`learn { features on }`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feature_examples: Vec<super::features::LearnedExample>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -916,6 +981,11 @@ impl FlowModel {
             contexts,
             dwell_contexts,
             calendar_contexts,
+            feature_examples: self
+                .features
+                .as_ref()
+                .map(|f| f.export(names))
+                .unwrap_or_default(),
         }
     }
 
@@ -977,6 +1047,9 @@ impl FlowModel {
                 .collect();
             let key = (s, c.dwell_class.unwrap_or(NO_DWELL), c.calendar_class);
             self.calendar_contexts.insert(key, row);
+        }
+        if let Some(fm) = self.features.as_mut() {
+            fm.import(&learned.feature_examples, &id_of);
         }
         dropped
     }

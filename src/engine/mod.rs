@@ -8,6 +8,7 @@
 //! which a waiting object's risk will cross its threshold) sit in one heap per flow.
 
 pub mod dwell;
+pub mod features;
 pub mod key;
 pub mod markov;
 pub mod message;
@@ -62,7 +63,7 @@ pub struct Stats {
     pub expired: u64,
 }
 
-/// Where one object is in one flow. Kept to 32 bytes: there may be millions. What only
+/// Where one object is in one flow. Kept to 40 bytes: there may be millions. What only
 /// alerting objects need lives in `FlowRuntime::alert_log`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct ObjectState {
@@ -77,6 +78,10 @@ pub struct ObjectState {
     pub alerting: bool,
     /// `markov::dwell_bucket` of the time spent in the previous state.
     pub last_dwell: u8,
+    /// The same for the state before it.
+    pub prev_dwell: u8,
+    /// When the object was first seen.
+    pub first_seen_ms: i64,
 }
 
 /// Alert times of an object that has alerted at least once.
@@ -104,6 +109,8 @@ impl ObjectState {
             history: self.history_slice(),
             last_dwell: self.last_dwell,
             entered_ms: self.entered_ms,
+            prev_dwell: self.prev_dwell,
+            age_ms: self.entered_ms - self.first_seen_ms,
         }
     }
 
@@ -561,9 +568,11 @@ impl Engine {
                     history: [markov::NONE; 3],
                     alerting: false,
                     last_dwell: markov::NO_DWELL,
+                    prev_dwell: markov::NO_DWELL,
                     generation: 0,
                     entered_ms: now,
                     last_seen_ms: now,
+                    first_seen_ms: now,
                 },
             );
             self.entered(fi, &key, now, trig, out);
@@ -600,6 +609,7 @@ impl Engine {
         }
         let obj = rt.objects.get_mut(&key).expect("object present");
         obj.push_history(from);
+        obj.prev_dwell = obj.last_dwell;
         obj.last_dwell = markov::dwell_bucket(dwell);
         obj.state = target;
         obj.entered_ms = now;
@@ -946,6 +956,14 @@ impl Engine {
         })
     }
 
+    /// Refits every flow's feature model now on what it has observed (`learn { features on }`);
+    /// otherwise they are refitted when a tenth of their transitions are new.
+    pub fn refit_features(&mut self) {
+        for rt in &mut self.flows {
+            rt.model.fit_features();
+        }
+    }
+
     /// The learned counts of every flow, by flow name, for a state directory.
     pub fn export_learned(&self) -> BTreeMap<String, markov::LearnedCounts> {
         self.flows
@@ -1049,7 +1067,8 @@ mod tests {
 
     #[test]
     fn per_object_state_stays_small() {
-        assert_eq!(std::mem::size_of::<super::ObjectState>(), 32);
+        // 40 bytes: the first-seen time and the dwell class before last feed `features`.
+        assert_eq!(std::mem::size_of::<super::ObjectState>(), 40);
         assert_eq!(std::mem::size_of::<super::key::ObjectKey>(), 24);
     }
 }

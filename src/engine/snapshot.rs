@@ -49,6 +49,12 @@ pub struct ObjectSnapshot {
     /// Dwell class of the time spent in the previous state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_dwell: Option<u8>,
+    /// The same for the state before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_dwell: Option<u8>,
+    /// When the object was first seen (its entry into its state when unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seen_ms: Option<i64>,
 }
 
 /// What a restore or reload kept and dropped.
@@ -91,6 +97,8 @@ impl Engine {
                             first_alert_ms: log.map(|l| l.first_ms),
                             alert_since_ms: log.map(|l| l.since_ms),
                             last_dwell: (o.last_dwell != markov::NO_DWELL).then_some(o.last_dwell),
+                            prev_dwell: (o.prev_dwell != markov::NO_DWELL).then_some(o.prev_dwell),
+                            first_seen_ms: Some(o.first_seen_ms),
                         }
                     })
                     .collect();
@@ -153,6 +161,8 @@ impl Engine {
                         history,
                         alerting: o.alerting,
                         last_dwell: o.last_dwell.unwrap_or(markov::NO_DWELL),
+                        prev_dwell: o.prev_dwell.unwrap_or(markov::NO_DWELL),
+                        first_seen_ms: o.first_seen_ms.unwrap_or(o.entered_ms),
                     },
                 );
                 self.schedule(fi, &key);

@@ -4,7 +4,8 @@
 //! Three ways to run the same split (`Mode`):
 //! - `frozen` (the reference protocol): the training cases' messages go to an `Engine` in time
 //!   order, then learning is turned off and each test case is replayed on its own, shifted in
-//!   time to start at the engine's clock (by whole weeks when calendar contexts are used): with learning off the cases cannot influence each
+//!   time to start at the engine's clock (by whole weeks when calendar contexts or features
+//!   are used): with learning off the cases cannot influence each
 //!   other, and their dwell times are kept exactly. Every prediction sees every training case,
 //!   including those that happened after it.
 //! - `live` (as deployed): every message of every case in time order; the engine learns from
@@ -40,6 +41,8 @@ pub struct EvalConfig {
     pub dwell: bool,
     /// Condition on the time of day (and week) an object entered its state.
     pub calendar: Calendar,
+    /// The log-linear feature model (`learn { features on }`).
+    pub features: bool,
     pub mode: Mode,
 }
 
@@ -67,7 +70,7 @@ impl Mode {
 impl EvalConfig {
     pub fn label(&self) -> String {
         format!(
-            "history={} half_life={} prior_weight={} min_obs={} dwell={}{}{}",
+            "history={} half_life={} prior_weight={} min_obs={} dwell={}{}{}{}",
             self.history,
             self.half_life_ms
                 .map(crate::syntax::format_duration_ms)
@@ -80,6 +83,7 @@ impl EvalConfig {
             } else {
                 format!(" calendar={}", self.calendar.name())
             },
+            if self.features { " features=on" } else { "" },
             if self.mode == Mode::Frozen {
                 String::new()
             } else {
@@ -97,6 +101,7 @@ impl EvalConfig {
         f.learning.min_observations = self.min_observations;
         f.learning.use_dwell = self.dwell;
         f.learning.calendar = self.calendar;
+        f.learning.features = self.features;
         // Nothing is evicted during an evaluation: cases end by their outcome.
         f.learning.expire_ms = i64::MAX / 4;
         f
@@ -281,6 +286,8 @@ pub fn evaluate(
             records.clear();
         }
         let fallback = fallback_of(&freq);
+        // The frozen model is the one trained on every training case.
+        engine.refit_features();
         engine.learn = false;
         engine.trace = true;
         for idx in &by_case[n_train..] {
@@ -290,7 +297,7 @@ pub fn evaluate(
                 .min()
                 .unwrap_or(0);
             let mut offset = (engine.clock_ms() - start).max(0);
-            if cfg.calendar != Calendar::Off {
+            if cfg.calendar != Calendar::Off || cfg.features {
                 // Whole weeks, so that each time keeps its time of day and day of the week.
                 const WEEK: i64 = 7 * 86_400_000;
                 offset = (offset + WEEK - 1) / WEEK * WEEK;

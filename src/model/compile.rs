@@ -588,6 +588,18 @@ impl FlowCompiler<'_> {
                         .help = Some("`day`: condition on the UTC time of day the object entered its state (3-hour classes); `week`: the same, weekdays apart from weekends".into());
                     }
                 },
+                "features" => match &v.kind {
+                    ValueKind::Ident(w) if w == "on" => l.features = true,
+                    ValueKind::Ident(w) if w == "off" => l.features = false,
+                    other => {
+                        self.err(
+                            Code::BadSetting,
+                            v.span,
+                            format!("`features` is `on` or `off`, found {}", other.describe()),
+                        )
+                        .help = Some("`on`: predict the next state from every signal of the object's past at once (previous states, dwell times, time of day, time in the flow) with a log-linear model per state".into());
+                    }
+                },
                 other => self.unknown_setting(
                     &s.name,
                     other,
@@ -599,6 +611,7 @@ impl FlowCompiler<'_> {
                         "expire",
                         "repeats",
                         "calendar",
+                        "features",
                     ],
                     "learn",
                 ),

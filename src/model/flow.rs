@@ -88,6 +88,9 @@ pub struct Learning {
     /// Condition the next state on when the object entered its state (UTC time of day, and
     /// weekday or weekend): work done by people and by nightly jobs follows the clock.
     pub calendar: Calendar,
+    /// Weigh every signal of an object's past at once with a per-state log-linear model
+    /// (`learn { features on }`, see engine::features) instead of interpolated contexts.
+    pub features: bool,
 }
 
 /// Classes of the time an object entered its state, for `learn { calendar ... }`.
@@ -138,6 +141,7 @@ impl Default for Learning {
             count_repeats: false,
             use_dwell: true,
             calendar: Calendar::Off,
+            features: false,
         }
     }
 }
