@@ -167,3 +167,41 @@ fn compile_bundled_models(b: divan::Bencher) {
     let files = models();
     b.bench(|| compile_files(black_box(files.clone())).flows.len());
 }
+
+/// Refitting the feature model (`learn { features on }`) on a full buffer: 50,000 transitions
+/// out of 6 states with 3 successors each, features drawn from a fixed pseudo-random sequence.
+/// This runs inline in the engine when a tenth of the buffer is new (every 5,000 transitions),
+/// at most once a minute of event time.
+#[divan::bench(sample_count = 5)]
+fn feature_model_refit_50k(b: divan::Bencher) {
+    use flowcast::engine::features::{Example, FeatureModel, CAPACITY, N};
+    let mut m = FeatureModel::default();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..CAPACITY {
+        let from = (next() % 6) as u16;
+        let mut values = [0u16; N];
+        for v in values.iter_mut() {
+            *v = (next() % 8) as u16;
+        }
+        let to = if values[5] < 3 {
+            6
+        } else {
+            7 + (next() % 2) as u16
+        };
+        m.add(Example {
+            at_ms: i as i64,
+            from,
+            to,
+            values,
+        });
+    }
+    b.bench_local(|| {
+        m.fit(0, |_| vec![(6, 0.4), (7, 0.3), (8, 0.3)], |_| 1.0);
+    });
+}

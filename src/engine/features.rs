@@ -16,7 +16,7 @@
 //! weekday at which it entered s, and how long it has been in the flow (a logarithmic class).
 //!
 //! Fitting: the flow keeps its last `CAPACITY` observed transitions with their features; when
-//! a tenth of them are new, each state's weights are refitted by full-batch gradient descent
+//! a tenth of them are new (and a minute of event time has passed), each state's weights are refitted by full-batch gradient descent
 //! with AdaGrad steps (`ITERATIONS`, step `STEP`, penalty `L2`), examples weighted by recency
 //! when the flow has a half-life. Deterministic: the same transitions give the same weights.
 
@@ -34,6 +34,9 @@ const STEP: f64 = 0.5;
 const L2: f64 = 10.0;
 /// Fewest transitions from a state before it gets weights.
 const MIN_EXAMPLES: usize = 20;
+/// Least event time between two refits: a refit of a full buffer takes about 150 ms of CPU
+/// (BENCHMARKS.md), so a busy flow refits at most once a minute.
+pub const MIN_REFIT_MS: i64 = 60_000;
 
 /// Number of features of an object in a state.
 pub const N: usize = 8;
@@ -130,6 +133,8 @@ pub struct FeatureModel {
     pub pending: usize,
     pub weights: HashMap<StateId, StateWeights>,
     pub fits: u64,
+    /// Event time of the last fit.
+    pub fitted_at_ms: i64,
 }
 
 impl FeatureModel {
@@ -141,20 +146,25 @@ impl FeatureModel {
         self.pending += 1;
     }
 
-    /// A tenth of the kept examples are new (and at least `MIN_EXAMPLES`).
-    pub fn needs_fit(&self) -> bool {
-        self.pending >= MIN_EXAMPLES && self.pending * 10 >= self.examples.len()
+    /// A tenth of the kept examples are new (and at least `MIN_EXAMPLES`), and the last fit
+    /// is `MIN_REFIT_MS` old (in event time) or there was none.
+    pub fn needs_fit(&self, now_ms: i64) -> bool {
+        self.pending >= MIN_EXAMPLES
+            && self.pending * 10 >= self.examples.len()
+            && (self.fits == 0 || now_ms - self.fitted_at_ms >= MIN_REFIT_MS)
     }
 
     /// Refits every state's weights. `row` gives the first-order row of a state (successors
     /// with their probabilities); `weight` the recency weight of an example's time.
     pub fn fit(
         &mut self,
+        now_ms: i64,
         row: impl Fn(StateId) -> Vec<(StateId, f64)>,
         weight: impl Fn(i64) -> f64,
     ) {
         self.pending = 0;
         self.fits += 1;
+        self.fitted_at_ms = now_ms;
         let mut by_state: HashMap<StateId, Vec<usize>> = HashMap::default();
         for (i, e) in self.examples.iter().enumerate() {
             by_state.entry(e.from).or_default().push(i);
@@ -365,9 +375,15 @@ mod tests {
                 values,
             });
         }
-        assert!(m.needs_fit());
-        m.fit(|_| vec![(1, 0.5), (2, 0.5)], |_| 1.0);
-        assert!(!m.needs_fit());
+        assert!(m.needs_fit(0));
+        m.fit(0, |_| vec![(1, 0.5), (2, 0.5)], |_| 1.0);
+        assert!(!m.needs_fit(0));
+        // A tenth new: refitted, but not within a minute of the last fit.
+        for _ in 0..300 {
+            m.add(m.examples[0]);
+        }
+        assert!(!m.needs_fit(MIN_REFIT_MS - 1));
+        assert!(m.needs_fit(MIN_REFIT_MS));
         let mut night = [UNKNOWN; N];
         night[5] = 2;
         let mut out = vec![(1, 0.5), (2, 0.5)];
@@ -395,7 +411,7 @@ mod tests {
                 values,
             });
         }
-        m.fit(|_| vec![(1, 2.0 / 3.0), (2, 1.0 / 3.0)], |_| 1.0);
+        m.fit(0, |_| vec![(1, 2.0 / 3.0), (2, 1.0 / 3.0)], |_| 1.0);
         for h in 0..7 {
             let mut values = [UNKNOWN; N];
             values[6] = h;

@@ -346,7 +346,8 @@ impl FlowModel {
         if self.needs_refresh() {
             self.refresh();
         }
-        if self.features.as_ref().is_some_and(|f| f.needs_fit()) {
+        let now = self.now_ms;
+        if self.features.as_ref().is_some_and(|f| f.needs_fit(now)) {
             self.fit_features();
         }
         self.solution.as_ref().expect("refresh sets the solution")
@@ -363,6 +364,7 @@ impl FlowModel {
         let sol = self.solution.as_ref().expect("refreshed");
         let (hl, now) = (self.half_life_ms, self.now_ms);
         fm.fit(
+            now,
             |s| sol.succ[s as usize].clone(),
             |t| match hl {
                 Some(hl) => 2f64.powf(-((now - t).max(0) as f64) / hl as f64),
