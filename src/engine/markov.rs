@@ -137,6 +137,9 @@ pub struct FlowModel {
     calendar: Calendar,
     /// The log-linear feature model, when `learn { features on }`.
     pub features: Option<FeatureModel>,
+    /// Refit the feature model as transitions arrive (off while `eval` trains a frozen model,
+    /// which is fitted once at the end).
+    pub auto_fit: bool,
     pub history: usize,
     min_observations: f64,
     use_dwell: bool,
@@ -183,6 +186,7 @@ impl FlowModel {
             calendar_contexts: HashMap::default(),
             calendar: flow.learning.calendar,
             features: flow.learning.features.then(FeatureModel::default),
+            auto_fit: true,
             history: flow.learning.history,
             min_observations: flow.learning.min_observations,
             use_dwell: flow.learning.use_dwell,
@@ -347,7 +351,7 @@ impl FlowModel {
             self.refresh();
         }
         let now = self.now_ms;
-        if self.features.as_ref().is_some_and(|f| f.needs_fit(now)) {
+        if self.auto_fit && self.features.as_ref().is_some_and(|f| f.needs_fit(now)) {
             self.fit_features();
         }
         self.solution.as_ref().expect("refresh sets the solution")

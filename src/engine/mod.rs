@@ -956,6 +956,13 @@ impl Engine {
         })
     }
 
+    /// Whether feature models refit themselves as transitions arrive (the default).
+    pub fn set_feature_autofit(&mut self, on: bool) {
+        for rt in &mut self.flows {
+            rt.model.auto_fit = on;
+        }
+    }
+
     /// Refits every flow's feature model now on what it has observed (`learn { features on }`);
     /// otherwise they are refitted when a tenth of their transitions are new.
     pub fn refit_features(&mut self) {

@@ -278,6 +278,8 @@ pub fn evaluate(
             .filter(|&i| !is_test(stream.case_of[i]))
             .collect();
         sorted(&mut train);
+        // Only the model at the end of training is tested: fit features once, there.
+        engine.set_feature_autofit(false);
         for i in train {
             if let Some(et) = stream.messages[i].event_type() {
                 *freq.entry(et.to_string()).or_default() += 1;
@@ -579,7 +581,7 @@ pub fn render(reports: &[Report]) -> String {
     let validated = reports.iter().any(|r| r.validation.is_some());
     let _ = writeln!(
         o,
-        "{:<70} {:>9} {}{:>8} {:>10} {:>8} {:>7} {:>9} {:>9}",
+        "{:<86} {:>9} {}{:>8} {:>10} {:>8} {:>7} {:>9} {:>9}",
         "configuration",
         "prefixes",
         if validated { " val acc " } else { "" },
@@ -610,7 +612,7 @@ pub fn render(reports: &[Report]) -> String {
         };
         let _ = writeln!(
             o,
-            "{:<70} {:>9} {val}{:>8.4} {:>10} {:>8} {:>7} {:>9} {:>9}{mark}",
+            "{:<86} {:>9} {val}{:>8.4} {:>10} {:>8} {:>7} {:>9} {:>9}{mark}",
             r.label,
             r.next_state.prefixes,
             r.next_state.accuracy,
