@@ -624,3 +624,88 @@ fn tls_with_a_private_ca() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[test]
+fn the_feature_model_refits_off_the_engine_task_and_is_kept_in_the_state_directory() {
+    // A flow with `features on`: at night, after `intake`, `review` is followed by `batch`;
+    // otherwise by `call`. The service refits on a thread of its own and installs the weights
+    // when they are ready; the transitions it fits on are kept in the snapshot.
+    let nats = NatsServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    std::fs::write(
+        models.join("w.flow"),
+        r#"flow w {
+    key payload.id
+    initial intake, rework
+    state review
+    terminal batch, call
+    on "intake" -> intake
+    on "rework" -> rework
+    on "review" -> review
+    on "batch" -> batch
+    on "call" -> call
+    learn { features on  half_life off }
+}
+"#,
+    )
+    .unwrap();
+    let mut events = Vec::new();
+    let line = |et: &str, id: &str, t: f64| {
+        format!(r#"{{"event_type":"{et}","timestamp":{t},"payload":{{"id":"{id}"}}}}"#)
+    };
+    for d in 0..100 {
+        let day = 1_767_225_600.0 + d as f64 * 86_400.0;
+        for (hour, first, last) in [
+            (2.0, "intake", "batch"),
+            (2.0, "rework", "call"),
+            (14.0, "intake", "call"),
+            (14.0, "rework", "call"),
+        ] {
+            let id = format!("{d}-{hour}-{first}");
+            let t = day + hour * 3600.0;
+            events.push((t, line(first, &id, t)));
+            events.push((t + 60.0, line("review", &id, t + 60.0)));
+            events.push((t + 120.0, line(last, &id, t + 120.0)));
+        }
+    }
+    let t = 1_767_225_600.0 + 110.0 * 86_400.0 + 2.0 * 3600.0;
+    events.push((t, line("intake", "probe", t)));
+    events.push((t + 60.0, line("review", "probe", t + 60.0)));
+    events.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let input = dir.path().join("w.jsonl");
+    let text: Vec<String> = events.into_iter().map(|(_, l)| l).collect();
+    std::fs::write(&input, text.join("\n") + "\n").unwrap();
+    let state = dir.path().join("state");
+    let svc = Service::start(
+        dir.path(),
+        &format!(
+            "models: {models:?}\nstate_dir: {state:?}\nsource: {{ kind: nats }}\nnats: {{ url: \"{}\" }}\n{EVENT_CLOCK}",
+            nats.url()
+        ),
+    );
+    publish(&nats, &input, "notifications.w", false);
+    svc.wait_messages(text.len());
+    // The weights arrive when the background fit is done; each query looks for them.
+    let batch = || {
+        let (status, body) = http(svc.http_port, "GET", "/api/objects/probe");
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["flows"][0]["next"]["batch"].as_f64().unwrap_or(0.0)
+    };
+    // The first-order row says batch 1 time in 4.
+    svc.wait_until("the fitted weights", || batch() > 0.5);
+    svc.stop();
+    let snap: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("snapshot.json")).unwrap())
+            .unwrap();
+    let text = snap.to_string();
+    assert!(text.contains("feature_examples"), "{text:.2000}");
+    let n = text.matches("\"at_ms\"").count();
+    assert_eq!(
+        n,
+        100 * 4 * 2 + 1,
+        "two transitions per case and the probe's first"
+    );
+}

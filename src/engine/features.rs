@@ -23,6 +23,10 @@
 use crate::model::StateId;
 use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+
+/// Weights of every fitted state.
+pub type Weights = HashMap<StateId, StateWeights>;
 
 /// Transitions kept per flow for fitting.
 pub const CAPACITY: usize = 50_000;
@@ -131,10 +135,20 @@ pub struct FeatureModel {
     pub examples: std::collections::VecDeque<Example>,
     /// Examples added since the last fit.
     pub pending: usize,
-    pub weights: HashMap<StateId, StateWeights>,
+    pub weights: Weights,
     pub fits: u64,
     /// Event time of the last fit.
     pub fitted_at_ms: i64,
+    /// A fit running on its own thread (the service): its result lands here.
+    running: Option<Arc<Mutex<Option<Weights>>>>,
+}
+
+/// The recency weight of an example at `t`, seen from `now`.
+pub fn recency(half_life_ms: Option<i64>, now_ms: i64, t: i64) -> f64 {
+    match half_life_ms {
+        Some(hl) => 2f64.powf(-((now_ms - t).max(0) as f64) / hl as f64),
+        None => 1.0,
+    }
 }
 
 impl FeatureModel {
@@ -154,36 +168,72 @@ impl FeatureModel {
             && (self.fits == 0 || now_ms - self.fitted_at_ms >= MIN_REFIT_MS)
     }
 
-    /// Refits every state's weights. `row` gives the first-order row of a state (successors
-    /// with their probabilities); `weight` the recency weight of an example's time.
+    /// Refits every state's weights now. `row` gives the first-order row of a state
+    /// (successors with their probabilities); `weight` the recency weight of an example's time.
     pub fn fit(
         &mut self,
         now_ms: i64,
         row: impl Fn(StateId) -> Vec<(StateId, f64)>,
         weight: impl Fn(i64) -> f64,
     ) {
+        self.mark_fitted(now_ms);
+        self.weights = fit_all(self.examples.make_contiguous(), &row, &weight);
+    }
+
+    fn mark_fitted(&mut self, now_ms: i64) {
         self.pending = 0;
         self.fits += 1;
         self.fitted_at_ms = now_ms;
-        let mut by_state: HashMap<StateId, Vec<usize>> = HashMap::default();
-        for (i, e) in self.examples.iter().enumerate() {
-            by_state.entry(e.from).or_default().push(i);
+    }
+
+    /// Whether a fit is running on its own thread.
+    pub fn fitting(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Starts a refit on its own thread with a copy of the examples; the current weights serve
+    /// until `collect` finds the new ones. `rows` holds every state's first-order row.
+    pub fn fit_in_background(
+        &mut self,
+        now_ms: i64,
+        rows: Vec<Vec<(StateId, f64)>>,
+        half_life_ms: Option<i64>,
+    ) {
+        self.mark_fitted(now_ms);
+        let examples: Vec<Example> = self.examples.iter().copied().collect();
+        let slot: Arc<Mutex<Option<Weights>>> = Arc::new(Mutex::new(None));
+        let out = slot.clone();
+        let job = move || {
+            let w = fit_all(
+                &examples,
+                &|s: StateId| rows.get(s as usize).cloned().unwrap_or_default(),
+                &|t| recency(half_life_ms, now_ms, t),
+            );
+            if let Ok(mut g) = out.lock() {
+                *g = Some(w);
+            }
+        };
+        match std::thread::Builder::new()
+            .name("flowcast-fit".into())
+            .spawn(job)
+        {
+            Ok(_) => self.running = Some(slot),
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not start a thread to refit the feature model; the old weights stay.")
+            }
         }
-        let mut states: Vec<StateId> = by_state.keys().copied().collect();
-        states.sort_unstable();
-        self.weights.clear();
-        for s in states {
-            let idx = &by_state[&s];
-            if idx.len() < MIN_EXAMPLES {
-                continue;
-            }
-            let r = row(s);
-            if r.len() < 2 {
-                continue;
-            }
-            if let Some(w) = fit_state(&r, idx.iter().map(|&i| &self.examples[i]), &weight) {
-                self.weights.insert(s, w);
-            }
+    }
+
+    /// Installs the weights of a finished background fit, if there is one.
+    pub fn collect(&mut self) {
+        let Some(slot) = &self.running else { return };
+        let done = match slot.try_lock() {
+            Ok(mut g) => g.take(),
+            Err(_) => None,
+        };
+        if let Some(w) = done {
+            self.weights = w;
+            self.running = None;
         }
     }
 
@@ -218,12 +268,41 @@ impl FeatureModel {
     }
 }
 
+/// Fits the weights of every state with at least `MIN_EXAMPLES` transitions and two ways out.
+fn fit_all(
+    examples: &[Example],
+    row: &dyn Fn(StateId) -> Vec<(StateId, f64)>,
+    weight: &dyn Fn(i64) -> f64,
+) -> Weights {
+    let mut by_state: HashMap<StateId, Vec<usize>> = HashMap::default();
+    for (i, e) in examples.iter().enumerate() {
+        by_state.entry(e.from).or_default().push(i);
+    }
+    let mut states: Vec<StateId> = by_state.keys().copied().collect();
+    states.sort_unstable();
+    let mut out = Weights::default();
+    for s in states {
+        let idx = &by_state[&s];
+        if idx.len() < MIN_EXAMPLES {
+            continue;
+        }
+        let r = row(s);
+        if r.len() < 2 {
+            continue;
+        }
+        if let Some(w) = fit_state(&r, idx.iter().map(|&i| &examples[i]), weight) {
+            out.insert(s, w);
+        }
+    }
+    out
+}
+
 /// Fits one state's weights: minimises the recency-weighted log loss of the successors plus
 /// L2 / 2 · |w|² (divided by the total weight), with the first-order row as a fixed offset.
 fn fit_state<'a>(
     row: &[(StateId, f64)],
     examples: impl Iterator<Item = &'a Example>,
-    weight: &impl Fn(i64) -> f64,
+    weight: &dyn Fn(i64) -> f64,
 ) -> Option<StateWeights> {
     let succ: Vec<StateId> = row.iter().map(|(s, _)| *s).collect();
     let offset: Vec<f64> = row.iter().map(|(_, p)| p.max(1e-12).ln()).collect();
@@ -419,6 +498,37 @@ mod tests {
             m.apply(0, &values, &mut out);
             assert!(out[0].1 > 0.5, "weekday {h}: {out:?}");
         }
+    }
+
+    #[test]
+    fn a_background_fit_gives_the_weights_an_inline_fit_gives() {
+        let mut a = FeatureModel::default();
+        for i in 0..500 {
+            let mut values = [UNKNOWN; N];
+            values[3] = (i % 3) as u16;
+            a.add(Example {
+                at_ms: i * 1000,
+                from: 0,
+                to: if i % 3 == 0 { 1 } else { 2 },
+                values,
+            });
+        }
+        let mut b = a.clone();
+        let row = vec![(1, 0.4), (2, 0.6)];
+        a.fit(
+            500_000,
+            |_| row.clone(),
+            |t| recency(Some(60_000), 500_000, t),
+        );
+        b.fit_in_background(500_000, vec![row.clone()], Some(60_000));
+        let start = std::time::Instant::now();
+        while b.fitting() {
+            assert!(start.elapsed().as_secs() < 30, "the fit never finished");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            b.collect();
+        }
+        assert_eq!(a.weights[&0].w, b.weights[&0].w);
+        assert!(!a.weights[&0].w.is_empty());
     }
 
     #[test]

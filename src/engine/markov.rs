@@ -140,6 +140,9 @@ pub struct FlowModel {
     /// Refit the feature model as transitions arrive (off while `eval` trains a frozen model,
     /// which is fitted once at the end).
     pub auto_fit: bool,
+    /// Refit on a thread of its own (the service) instead of inline (replay, eval: the same
+    /// input always gives the same predictions).
+    pub background_fit: bool,
     pub history: usize,
     min_observations: f64,
     use_dwell: bool,
@@ -187,6 +190,7 @@ impl FlowModel {
             calendar: flow.learning.calendar,
             features: flow.learning.features.then(FeatureModel::default),
             auto_fit: true,
+            background_fit: false,
             history: flow.learning.history,
             min_observations: flow.learning.min_observations,
             use_dwell: flow.learning.use_dwell,
@@ -351,8 +355,28 @@ impl FlowModel {
             self.refresh();
         }
         let now = self.now_ms;
-        if self.auto_fit && self.features.as_ref().is_some_and(|f| f.needs_fit(now)) {
-            self.fit_features();
+        if let Some(fm) = self.features.as_mut() {
+            fm.collect();
+        }
+        if self.auto_fit
+            && self
+                .features
+                .as_ref()
+                .is_some_and(|f| !f.fitting() && f.needs_fit(now))
+        {
+            if self.background_fit {
+                let rows = self
+                    .solution
+                    .as_ref()
+                    .map(|s| s.succ.clone())
+                    .unwrap_or_default();
+                let hl = self.half_life_ms;
+                if let Some(fm) = self.features.as_mut() {
+                    fm.fit_in_background(now, rows, hl);
+                }
+            } else {
+                self.fit_features();
+            }
         }
         self.solution.as_ref().expect("refresh sets the solution")
     }
@@ -370,10 +394,7 @@ impl FlowModel {
         fm.fit(
             now,
             |s| sol.succ[s as usize].clone(),
-            |t| match hl {
-                Some(hl) => 2f64.powf(-((now - t).max(0) as f64) / hl as f64),
-                None => 1.0,
-            },
+            |t| super::features::recency(hl, now, t),
         );
         self.features = Some(fm);
     }

@@ -314,6 +314,8 @@ pub struct Engine {
     pub learn: bool,
     /// Emit a `prediction` record every time an object enters a state.
     pub trace: bool,
+    /// Feature models refit on threads of their own (`set_feature_background`).
+    background_fit: bool,
 }
 
 impl Engine {
@@ -331,6 +333,7 @@ impl Engine {
             scratch: Vec::new(),
             risk: Vec::new(),
             learn: true,
+            background_fit: false,
             trace: false,
             next_due_ms: i64::MIN,
         };
@@ -954,6 +957,14 @@ impl Engine {
             alerting: obj.alerting,
             model_version: sol.version,
         })
+    }
+
+    /// Refit feature models on threads of their own (the service) rather than inline.
+    pub fn set_feature_background(&mut self, on: bool) {
+        self.background_fit = on;
+        for rt in &mut self.flows {
+            rt.model.background_fit = on;
+        }
     }
 
     /// Whether feature models refit themselves as transitions arrive (the default).

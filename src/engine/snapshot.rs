@@ -191,6 +191,8 @@ impl Engine {
             .into_iter()
             .map(|f| FlowRuntime::new(Arc::new(f)))
             .collect();
+        let background = self.background_fit;
+        self.set_feature_background(background);
         self.build_index();
         for fi in 0..self.flows.len() {
             let name = self.flows[fi].flow.name.clone();

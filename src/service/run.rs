@@ -62,6 +62,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let flows = load_models(&config.models)
         .map_err(|e| anyhow::anyhow!("{}:\n{e}", config.models.display()))?;
     let mut engine = Engine::new(Vec::new());
+    // A feature model's refit (about 150 ms at most once a minute) must not pause the intake.
+    engine.set_feature_background(true);
     engine.reload(flows);
     metrics.reload_success.store(1, Relaxed);
     metrics.reloads_ok.fetch_add(1, Relaxed);
