@@ -87,6 +87,10 @@ PARSE=$(python3 -c "import json; print(json.load(open('$OUT/parse.json'))['per_s
 SCAN=$(python3 -c "import json; print(json.load(open('$OUT/parse.json'))['scan_per_second'])")
 R=$(rate "$N_SMALL" "$T_REPLAY" | tr -d ,)
 row "replay, ${BYTES}-byte events, 5-state flow (one core) | $(rate "$N_SMALL" "$T_REPLAY") events/s | serde_json to Value: $(python3 -c "print(f'{$PARSE:,.0f}')")/s; validate only: $(python3 -c "print(f'{$SCAN:,.0f}')")/s | $(ratio "$R" "$PARSE") of Value parsing | >= 500,000/s"
+# The same stream with the feature model on (`learn { features on }`; refits inline in replay).
+sed 's/learn { expire 30d }/learn { expire 30d  features on }/' bench/flows/five_state.flow > "$OUT/five_features.flow"
+read -r T_FEAT _ < <(measure $FC replay --models "$OUT/five_features.flow" "$OUT/small.jsonl")
+row "replay, ${BYTES}-byte events, 5-state flow, features on (one core) | $(rate "$N_SMALL" "$T_FEAT") events/s | features off: $(rate "$N_SMALL" "$T_REPLAY")/s | $(ratio "$T_REPLAY" "$T_FEAT") of that rate | -"
 
 N_NOVA=$(wc -l < "$OUT/nova.jsonl")
 NOVA_BYTES=$(( $(wc -c < "$OUT/nova.jsonl") / N_NOVA ))
