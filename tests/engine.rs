@@ -488,19 +488,7 @@ fn recency_weighting_does_not_make_a_quiet_state_forget_its_exits() {
 fn the_feature_model_weighs_time_of_day_and_the_previous_state_together() {
     // From `review`: by night after `intake` -> batch; by day after `intake` -> call; after
     // `rework` -> call whatever the hour. No single signal decides; the two together do.
-    let src = r#"
-    flow w {
-        key payload.id
-        initial intake, rework
-        state review
-        terminal batch, call
-        on "intake" -> intake
-        on "rework" -> rework
-        on "review" -> review
-        on "batch" -> batch
-        on "call" -> call
-        learn { features on  half_life off }
-    }"#;
+    let src = common::FEATURE_FLOW;
     let mut e = Engine::new(compile(src));
     let mut msgs = Vec::new();
     for d in 0..200 {

@@ -634,23 +634,7 @@ fn the_feature_model_refits_off_the_engine_task_and_is_kept_in_the_state_directo
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
     std::fs::create_dir(&models).unwrap();
-    std::fs::write(
-        models.join("w.flow"),
-        r#"flow w {
-    key payload.id
-    initial intake, rework
-    state review
-    terminal batch, call
-    on "intake" -> intake
-    on "rework" -> rework
-    on "review" -> review
-    on "batch" -> batch
-    on "call" -> call
-    learn { features on  half_life off }
-}
-"#,
-    )
-    .unwrap();
+    std::fs::write(models.join("w.flow"), FEATURE_FLOW).unwrap();
     let mut events = Vec::new();
     let line = |et: &str, id: &str, t: f64| {
         format!(r#"{{"event_type":"{et}","timestamp":{t},"payload":{{"id":"{id}"}}}}"#)

@@ -673,6 +673,16 @@ impl FlowModel {
     }
 }
 
+/// A stored row by state names, back to ids; states that no longer exist are left out.
+fn row_by_id(
+    next: &[(String, f64)],
+    id_of: &impl Fn(&str) -> Option<StateId>,
+) -> Vec<(StateId, f64)> {
+    next.iter()
+        .filter_map(|(s, w)| id_of(s).map(|id| (id, *w)))
+        .collect()
+}
+
 fn add_to_row(row: &mut Vec<(StateId, f64)>, to: StateId, w: f64) {
     match row.iter_mut().find(|(s, _)| *s == to) {
         Some((_, c)) => *c += w,
@@ -1049,31 +1059,18 @@ impl FlowModel {
                 continue;
             }
             let ctx = context_key(&ids[..ids.len() - 1], ids[ids.len() - 1]);
-            let row: Vec<(StateId, f64)> = c
-                .next
-                .iter()
-                .filter_map(|(s, w)| id_of(s).map(|id| (id, *w)))
-                .collect();
-            self.contexts.insert(ctx, row);
+            self.contexts.insert(ctx, row_by_id(&c.next, &id_of));
         }
         for c in &learned.dwell_contexts {
             let Some(s) = id_of(&c.state) else { continue };
-            let row: Vec<(StateId, f64)> = c
-                .next
-                .iter()
-                .filter_map(|(t, w)| id_of(t).map(|id| (id, *w)))
-                .collect();
-            self.dwell_contexts.insert((s, c.dwell_class), row);
+            self.dwell_contexts
+                .insert((s, c.dwell_class), row_by_id(&c.next, &id_of));
         }
         for c in &learned.calendar_contexts {
             let Some(s) = id_of(&c.state) else { continue };
-            let row: Vec<(StateId, f64)> = c
-                .next
-                .iter()
-                .filter_map(|(t, w)| id_of(t).map(|id| (id, *w)))
-                .collect();
             let key = (s, c.dwell_class.unwrap_or(NO_DWELL), c.calendar_class);
-            self.calendar_contexts.insert(key, row);
+            self.calendar_contexts
+                .insert(key, row_by_id(&c.next, &id_of));
         }
         if let Some(fm) = self.features.as_mut() {
             fm.import(&learned.feature_examples, &id_of);

@@ -516,6 +516,36 @@ impl FlowCompiler<'_> {
         }
     }
 
+    /// A setting whose value is one of a few words: the value of the word, or an error that
+    /// lists them (F014).
+    fn keyword<T: Copy>(
+        &mut self,
+        v: &ast::Value,
+        setting: &str,
+        choices: &[(&str, T)],
+        help: &str,
+    ) -> Option<T> {
+        if let ValueKind::Ident(w) = &v.kind {
+            if let Some((_, t)) = choices.iter().find(|(name, _)| name == w) {
+                return Some(*t);
+            }
+        }
+        let names: Vec<String> = choices.iter().map(|(n, _)| format!("`{n}`")).collect();
+        let list = match names.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) if rest.len() == 1 => format!("{} or {last}", rest[0]),
+            Some((last, rest)) => format!("{}, or {last}", rest.join(", ")),
+            None => String::new(),
+        };
+        self.err(
+            Code::BadSetting,
+            v.span,
+            format!("`{setting}` is {list}, found {}", v.kind.describe()),
+        )
+        .help = Some(help.into());
+        None
+    }
+
     fn learn(&mut self, settings: &[ast::Setting], l: &mut Learning) {
         let mut seen: HashMap<&str, Span> = HashMap::new();
         for s in settings {
@@ -560,46 +590,25 @@ impl FlowCompiler<'_> {
                         }
                     }
                 }
-                "repeats" => match &v.kind {
-                    ValueKind::Ident(w) if w == "count" => l.count_repeats = true,
-                    ValueKind::Ident(w) if w == "ignore" => l.count_repeats = false,
-                    other => {
-                        self.err(
-                            Code::BadSetting,
-                            v.span,
-                            format!("`repeats` is `count` or `ignore`, found {}", other.describe()),
-                        )
-                        .help = Some("`count`: an activity that repeats is a transition to itself (process logs); `ignore`: a repeated notification (the default)".into());
+                "repeats" => {
+                    if let Some(b) = self.keyword(v, "repeats", &[("count", true), ("ignore", false)],
+                        "`count`: an activity that repeats is a transition to itself (process logs); `ignore`: a repeated notification (the default)") {
+                        l.count_repeats = b;
                     }
-                },
-                "calendar" => match &v.kind {
-                    ValueKind::Ident(w) if w == "off" => l.calendar = Calendar::Off,
-                    ValueKind::Ident(w) if w == "day" => l.calendar = Calendar::Day,
-                    ValueKind::Ident(w) if w == "week" => l.calendar = Calendar::Week,
-                    other => {
-                        self.err(
-                            Code::BadSetting,
-                            v.span,
-                            format!(
-                                "`calendar` is `off`, `day` or `week`, found {}",
-                                other.describe()
-                            ),
-                        )
-                        .help = Some("`day`: condition on the UTC time of day the object entered its state (3-hour classes); `week`: the same, weekdays apart from weekends".into());
+                }
+                "calendar" => {
+                    let choices = [("off", Calendar::Off), ("day", Calendar::Day), ("week", Calendar::Week)];
+                    if let Some(c) = self.keyword(v, "calendar", &choices,
+                        "`day`: condition on the UTC time of day the object entered its state (3-hour classes); `week`: the same, weekdays apart from weekends") {
+                        l.calendar = c;
                     }
-                },
-                "features" => match &v.kind {
-                    ValueKind::Ident(w) if w == "on" => l.features = true,
-                    ValueKind::Ident(w) if w == "off" => l.features = false,
-                    other => {
-                        self.err(
-                            Code::BadSetting,
-                            v.span,
-                            format!("`features` is `on` or `off`, found {}", other.describe()),
-                        )
-                        .help = Some("`on`: predict the next state from every signal of the object's past at once (previous states, dwell times, time of day, time in the flow) with a log-linear model per state".into());
+                }
+                "features" => {
+                    if let Some(b) = self.keyword(v, "features", &[("on", true), ("off", false)],
+                        "`on`: predict the next state from every signal of the object's past at once (previous states, dwell times, time of day, time in the flow) with a log-linear model per state") {
+                        l.features = b;
                     }
-                },
+                }
                 other => self.unknown_setting(
                     &s.name,
                     other,

@@ -18,6 +18,22 @@ pub fn compile(src: &str) -> Vec<flowcast::model::CompiledFlow> {
     c.flows
 }
 
+/// A flow with the feature model on: work enters `review` from `intake` or `rework`, then ends
+/// in `batch` or `call` (the tests decide which by the hour and the way in).
+pub const FEATURE_FLOW: &str = r#"flow w {
+    key payload.id
+    initial intake, rework
+    state review
+    terminal batch, call
+    on "intake" -> intake
+    on "rework" -> rework
+    on "review" -> review
+    on "batch" -> batch
+    on "call" -> call
+    learn { features on  half_life off }
+}
+"#;
+
 /// A message at `t` seconds after 2026-01-01T00:00:00Z.
 pub fn msg(event_type: &str, key: &str, t: f64) -> flowcast::engine::message::Message {
     let v = serde_json::json!({
