@@ -113,6 +113,10 @@ fn bad_input_is_counted_and_the_good_messages_around_it_all_processed() {
         r#"{"event_type": "xyz.start", "timestamp": "yesterday", "payload": {"request_id": "a"}}"#
             .to_string(),
         r#"{"oslo.version": "2.0", "oslo.message": "{broken"}"#.to_string(),
+        // Times no notification carries (they would overflow the time arithmetic).
+        r#"{"event_type": "disk.attach.request", "timestamp": -1e300, "payload": {"request_id": "c"}}"#.to_string(),
+        r#"{"event_type": "xyz.start", "timestamp": 1e300, "payload": {"request_id": "c"}}"#.to_string(),
+        r#"{"event_type": "xyz.start", "timestamp": "1969-12-31 23:59:59", "payload": {"request_id": "c"}}"#.to_string(),
         good("xyz.start", "a", "2026-01-01 00:00:02"),
         good("disk.attach.request", "b", "2025-12-31 23:00:00"), // out of order
         good("xyz.x", "a", "2026-01-01 00:00:03"),
@@ -133,7 +137,8 @@ fn bad_input_is_counted_and_the_good_messages_around_it_all_processed() {
     );
     let summary: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
     assert!(!stderr.contains("panicked"));
-    assert_eq!(summary["malformed"], 5, "{summary}"); // not json, 10 MB, array, bad timestamp, broken envelope
+    // not json, 10 MB, array, bad timestamp, broken envelope, three impossible times
+    assert_eq!(summary["malformed"], 8, "{summary}");
     assert_eq!(summary["missing_key"], 2, "{summary}");
     assert_eq!(summary["unmatched"], 2, "{summary}"); // event_type 42, unknown event
     assert_eq!(summary["late"], 1, "{summary}");

@@ -2,19 +2,32 @@
 //! time in milliseconds since the Unix epoch (UTC); it has no clock of its own.
 
 /// Parses `2012-03-26 00:00:00.123456` (oslo, UTC), RFC 3339 (`2012-03-26T00:00:00Z`,
-/// `...+02:00`), or a number of seconds since the epoch. `None` when it is none of these.
+/// `...+02:00`), or a number of seconds since the epoch. `None` when it is none of these, or a
+/// time before 1970 or after 9999.
+/// The times the engine accepts: 1970-01-01 to 9999-12-31 (UTC). Anything else is not a time a
+/// notification can carry, and would only overflow the arithmetic on times.
+pub const MAX_MS: i64 = 253_402_300_799_999;
+
+fn plausible(ms: i64) -> Option<i64> {
+    (0..=MAX_MS).contains(&ms).then_some(ms)
+}
+
 pub fn parse_timestamp(v: &serde_json::Value) -> Option<i64> {
     match v {
         serde_json::Value::String(s) => parse_str(s),
         serde_json::Value::Number(n) => n
             .as_f64()
             .filter(|x| x.is_finite())
-            .map(|x| (x * 1000.0) as i64),
+            .and_then(|x| plausible((x * 1000.0) as i64)),
         _ => None,
     }
 }
 
 pub fn parse_str(s: &str) -> Option<i64> {
+    parse_str_any(s).and_then(plausible)
+}
+
+fn parse_str_any(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     if b.len() < 19 {
         return None;
