@@ -680,6 +680,14 @@ fn the_feature_model_refits_off_the_engine_task_and_is_kept_in_the_state_directo
     };
     // The first-order row says batch 1 time in 4.
     svc.wait_until("the fitted weights", || batch() > 0.5);
+    // Exported for operators: the transitions kept and the states with fitted weights.
+    svc.wait_until("the feature model metrics", || {
+        svc.metric("flowcast_feature_model_fitted_states{flow=\"w\"}") >= 1.0
+    });
+    assert_eq!(
+        svc.metric("flowcast_feature_model_transitions{flow=\"w\"}") as usize,
+        100 * 4 * 2 + 1
+    );
     svc.stop();
     let snap: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(state.join("snapshot.json")).unwrap())

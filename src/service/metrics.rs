@@ -17,6 +17,8 @@ pub const LATENCY_BUCKETS: [f64; 12] = [
 pub struct Metrics {
     pub stats: Mutex<Stats>,
     pub in_flight: Mutex<BTreeMap<String, u64>>,
+    /// Per flow with `learn { features on }`: (transitions kept, states with fitted weights).
+    pub feature_models: Mutex<BTreeMap<String, (u64, u64)>>,
     pub reload_success: AtomicI64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
@@ -154,6 +156,39 @@ impl Metrics {
                 "flowcast_objects_in_flight{{flow=\"{}\"}} {v}",
                 escape(flow)
             );
+        }
+        let features = self
+            .feature_models
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if !features.is_empty() {
+            family(
+                &mut o,
+                "flowcast_feature_model_transitions",
+                "gauge",
+                "Transitions the feature model is fitted on, per flow with `features on`.",
+            );
+            for (flow, (n, _)) in &features {
+                let _ = writeln!(
+                    o,
+                    "flowcast_feature_model_transitions{{flow=\"{}\"}} {n}",
+                    escape(flow)
+                );
+            }
+            family(
+                &mut o,
+                "flowcast_feature_model_fitted_states",
+                "gauge",
+                "States whose next step the feature model's fitted weights predict, per flow.",
+            );
+            for (flow, (_, k)) in &features {
+                let _ = writeln!(
+                    o,
+                    "flowcast_feature_model_fitted_states{{flow=\"{}\"}} {k}",
+                    escape(flow)
+                );
+            }
         }
         family(
             &mut o,

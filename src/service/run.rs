@@ -365,6 +365,20 @@ fn publish_metrics(engine: &Engine, metrics: &Metrics) {
     for rt in &engine.flows {
         m.insert(rt.flow.name.clone(), rt.objects.len() as u64);
     }
+    drop(m);
+    let mut f = metrics
+        .feature_models
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    f.clear();
+    for rt in &engine.flows {
+        if let Some(fm) = &rt.model.features {
+            f.insert(
+                rt.flow.name.clone(),
+                (fm.examples.len() as u64, fm.weights.len() as u64),
+            );
+        }
+    }
 }
 
 async fn save_snapshot(
