@@ -139,56 +139,40 @@ impl Metrics {
             family(&mut o, name, "counter", help);
             let _ = writeln!(o, "{name} {v}");
         }
-        family(
+        series(
             &mut o,
             "flowcast_objects_in_flight",
             "gauge",
             "Objects being tracked, per flow.",
+            "flow",
+            self.in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(f, v)| (f.as_str(), *v)),
         );
-        for (flow, v) in self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                o,
-                "flowcast_objects_in_flight{{flow=\"{}\"}} {v}",
-                escape(flow)
-            );
-        }
         let features = self
             .feature_models
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         if !features.is_empty() {
-            family(
+            series(
                 &mut o,
                 "flowcast_feature_model_transitions",
                 "gauge",
                 "Transitions the feature model is fitted on, per flow with `features on`.",
+                "flow",
+                features.iter().map(|(f, (n, _))| (f.as_str(), *n)),
             );
-            for (flow, (n, _)) in &features {
-                let _ = writeln!(
-                    o,
-                    "flowcast_feature_model_transitions{{flow=\"{}\"}} {n}",
-                    escape(flow)
-                );
-            }
-            family(
+            series(
                 &mut o,
                 "flowcast_feature_model_fitted_states",
                 "gauge",
                 "States whose next step the feature model's fitted weights predict, per flow.",
+                "flow",
+                features.iter().map(|(f, (_, k))| (f.as_str(), *k)),
             );
-            for (flow, (_, k)) in &features {
-                let _ = writeln!(
-                    o,
-                    "flowcast_feature_model_fitted_states{{flow=\"{}\"}} {k}",
-                    escape(flow)
-                );
-            }
         }
         family(
             &mut o,
@@ -310,6 +294,21 @@ fn family(o: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(o, "# TYPE {name} {kind}");
 }
 
+/// One metric family with one series per label value.
+fn series<'a>(
+    o: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    label: &str,
+    rows: impl IntoIterator<Item = (&'a str, u64)>,
+) {
+    family(o, name, kind, help);
+    for (k, v) in rows {
+        let _ = writeln!(o, "{name}{{{label}=\"{}\"}} {v}", escape(k));
+    }
+}
+
 fn labelled(
     o: &mut String,
     name: &str,
@@ -317,10 +316,15 @@ fn labelled(
     label: &str,
     map: &Mutex<BTreeMap<String, u64>>,
 ) {
-    family(o, name, "counter", help);
-    for (k, v) in map.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-        let _ = writeln!(o, "{name}{{{label}=\"{}\"}} {v}", escape(k));
-    }
+    let map = map.lock().unwrap_or_else(|e| e.into_inner());
+    series(
+        o,
+        name,
+        "counter",
+        help,
+        label,
+        map.iter().map(|(k, v)| (k.as_str(), *v)),
+    );
 }
 
 fn escape(s: &str) -> String {
