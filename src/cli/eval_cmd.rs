@@ -311,8 +311,8 @@ pub struct EvalArgs {
     pub dwell: Vec<OnOff>,
     /// Calendar contexts to compare: `off`, `day` (time of day the state was entered, UTC,
     /// 3-hour classes), `week` (the same, weekdays apart from weekends).
-    #[arg(long, value_delimiter = ',', value_enum)]
-    pub calendar: Vec<CalendarArg>,
+    #[arg(long, value_delimiter = ',', value_parser = parse_calendar)]
+    pub calendar: Vec<model::Calendar>,
     /// The log-linear feature model on and/or off (`learn { features on }`).
     #[arg(long, value_delimiter = ',')]
     pub features: Vec<OnOff>,
@@ -337,21 +337,12 @@ pub struct EvalArgs {
     pub output: super::model_cmd::TableFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum CalendarArg {
-    Off,
-    Day,
-    Week,
-}
-
-impl From<CalendarArg> for model::Calendar {
-    fn from(c: CalendarArg) -> model::Calendar {
-        match c {
-            CalendarArg::Off => model::Calendar::Off,
-            CalendarArg::Day => model::Calendar::Day,
-            CalendarArg::Week => model::Calendar::Week,
-        }
-    }
+fn parse_calendar(s: &str) -> Result<model::Calendar, String> {
+    use model::Calendar;
+    [Calendar::Off, Calendar::Day, Calendar::Week]
+        .into_iter()
+        .find(|c| c.name() == s)
+        .ok_or_else(|| format!("`{s}`: one of off, day, week"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -477,7 +468,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
             l.calendar
         }]
     } else {
-        args.calendar.iter().map(|&c| c.into()).collect()
+        args.calendar.clone()
     };
     let features: Vec<bool> = if args.features.is_empty() {
         vec![!auto && l.features]

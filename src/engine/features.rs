@@ -20,7 +20,8 @@
 //! with AdaGrad steps (`ITERATIONS`, step `STEP`, penalty `L2`), examples weighted by recency
 //! when the flow has a half-life. Deterministic: the same transitions give the same weights.
 
-use crate::model::StateId;
+use super::markov::{Past, NO_DWELL};
+use crate::model::{Calendar, StateId};
 use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
@@ -60,20 +61,9 @@ pub const NAMES: [&str; N] = [
     "time in the flow (class)",
 ];
 
-/// What the features are computed from.
-pub struct Inputs<'a> {
-    /// Earlier states, oldest first.
-    pub history: &'a [StateId],
-    pub state: StateId,
-    pub last_dwell: u8,
-    pub prev_dwell: u8,
-    pub entered_ms: i64,
-    /// Time since the object was first seen, at its entry into `state`.
-    pub age_ms: i64,
-}
-
-pub fn values(i: &Inputs<'_>) -> Values {
-    let h = i.history;
+/// The feature values of an object in `state` with its `past`.
+pub fn values(past: &Past<'_>, state: StateId) -> Values {
+    let h = past.history;
     let state_at = |back: usize| -> u16 {
         if h.len() >= back {
             h[h.len() - back]
@@ -81,30 +71,22 @@ pub fn values(i: &Inputs<'_>) -> Values {
             UNKNOWN
         }
     };
-    let run = 1 + h.iter().rev().take_while(|&&s| s == i.state).count() as u16;
-    let class = |d: u8| {
-        if d == super::markov::NO_DWELL {
-            UNKNOWN
-        } else {
-            d as u16
-        }
-    };
-    let secs = i.entered_ms.div_euclid(1000);
-    let hour = secs.div_euclid(3600).rem_euclid(24) as u16;
-    let weekday = (secs.div_euclid(86_400) + 3).rem_euclid(7) as u16;
-    let age = if i.age_ms < 0 {
+    let run = 1 + h.iter().rev().take_while(|&&s| s == state).count() as u16;
+    let class = |d: u8| if d == NO_DWELL { UNKNOWN } else { d as u16 };
+    let (hour, weekday) = Calendar::hour_and_weekday(past.entered_ms);
+    let age = if past.age_ms < 0 {
         UNKNOWN
     } else {
-        ((i.age_ms as f64 / 1000.0 + 1.0).log(4.0).floor() as u16).min(40)
+        ((past.age_ms as f64 / 1000.0 + 1.0).log(4.0).floor() as u16).min(40)
     };
     [
         state_at(1),
         state_at(2),
         run.min(4),
-        class(i.last_dwell),
-        class(i.prev_dwell),
-        hour,
-        weekday,
+        class(past.last_dwell),
+        class(past.prev_dwell),
+        hour as u16,
+        weekday as u16,
         age,
     ]
 }
@@ -533,15 +515,15 @@ mod tests {
 
     #[test]
     fn values_describe_the_past() {
-        let v = values(&Inputs {
+        let past = Past {
             history: &[3, 5, 5],
-            state: 5,
             last_dwell: 2,
-            prev_dwell: super::super::markov::NO_DWELL,
+            prev_dwell: NO_DWELL,
             // 2011-10-01T19:45:13Z, a Saturday.
             entered_ms: 1_317_498_313_000,
             age_ms: 15_000,
-        });
+        };
+        let v = values(&past, 5);
         assert_eq!(v, [5, 5, 3, 2, UNKNOWN, 19, 5, 2]);
     }
 }

@@ -42,20 +42,6 @@ impl Past<'static> {
     };
 }
 
-impl Past<'_> {
-    /// The feature values of an object in `state` with this past.
-    pub fn features(&self, state: StateId) -> super::features::Values {
-        super::features::values(&super::features::Inputs {
-            history: self.history,
-            state,
-            last_dwell: self.last_dwell,
-            prev_dwell: self.prev_dwell,
-            entered_ms: self.entered_ms,
-            age_ms: self.age_ms,
-        })
-    }
-}
-
 /// Key of a calendar context: the state, the dwell class of the state before it (`NO_DWELL`
 /// when dwell times are not used), the calendar class of the time it was entered.
 pub type CalendarKey = (StateId, u8, u8);
@@ -303,7 +289,7 @@ impl FlowModel {
                 at_ms: self.now_ms,
                 from,
                 to,
-                values: past.features(from),
+                values: super::features::values(&past, from),
             });
         }
         self.changed += w * self.decay_factor();
@@ -506,7 +492,7 @@ impl FlowModel {
         if let Some(fm) = &self.features {
             if fm.weights.contains_key(&state) {
                 out.extend_from_slice(&sol.succ[state as usize]);
-                fm.apply(state, &past.features(state), out);
+                fm.apply(state, &super::features::values(&past, state), out);
                 return;
             }
         }

@@ -188,6 +188,32 @@ struct CaseTrace {
     first_alert: Option<i64>,
 }
 
+/// Activity counts, and the most frequent activity (ties toward the larger label, as
+/// strings), kept as counts grow: the fallback prediction for a state never seen.
+#[derive(Default)]
+struct Frequent {
+    counts: HashMap<String, usize>,
+    best: Option<String>,
+    best_count: usize,
+}
+
+impl Frequent {
+    fn add(&mut self, activity: &str) {
+        if activity == CASE_END {
+            return;
+        }
+        let c = self.counts.entry(activity.to_string()).or_default();
+        *c += 1;
+        // Only this count grew: it is the new best or the old best stands.
+        let better = *c > self.best_count
+            || (*c == self.best_count && self.best.as_deref().is_none_or(|b| activity > b));
+        if better {
+            self.best_count = *c;
+            self.best = Some(activity.to_string());
+        }
+    }
+}
+
 pub fn evaluate(
     flow: &CompiledFlow,
     stream: &Stream,
@@ -207,14 +233,7 @@ pub fn evaluate(
         by_case[c as usize].push(i);
     }
     // Activity frequencies in training so far, for the fallback prediction.
-    let mut freq: HashMap<String, usize> = HashMap::new();
-    // The most frequent training activity, ties toward the larger label (as strings).
-    let fallback_of = |freq: &HashMap<String, usize>| {
-        freq.iter()
-            .filter(|(k, _)| k.as_str() != CASE_END)
-            .max_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0)))
-            .map(|(k, _)| k.clone())
-    };
+    let mut freq = Frequent::default();
     // Records about test cases go to their traces; everything else is dropped.
     let collect = |records: &mut Vec<Record>,
                    traces: &mut HashMap<String, CaseTrace>,
@@ -260,18 +279,16 @@ pub fn evaluate(
         engine.trace = true;
         let mut all: Vec<usize> = (0..stream.messages.len()).collect();
         sorted(&mut all);
-        let mut fallback = None;
         for i in all {
             let training = !is_test(stream.case_of[i]);
             if training {
                 if let Some(et) = stream.messages[i].event_type() {
-                    *freq.entry(et.to_string()).or_default() += 1;
-                    fallback = fallback_of(&freq);
+                    freq.add(et);
                 }
             }
             engine.learn = training || cfg.mode == Mode::Online;
             engine.observe(&stream.messages[i], &mut records);
-            collect(&mut records, &mut traces, &fallback);
+            collect(&mut records, &mut traces, &freq.best);
         }
     } else {
         let mut train: Vec<usize> = (0..stream.messages.len())
@@ -282,12 +299,12 @@ pub fn evaluate(
         engine.set_feature_autofit(false);
         for i in train {
             if let Some(et) = stream.messages[i].event_type() {
-                *freq.entry(et.to_string()).or_default() += 1;
+                freq.add(et);
             }
             engine.observe(&stream.messages[i], &mut records);
             records.clear();
         }
-        let fallback = fallback_of(&freq);
+        let fallback = freq.best.clone();
         // The frozen model is the one trained on every training case.
         engine.refit_features();
         engine.learn = false;

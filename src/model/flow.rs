@@ -108,12 +108,18 @@ pub enum Calendar {
 impl Calendar {
     pub const NONE: u8 = u8::MAX;
 
+    /// The UTC hour (0-23) and weekday (0 = Monday) of a time in ms since the epoch.
+    pub fn hour_and_weekday(ms: i64) -> (u8, u8) {
+        let secs = ms.div_euclid(1000);
+        let hour = secs.div_euclid(3600).rem_euclid(24) as u8;
+        // 1970-01-01 was a Thursday: days + 3 counts from a Monday.
+        let weekday = (secs.div_euclid(86_400) + 3).rem_euclid(7) as u8;
+        (hour, weekday)
+    }
+
     /// The class of a time (ms since the epoch, UTC); `NONE` when off.
     pub fn class(self, ms: i64) -> u8 {
-        let secs = ms.div_euclid(1000);
-        let hour = (secs.div_euclid(3600)).rem_euclid(24) as u8;
-        // 1970-01-01 was a Thursday: days + 3 counts from a Monday.
-        let weekday = (secs.div_euclid(86_400) + 3).rem_euclid(7);
+        let (hour, weekday) = Calendar::hour_and_weekday(ms);
         match self {
             Calendar::Off => Calendar::NONE,
             Calendar::Day => hour / 3,
