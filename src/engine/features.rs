@@ -49,18 +49,6 @@ pub const N: usize = 8;
 pub type Values = [u16; N];
 pub const UNKNOWN: u16 = u16::MAX;
 
-/// The names of the features, in order (for documentation and debugging).
-pub const NAMES: [&str; N] = [
-    "previous state",
-    "state before it",
-    "times in a row",
-    "dwell class of the previous state",
-    "dwell class of the state before it",
-    "hour entered (UTC)",
-    "weekday entered",
-    "time in the flow (class)",
-];
-
 /// The feature values of an object in `state` with its `past`.
 pub fn values(past: &Past<'_>, state: StateId) -> Values {
     let h = past.history;
@@ -371,7 +359,8 @@ pub struct LearnedExample {
     pub previous: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub before: Option<String>,
-    /// The other features, in `NAMES` order from "times in a row"; `UNKNOWN` where unknown.
+    /// The other features, in `values` order from "times in a row" (run length, the two
+    /// dwell classes, hour, weekday, time-in-flow class); `UNKNOWN` where unknown.
     pub values: [u16; N - 2],
 }
 

@@ -477,10 +477,12 @@ impl FlowModel {
     /// First-step distribution for an object in `state` with its `past`. The first-order row
     /// (priors and observations) is the base; the context of the time spent in the state before
     /// (when dwell times are used), then the calendar context (that dwell class and the time of
-    /// day the state was entered, when calendars are used), then history contexts of growing length (claim 3), each
-    /// refine it by interpolation: p = (n p_context + k p_shorter) / (n + k), with n the
-    /// context's observed weight and k = `min_observations`. A context seen rarely leans on the
-    /// shorter one; one seen often speaks for itself. With k = 0 the longest context seen wins.
+    /// day the state was entered, when calendars are used), then history contexts of growing
+    /// length (claim 3), each refine it by interpolation: p = (n p_context + k p_shorter) /
+    /// (n + k), with n the context's observed weight and k = `min_observations`. A context seen
+    /// rarely leans on the shorter one; one seen often speaks for itself. With k = 0 the
+    /// longest context seen wins. With the feature model on and weights fitted for `state`, the
+    /// first-order row is corrected by them instead (engine/features.rs).
     pub fn next_distribution(
         &self,
         sol: &Solution,
