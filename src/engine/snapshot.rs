@@ -23,6 +23,10 @@ pub struct EngineSnapshot {
     /// JetStream sequence), so that it is saved atomically with the state it produced.
     #[serde(default)]
     pub source_position: Option<u64>,
+    /// Opaque to the engine: which stream `source_position` belongs to (its name and creation
+    /// time), so that a stream deleted and created again is recognised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -117,6 +121,7 @@ impl Engine {
             stats: self.stats.clone(),
             flows,
             source_position: None,
+            source_id: None,
         }
     }
 

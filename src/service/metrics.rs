@@ -29,6 +29,10 @@ pub struct Metrics {
     pub sink_failures: Mutex<BTreeMap<String, u64>>,
     pub sink_dropped: Mutex<BTreeMap<String, u64>>,
     pub redeliveries_skipped: AtomicU64,
+    /// JetStream: times deliveries were lost on the way and the stream was read again.
+    pub jetstream_gaps: AtomicU64,
+    /// JetStream: times the stream read was not the one the saved position belonged to.
+    pub stream_resets: AtomicU64,
     pub snapshots_ok: AtomicU64,
     pub snapshots_failed: AtomicU64,
     pub last_snapshot_unix: AtomicI64,
@@ -124,6 +128,16 @@ impl Metrics {
                 "flowcast_redeliveries_skipped_total",
                 "JetStream redeliveries of messages already applied.",
                 self.redeliveries_skipped.load(Relaxed),
+            ),
+            (
+                "flowcast_jetstream_gaps_total",
+                "Times JetStream deliveries were lost on the way (a server or client restart) and the stream was read again from the last message handed over.",
+                self.jetstream_gaps.load(Relaxed),
+            ),
+            (
+                "flowcast_stream_resets_total",
+                "Times the JetStream stream was not the one the saved position belonged to (deleted and created again) and was read from its start.",
+                self.stream_resets.load(Relaxed),
             ),
             (
                 "flowcast_snapshots_total",

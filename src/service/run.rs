@@ -73,6 +73,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     // Restore what an earlier run left.
     let mut last_applied: Option<u64> = None;
+    let mut source_id: Option<String> = None;
     if let Some(dir) = &config.state_dir {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
         let snap_path = dir.join(SNAPSHOT_FILE);
@@ -83,6 +84,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 })?;
                 let report = engine.restore(&snap);
                 last_applied = snap.source_position;
+                source_id = snap.source_id.clone();
                 tracing::info!(
                     objects = report.objects_kept,
                     dropped = report.objects_dropped,
@@ -154,7 +156,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         config.source.clone(),
         client.clone(),
         config.batch_size,
-        last_applied,
+        source::Resume {
+            // With a state directory the restored state says what was applied, and a state
+            // that has applied nothing starts at the beginning of the stream, whatever the
+            // consumer acknowledged for a process whose state was lost.
+            position: match &config.state_dir {
+                Some(_) => Some(last_applied.unwrap_or(0)),
+                None => last_applied,
+            },
+            stream_id: source_id.clone(),
+        },
         metrics.clone(),
         src_tx,
     );
@@ -170,6 +181,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         mpsc::unbounded_channel::<Result<Vec<CompiledFlow>, String>>();
     let mut reloading = false;
     let mut reload_again = false;
+    let mut failure = None;
     tokio::pin!(shutdown);
 
     loop {
@@ -194,7 +206,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 }
                 Some(SourceEvent::Failed(e)) => {
                     tracing::error!("The source failed: {e}");
+                    failure = Some(e);
                     break;
+                }
+                Some(SourceEvent::Stream { id, reset }) => {
+                    if reset {
+                        metrics.stream_resets.fetch_add(1, Relaxed);
+                        last_applied = None;
+                    }
+                    source_id = Some(id);
                 }
             },
             Some(done) = reload_done_rx.recv() => {
@@ -239,10 +259,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                         });
                     }
                 }
-                Control::Snapshot => save_snapshot(&engine, &config, last_applied, &metrics).await,
+                Control::Snapshot => save_snapshot(&engine, &config, (last_applied, &source_id), &metrics).await,
             },
             Some(q) = query_rx.recv() => answer(&mut engine, q),
-            _ = snapshot_every.tick() => save_snapshot(&engine, &config, last_applied, &metrics).await,
+            _ = snapshot_every.tick() => save_snapshot(&engine, &config, (last_applied, &source_id), &metrics).await,
             _ = tick.tick() => {
                 let now = Instant::now();
                 let target = match config.clock {
@@ -270,29 +290,44 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     source_task.abort();
     // Apply what the source had already handed over: it was received, so it counts.
-    while let Ok(SourceEvent::Batch(batch)) = src_rx.try_recv() {
-        apply_batch(
-            &mut engine,
-            &projection,
-            &config.clock,
-            batch,
-            &mut last_applied,
-            &metrics,
-            &mut records,
-        )
-        .await;
-        for r in records.drain(..) {
-            sinks.send(r);
+    while let Ok(ev) = src_rx.try_recv() {
+        match ev {
+            SourceEvent::Batch(batch) => {
+                apply_batch(
+                    &mut engine,
+                    &projection,
+                    &config.clock,
+                    batch,
+                    &mut last_applied,
+                    &metrics,
+                    &mut records,
+                )
+                .await;
+                for r in records.drain(..) {
+                    sinks.send(r);
+                }
+            }
+            SourceEvent::Stream { id, reset } => {
+                if reset {
+                    last_applied = None;
+                }
+                source_id = Some(id);
+            }
+            SourceEvent::End | SourceEvent::Failed(_) => {}
         }
     }
     publish_metrics(&engine, &metrics);
-    save_snapshot(&engine, &config, last_applied, &metrics).await;
+    save_snapshot(&engine, &config, (last_applied, &source_id), &metrics).await;
     sinks.drain(Duration::from_secs(5)).await;
     if let Some(c) = client {
         let _ = c.flush().await;
     }
     let _ = http_stop_tx.send(());
-    Ok(())
+    match failure {
+        // The state is saved; the supervisor learns that the service did not stop by itself.
+        Some(e) => Err(anyhow::anyhow!("the source failed: {e}")),
+        None => Ok(()),
+    }
 }
 
 /// Decodes and applies one batch, then acknowledges it (JetStream: one AckAll for the batch).
@@ -307,14 +342,21 @@ async fn apply_batch(
 ) {
     let wall = matches!(clock, Clock::Wall { .. });
     let now_ms = unix_ms();
-    let mut to_ack = None;
+    // The acknowledgement with the highest sequence: the source hands messages over in stream
+    // order, so once the batch is applied everything up to it is (AckAll).
+    let mut to_ack: Option<(u64, async_nats::jetstream::Message)> = None;
+    let mut keep_ack = |seq: Option<u64>, ack: Option<async_nats::jetstream::Message>| {
+        if let (Some(seq), Some(m)) = (seq, ack) {
+            if to_ack.as_ref().is_none_or(|(s, _)| seq > *s) {
+                to_ack = Some((seq, m));
+            }
+        }
+    };
     for d in batch {
         if let Some(seq) = d.seq {
             if last_applied.is_some_and(|a| seq <= a) {
                 metrics.redeliveries_skipped.fetch_add(1, Relaxed);
-                if d.ack.is_some() {
-                    to_ack = d.ack;
-                }
+                keep_ack(d.seq, d.ack);
                 continue;
             }
             *last_applied = Some(seq);
@@ -335,14 +377,12 @@ async fn apply_batch(
             }
         }
         metrics.observe_latency(d.received.elapsed().as_secs_f64());
-        if d.ack.is_some() {
-            to_ack = d.ack;
-        }
+        keep_ack(d.seq, d.ack);
     }
     // One acknowledgement covers the batch (AckAll). It waits for the server's confirmation,
     // so that once a batch counts as applied its ack is on the server: a crash right after
     // cannot leave it to be redelivered only when `ack_wait` runs out.
-    if let Some(m) = to_ack {
+    if let Some((_, m)) = to_ack {
         if let Err(e) = m.double_ack().await {
             tracing::warn!("Acknowledging to JetStream failed (the batch will be redelivered and skipped): {e}");
         }
@@ -384,7 +424,7 @@ fn publish_metrics(engine: &Engine, metrics: &Metrics) {
 async fn save_snapshot(
     engine: &Engine,
     config: &Config,
-    last_applied: Option<u64>,
+    (last_applied, source_id): (Option<u64>, &Option<String>),
     metrics: &Metrics,
 ) {
     let Some(dir) = config.state_dir.clone() else {
@@ -392,6 +432,7 @@ async fn save_snapshot(
     };
     let mut snap = engine.snapshot();
     snap.source_position = last_applied;
+    snap.source_id = source_id.clone();
     let result = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let bytes = serde_json::to_vec(&snap)?;
         state_dir::write_atomic(&dir.join(SNAPSHOT_FILE), &bytes)

@@ -2,12 +2,16 @@
 //! ready (up to the batch size) and sends it on a bounded channel, so a busy engine slows the
 //! intake down instead of queueing without limit.
 //!
-//! JetStream, nothing lost and nothing counted twice: the consumer acknowledges with AckAll,
-//! once per batch, after the engine applied the batch. Snapshots record the last applied stream
-//! sequence S. At start, messages after S that were acknowledged before a crash (up to the
-//! consumer's ack floor A) are no longer delivered by the durable consumer, so they are read
-//! again with an ordered consumer from S+1 to A ("catch-up"); then the durable consumer resumes,
-//! and any delivery at or below the last applied sequence (a redelivery) is skipped.
+//! JetStream, nothing lost and nothing counted twice: messages reach the engine in stream order,
+//! each once, and the durable consumer is acknowledged with AckAll, once per batch, after the
+//! engine applied it. Snapshots record the last applied stream sequence S and the stream's
+//! identity (name and creation time). At start, everything after S that the durable consumer
+//! has already delivered (to this process before a crash, or lost on the way) is read again with
+//! an ordered consumer ("catch-up"); then the durable consumer resumes. A jump in the consumer's
+//! delivery sequence means deliveries were lost (a server killed with messages on the wire): the
+//! same catch-up runs before the next message, so an AckAll never covers a message that was not
+//! applied. Deliveries at or below the last applied sequence (redeliveries) are skipped. A stream
+//! that is not the one S belongs to (deleted and created again) is read from its start.
 
 use super::config::{Nats, Source};
 use super::metrics::Metrics;
@@ -34,6 +38,13 @@ pub enum SourceEvent {
     End,
     /// The source failed and will not recover.
     Failed(String),
+    /// JetStream: the stream being read (its identity, kept in the snapshot beside the
+    /// position). `reset`: it is not the stream the saved position belongs to, so the position
+    /// starts over.
+    Stream {
+        id: String,
+        reset: bool,
+    },
 }
 
 /// Connects to NATS with the configured credentials. The first connection must succeed (a wrong
@@ -98,13 +109,13 @@ pub async fn connect(cfg: &Nats, metrics: Arc<Metrics>) -> anyhow::Result<async_
     Ok(client)
 }
 
-/// Starts the configured source. `last_applied` is the JetStream sequence the restored state
-/// already includes.
+/// Starts the configured source. `resume` says which JetStream sequence (of which stream) the
+/// restored state already includes.
 pub fn spawn(
     source: Source,
     client: Option<async_nats::Client>,
     batch_size: usize,
-    last_applied: Option<u64>,
+    resume: Resume,
     metrics: Arc<Metrics>,
     tx: mpsc::Sender<SourceEvent>,
 ) -> tokio::task::JoinHandle<()> {
@@ -137,7 +148,7 @@ pub fn spawn(
                         create,
                         ack_wait_ms,
                     };
-                    js.run(c, batch_size, last_applied, &ready, &tx).await
+                    js.run(c, batch_size, resume, &ready, &tx).await
                 }
                 None => Err(anyhow::anyhow!("no NATS connection")),
             },
@@ -262,17 +273,114 @@ struct JetStreamSource {
     ack_wait_ms: i64,
 }
 
+/// Where a JetStream source resumes: the last stream sequence the restored state includes, and
+/// the identity of the stream it was read from (see [`stream_identity`]).
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    /// `None`: no state of its own (no state directory), so the consumer's acknowledgement
+    /// floor says what is done. `Some(0)`: a state that has applied nothing of the stream yet.
+    pub position: Option<u64>,
+    pub stream_id: Option<String>,
+}
+
+/// A stream's identity: its name and creation time. A stream deleted and created again under
+/// the same name starts its sequences over; its positions mean nothing to the old one.
+fn stream_identity(name: &str, info: &jetstream::stream::Info) -> String {
+    format!("{name}@{}", info.created.unix_timestamp_nanos())
+}
+
+/// Why reading from the durable consumer stopped.
+enum Detached {
+    /// The consumer (or its stream) is gone from the server.
+    Deleted(String),
+    /// The engine task stopped listening.
+    Closed,
+}
+
 impl JetStreamSource {
+    fn filter(&self) -> String {
+        if self.subjects.len() == 1 {
+            self.subjects[0].clone()
+        } else {
+            String::new()
+        }
+    }
+
+    /// Reads the stream from its durable consumer, for ever: a consumer or stream deleted while
+    /// running is created again when `create` is set (and the error otherwise ends the source);
+    /// a server restart is the client's to ride out.
     async fn run(
         self,
         client: async_nats::Client,
         batch_size: usize,
-        last_applied: Option<u64>,
+        resume: Resume,
         metrics: &Metrics,
         tx: &mpsc::Sender<SourceEvent>,
     ) -> anyhow::Result<()> {
         let js = jetstream::new(client);
-        let stream = if self.create {
+        let mut position = resume.position;
+        let mut known_id = resume.stream_id;
+        let mut attempt = 0u32;
+        loop {
+            let stream = self.open_stream(&js).await?;
+            let info = stream.cached_info();
+            let id = stream_identity(&self.stream, info);
+            // A stream that is not the one the position belongs to: a new identity, or (for a
+            // snapshot written before identities were kept) a position past its end.
+            let other = match &known_id {
+                Some(k) => *k != id,
+                None => position.is_some_and(|p| p > info.state.last_sequence),
+            };
+            if other && position.is_some() {
+                tracing::warn!(
+                    stream = %self.stream,
+                    old_position = ?position,
+                    first = info.state.first_sequence,
+                    last = info.state.last_sequence,
+                    "The stream is not the one the saved position belongs to (deleted and created again?); reading it from its start."
+                );
+                position = Some(0);
+            }
+            if tx
+                .send(SourceEvent::Stream {
+                    id: id.clone(),
+                    reset: other,
+                })
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+            known_id = Some(id);
+            let consumer = self.open_consumer(&stream, position).await?;
+            match self
+                .follow(&stream, consumer, batch_size, &mut position, metrics, tx)
+                .await?
+            {
+                Detached::Closed => return Ok(()),
+                Detached::Deleted(why) => {
+                    metrics.ready.store(0, std::sync::atomic::Ordering::Relaxed);
+                    if !self.create {
+                        anyhow::bail!(
+                            "JetStream {why} (stream {}, consumer {}); `create` is off, so flowcast does not create it again",
+                            self.stream,
+                            self.consumer
+                        );
+                    }
+                    tracing::warn!(stream = %self.stream, consumer = %self.consumer, "JetStream {why}; creating it again.");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(20))))
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn open_stream(
+        &self,
+        js: &jetstream::Context,
+    ) -> anyhow::Result<jetstream::stream::Stream> {
+        if self.create {
             js.get_or_create_stream(jetstream::stream::Config {
                 name: self.stream.clone(),
                 subjects: self.subjects.clone(),
@@ -280,138 +388,333 @@ impl JetStreamSource {
                 ..Default::default()
             })
             .await
-            .map_err(|e| anyhow::anyhow!("stream {}: {e}", self.stream))?
+            .map_err(|e| anyhow::anyhow!("stream {}: {e}", self.stream))
         } else {
             js.get_stream(&self.stream)
                 .await
-                .map_err(|e| anyhow::anyhow!("stream {}: {e}", self.stream))?
-        };
-        let filter = if self.subjects.len() == 1 {
-            self.subjects[0].clone()
-        } else {
-            String::new()
-        };
+                .map_err(|e| anyhow::anyhow!("stream {}: {e}", self.stream))
+        }
+    }
+
+    /// The durable consumer; one created here starts after `position`, so that a consumer
+    /// deleted and created again does not deliver the whole stream once more.
+    async fn open_consumer(
+        &self,
+        stream: &jetstream::stream::Stream,
+        position: Option<u64>,
+    ) -> anyhow::Result<jetstream::consumer::PullConsumer> {
         let config = pull::Config {
             durable_name: Some(self.consumer.clone()),
             ack_policy: AckPolicy::All,
             ack_wait: Duration::from_millis(self.ack_wait_ms as u64),
             max_ack_pending: 1_000_000,
-            filter_subject: filter.clone(),
-            deliver_policy: DeliverPolicy::All,
+            filter_subject: self.filter(),
+            deliver_policy: match position {
+                Some(p) if p > 0 => DeliverPolicy::ByStartSequence {
+                    start_sequence: p + 1,
+                },
+                _ => DeliverPolicy::All,
+            },
             ..Default::default()
         };
-        let mut consumer: jetstream::consumer::PullConsumer = if self.create {
+        if self.create {
             stream
                 .get_or_create_consumer(&self.consumer, config)
                 .await
-                .map_err(|e| anyhow::anyhow!("consumer {}: {e}", self.consumer))?
+                .map_err(|e| anyhow::anyhow!("consumer {}: {e}", self.consumer))
         } else {
             stream
                 .get_consumer(&self.consumer)
                 .await
-                .map_err(|e| anyhow::anyhow!("consumer {}: {e}", self.consumer))?
+                .map_err(|e| anyhow::anyhow!("consumer {}: {e}", self.consumer))
+        }
+    }
+
+    /// Hands the engine every message after `position`, in stream order, each once.
+    ///
+    /// The durable consumer delivers in stream order except where a delivery is lost on the
+    /// way (a server killed with messages on the wire, a client restarted with messages handed
+    /// to its dead connection): those come back only after `ack_wait`, behind newer ones, and
+    /// one AckAll for a newer message would acknowledge them unapplied. Every delivery carries
+    /// the consumer's own sequence, which counts deliveries without gaps; a jump in it means
+    /// deliveries were lost, and the stream itself is then read (an ordered consumer) from
+    /// `position` up to whatever the durable consumer says it has delivered, before going on.
+    /// The same catch-up runs at the start, for what was delivered before a crash.
+    async fn follow(
+        &self,
+        stream: &jetstream::stream::Stream,
+        mut consumer: jetstream::consumer::PullConsumer,
+        batch_size: usize,
+        position: &mut Option<u64>,
+        metrics: &Metrics,
+        tx: &mpsc::Sender<SourceEvent>,
+    ) -> anyhow::Result<Detached> {
+        let info = match consumer.info().await {
+            Ok(i) => i.clone(),
+            Err(e) => return Ok(Detached::Deleted(format!("consumer info failed: {e}"))),
         };
-        let ack_floor = consumer
-            .info()
-            .await
-            .map_err(|e| anyhow::anyhow!("consumer {} info: {e}", self.consumer))?
-            .ack_floor
-            .stream_sequence;
-        let applied = last_applied.unwrap_or(0);
-        if ack_floor > applied {
+        // Without a saved position (no state directory), what the consumer acknowledged is done.
+        let mut sent = position.unwrap_or(info.ack_floor.stream_sequence);
+        if info.delivered.stream_sequence > sent {
             tracing::info!(
-                from = applied + 1,
-                to = ack_floor,
-                "Catching up on messages acknowledged after the last snapshot."
+                from = sent + 1,
+                to = info.delivered.stream_sequence,
+                "Catching up on messages delivered after the last snapshot."
             );
-            let ordered = stream
-                .create_consumer(pull::OrderedConfig {
-                    filter_subject: filter.clone(),
-                    deliver_policy: DeliverPolicy::ByStartSequence {
-                        start_sequence: applied + 1,
-                    },
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| anyhow::anyhow!("catch-up consumer: {e}"))?;
-            let mut msgs = ordered
-                .messages()
-                .await
-                .map_err(|e| anyhow::anyhow!("catch-up: {e}"))?;
-            let mut batch = Vec::with_capacity(batch_size);
-            while let Some(m) = msgs.next().await {
-                let m = m.map_err(|e| anyhow::anyhow!("catch-up: {e}"))?;
-                let seq = m
-                    .info()
-                    .map_err(|e| anyhow::anyhow!("catch-up: {e}"))?
-                    .stream_sequence;
-                if seq > ack_floor {
+            if !self
+                .catch_up(
+                    stream,
+                    sent,
+                    info.delivered.stream_sequence,
+                    batch_size,
+                    &mut sent,
+                    tx,
+                )
+                .await?
+            {
+                return Ok(Detached::Closed);
+            }
+        }
+        *position = Some(sent);
+        let mut last_delivery = info.delivered.consumer_sequence;
+        let mut msgs = match consumer.messages().await {
+            Ok(m) => m,
+            Err(e) => return Ok(Detached::Deleted(format!("consuming failed: {e}"))),
+        };
+        metrics.ready.store(1, std::sync::atomic::Ordering::Relaxed);
+        let mut batch: Vec<Delivery> = Vec::with_capacity(batch_size);
+        loop {
+            // Wait for one message, then take whatever else is ready without waiting.
+            let mut next = msgs.next().await;
+            loop {
+                if ended(&next) {
+                    let why = match &next {
+                        Some(Err(e)) => e.to_string(),
+                        _ => "the message stream ended".to_string(),
+                    };
+                    if let Some(w) = gone(&self.consumer, stream, &why).await {
+                        return Ok(Detached::Deleted(w));
+                    }
+                    // Still there (a server restarting): read it afresh.
+                    msgs = match consumer.messages().await {
+                        Ok(m) => m,
+                        Err(e) => return Ok(Detached::Deleted(format!("consuming failed: {e}"))),
+                    };
                     break;
                 }
+                let m = match next {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        // Missed heartbeats and the like while reconnecting: the stream goes on.
+                        tracing::warn!("JetStream: {e}");
+                        break;
+                    }
+                    None => break,
+                };
+                let (seq, delivery) = match m.info() {
+                    Ok(i) => (i.stream_sequence, i.consumer_sequence),
+                    Err(e) => {
+                        tracing::warn!("JetStream message without metadata, skipped: {e}");
+                        break;
+                    }
+                };
+                if delivery > last_delivery + 1 {
+                    // Deliveries were lost: read the stream up to all that was delivered.
+                    let delivered = match consumer.info().await {
+                        Ok(i) => i.delivered.stream_sequence,
+                        Err(_) => seq,
+                    };
+                    let to = delivered.max(seq);
+                    if to > sent {
+                        metrics
+                            .jetstream_gaps
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(
+                            from = sent + 1,
+                            to,
+                            "Deliveries from JetStream were lost on the way; reading the stream again from the last one handed over."
+                        );
+                        if !batch.is_empty()
+                            && tx
+                                .send(SourceEvent::Batch(std::mem::take(&mut batch)))
+                                .await
+                                .is_err()
+                        {
+                            return Ok(Detached::Closed);
+                        }
+                        if !self
+                            .catch_up(stream, sent, to, batch_size, &mut sent, tx)
+                            .await?
+                        {
+                            return Ok(Detached::Closed);
+                        }
+                    }
+                }
+                // A lower number than the last: the server restarted from an older record of
+                // its deliveries, and delivers those again (skipped by sequence downstream).
+                last_delivery = delivery;
+                sent = sent.max(seq);
+                *position = Some(sent);
+                batch.push(Delivery {
+                    payload: m.message.payload.clone(),
+                    received: Instant::now(),
+                    seq: Some(seq),
+                    ack: Some(m),
+                });
+                if batch.len() >= batch_size {
+                    break;
+                }
+                next = match msgs.next().now_or_never() {
+                    Some(n) => n,
+                    None => break,
+                };
+            }
+            if !batch.is_empty()
+                && tx
+                    .send(SourceEvent::Batch(std::mem::take(&mut batch)))
+                    .await
+                    .is_err()
+            {
+                return Ok(Detached::Closed);
+            }
+        }
+    }
+
+    /// Reads the stream in order from `from + 1` to `to` and hands it over in batches (no
+    /// acknowledgement: the durable consumer's next AckAll covers them). A failure on the way
+    /// (a server restarting) is retried from the last message handed over. Returns false when
+    /// the engine task stopped listening.
+    async fn catch_up(
+        &self,
+        stream: &jetstream::stream::Stream,
+        from: u64,
+        to: u64,
+        batch_size: usize,
+        sent: &mut u64,
+        tx: &mpsc::Sender<SourceEvent>,
+    ) -> anyhow::Result<bool> {
+        *sent = (*sent).max(from);
+        for attempt in 1u64.. {
+            match self.catch_up_once(stream, to, batch_size, sent, tx).await {
+                Ok(open) => return Ok(open),
+                Err(e) => {
+                    tracing::warn!(
+                        from = *sent + 1,
+                        to,
+                        "Catching up failed, trying again: {e:#}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200 * attempt.min(10))).await;
+                }
+            }
+        }
+        unreachable!("the loop only ends by returning")
+    }
+
+    /// One attempt of [`catch_up`](Self::catch_up), with an ordered consumer from `*sent + 1`.
+    async fn catch_up_once(
+        &self,
+        stream: &jetstream::stream::Stream,
+        to: u64,
+        batch_size: usize,
+        sent: &mut u64,
+        tx: &mpsc::Sender<SourceEvent>,
+    ) -> anyhow::Result<bool> {
+        if *sent >= to {
+            return Ok(true);
+        }
+        let mut ordered = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: self.filter(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: *sent + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("catch-up consumer: {e}"))?;
+        // Nothing left in the range (deleted, or another subject): nothing to wait for.
+        let pending = ordered
+            .info()
+            .await
+            .map(|i| i.num_pending)
+            .map_err(|e| anyhow::anyhow!("catch-up consumer: {e}"))?;
+        if pending == 0 {
+            *sent = to;
+            return Ok(true);
+        }
+        let mut msgs = ordered
+            .messages()
+            .await
+            .map_err(|e| anyhow::anyhow!("catch-up: {e}"))?;
+        let mut batch = Vec::with_capacity(batch_size);
+        while let Some(m) = msgs.next().await {
+            let m = m.map_err(|e| anyhow::anyhow!("catch-up: {e}"))?;
+            let info = m.info().map_err(|e| anyhow::anyhow!("catch-up: {e}"))?;
+            let (seq, left) = (info.stream_sequence, info.pending);
+            let past = seq > to;
+            if !past {
                 batch.push(Delivery {
                     payload: m.message.payload.clone(),
                     received: Instant::now(),
                     seq: Some(seq),
                     ack: None,
                 });
-                if (batch.len() >= batch_size || seq == ack_floor)
+            }
+            let last = past || seq == to || left == 0;
+            if batch.len() >= batch_size || last {
+                // Only what is handed over counts as sent: a failure before this is retried.
+                if let Some(s) = batch.last().and_then(|d| d.seq) {
+                    *sent = s;
+                }
+                if !batch.is_empty()
                     && tx
                         .send(SourceEvent::Batch(std::mem::take(&mut batch)))
                         .await
                         .is_err()
                 {
-                    return Ok(());
-                }
-                if seq == ack_floor {
-                    break;
+                    return Ok(false);
                 }
             }
-            if !batch.is_empty() {
-                let _ = tx.send(SourceEvent::Batch(batch)).await;
+            if last {
+                *sent = to.max(*sent);
+                return Ok(true);
             }
         }
-        let mut msgs = consumer
-            .messages()
-            .await
-            .map_err(|e| anyhow::anyhow!("consuming {}: {e}", self.consumer))?;
-        metrics.ready.store(1, std::sync::atomic::Ordering::Relaxed);
-        loop {
-            let Some(first) = msgs.next().await else {
-                break;
-            };
-            let mut batch = Vec::with_capacity(batch_size);
-            let now = Instant::now();
-            push_js(&mut batch, first, now);
-            while batch.len() < batch_size {
-                match msgs.next().now_or_never() {
-                    Some(Some(m)) => push_js(&mut batch, m, now),
-                    _ => break,
-                }
-            }
-            if !batch.is_empty() && tx.send(SourceEvent::Batch(batch)).await.is_err() {
-                break;
-            }
-        }
-        Ok(())
+        anyhow::bail!("catch-up: the message stream ended")
     }
 }
 
-fn push_js<E: std::fmt::Display>(
-    batch: &mut Vec<Delivery>,
-    m: Result<jetstream::Message, E>,
-    now: Instant,
-) {
-    match m {
-        Ok(m) => {
-            let seq = m.info().map(|i| i.stream_sequence).ok();
-            batch.push(Delivery {
-                payload: m.message.payload.clone(),
-                received: now,
-                seq,
-                ack: Some(m),
-            });
+/// Whether a message stream's end or error means the consumer may be gone.
+fn ended<T>(next: &Option<Result<T, jetstream::consumer::pull::MessagesError>>) -> bool {
+    use jetstream::consumer::pull::MessagesErrorKind as K;
+    match next {
+        None => true,
+        Some(Err(e)) => matches!(e.kind(), K::ConsumerDeleted | K::NoResponders),
+        Some(Ok(_)) => false,
+    }
+}
+
+/// Whether the consumer is really gone (`Some(why)`): asks the server until it answers, since
+/// a restarting server answers nothing for a while, which is not a deletion.
+async fn gone(consumer: &str, stream: &jetstream::stream::Stream, why: &str) -> Option<String> {
+    use async_nats::jetstream::context::ConsumerInfoErrorKind as K;
+    let mut attempt = 0u64;
+    loop {
+        match stream.consumer_info(consumer).await {
+            Ok(_) => return None,
+            Err(e) if matches!(e.kind(), K::NotFound) => {
+                return Some(format!("consumer deleted ({why})"))
+            }
+            Err(e) if matches!(e.kind(), K::StreamNotFound) => {
+                return Some(format!("stream deleted ({why})"))
+            }
+            Err(e) => {
+                if attempt % 20 == 0 {
+                    tracing::warn!("JetStream does not answer about consumer {consumer}: {e}");
+                }
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
         }
-        // Missed heartbeats and the like while reconnecting: the stream goes on.
-        Err(e) => tracing::warn!("JetStream: {e}"),
     }
 }

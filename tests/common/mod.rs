@@ -308,6 +308,11 @@ impl Service {
         self.records()
     }
 
+    /// The exit status, once the process has ended by itself.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok()?
+    }
+
     /// SIGKILL: no snapshot, no flush.
     pub fn kill9(mut self) {
         if let Some(mut c) = self.child.take() {
