@@ -123,10 +123,13 @@ fn kills_of_flowcast_and_nats_server_under_a_backlog_lose_nothing_and_count_noth
     // FLOWCAST_CHAOS_KEEP=1 keeps the folder (logs, snapshots) for a post-mortem.
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_owned();
-    let _kept = std::env::var_os("FLOWCAST_CHAOS_KEEP").map(|_| {
+    let _tmp = if std::env::var_os("FLOWCAST_CHAOS_KEEP").is_some() {
         eprintln!("keeping {}", dir.display());
-        tmp.keep()
-    });
+        let _ = tmp.keep();
+        None
+    } else {
+        Some(tmp)
+    };
     let models = dir.as_path().join("models");
     std::fs::create_dir(&models).unwrap();
     std::fs::write(models.join("chaos.flow"), FLOW).unwrap();

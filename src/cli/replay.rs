@@ -27,6 +27,10 @@ pub struct ReplayArgs {
     /// Also emit a `prediction` record each time an object enters a state.
     #[arg(long)]
     pub trace: bool,
+    /// Messages stamped further ahead of this machine's clock than this (a duration, or `off`)
+    /// are counted as `future` and handled at the current time, never moving it.
+    #[arg(long, default_value = "5m")]
+    pub max_future: String,
 }
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
@@ -36,6 +40,20 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     };
     let mut engine = Engine::new(flows);
     engine.trace = args.trace;
+    let max_future = match args.max_future.as_str() {
+        "off" => None,
+        d => match crate::syntax::parse_duration_ms(d) {
+            Some(ms) if ms > 0 => Some(ms),
+            _ => {
+                eprintln!("error: --max-future {d}: not a positive duration (like `5m`) or `off`");
+                return Ok(ExitCode::Usage);
+            }
+        },
+    };
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    engine.set_horizon(max_future.map(|ms| wall.saturating_add(ms)));
     if let Some(dir) = &args.state_dir {
         if let Some(learned) = state_dir::load_learned(dir)? {
             let (loaded, dropped) = engine.import_learned(&learned);
@@ -144,7 +162,7 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
 
 pub fn summary(s: &Stats, in_flight: usize) -> String {
     format!(
-        "replay: {} read ({} malformed), {} matched, {} unmatched, {} missing key, {} late, {} after end, {} multi-flow; \
+        "replay: {} read ({} malformed), {} matched, {} unmatched, {} missing key, {} late, {} future, {} after end, {} multi-flow; \
          {} transitions ({} unexpected), {} alerts, {} resolved, {} outcomes ({} timeouts, {} expired); {} in flight",
         s.messages + s.malformed,
         s.malformed,
@@ -152,6 +170,7 @@ pub fn summary(s: &Stats, in_flight: usize) -> String {
         s.unmatched,
         s.missing_key,
         s.late,
+        s.future,
         s.after_end,
         s.multi_flow,
         s.transitions,

@@ -45,8 +45,13 @@ pub struct Stats {
     /// Messages a rule matched but whose key fields were missing or not a string or number
     /// (in every flow that matched them).
     pub missing_key: u64,
-    /// Messages older than one already seen; processed at the current time.
+    /// Messages older than one already seen; processed at the current time (their own time
+    /// still measures how long the object dwelt).
     pub late: u64,
+    /// Messages stamped beyond the horizon (further ahead of the wall clock than the allowed
+    /// skew: a wrong clock, a year 9999): processed at the current time, never moving it.
+    #[serde(default)]
+    pub future: u64,
     /// Messages for objects that had already finished, ignored.
     pub after_end: u64,
     /// Messages matched by more than one flow (each flow processes them).
@@ -82,6 +87,11 @@ pub struct ObjectState {
     pub prev_dwell: u8,
     /// When the object was first seen.
     pub first_seen_ms: i64,
+    /// The event time of the message that moved the object into `state` (its own timestamp):
+    /// dwell is learned from event times, so a message handled late (a recorded stream on the
+    /// wall clock, a consumer catching up) teaches the time the process took, not the delay
+    /// of the bus. Equal to `entered_ms` unless that message was late.
+    pub entered_event_ms: i64,
 }
 
 /// Alert times of an object that has alerted at least once.
@@ -108,7 +118,7 @@ impl ObjectState {
         markov::Past {
             history: self.history_slice(),
             last_dwell: self.last_dwell,
-            entered_ms: self.entered_ms,
+            entered_ms: self.entered_event_ms,
             prev_dwell: self.prev_dwell,
             age_ms: self.entered_ms - self.first_seen_ms,
         }
@@ -258,16 +268,26 @@ enum Trigger<'m> {
     Message {
         event_type: Option<&'m str>,
         message_id: Option<&'m str>,
+        /// The message's own time, when it has a usable one (not beyond the horizon).
+        event_ms: Option<i64>,
     },
     Timer,
 }
 
 impl Trigger<'_> {
+    fn event_ms(&self) -> Option<i64> {
+        match self {
+            Trigger::Message { event_ms, .. } => *event_ms,
+            Trigger::Timer => None,
+        }
+    }
+
     fn cause(self) -> Cause {
         match self {
             Trigger::Message {
                 event_type,
                 message_id,
+                ..
             } => Cause {
                 kind: "message".into(),
                 event_type: event_type.map(str::to_string),
@@ -316,6 +336,8 @@ pub struct Engine {
     pub trace: bool,
     /// Feature models refit on threads of their own (`set_feature_background`).
     background_fit: bool,
+    /// Message times after this are not believed (`set_horizon`).
+    horizon_ms: Option<i64>,
 }
 
 impl Engine {
@@ -336,6 +358,7 @@ impl Engine {
             background_fit: false,
             trace: false,
             next_due_ms: i64::MIN,
+            horizon_ms: None,
         };
         e.build_index();
         e
@@ -373,6 +396,41 @@ impl Engine {
         projection::Projection::for_flows(self.flows.iter().map(|f| &*f.flow))
     }
 
+    /// The latest message time the engine believes: the caller's wall clock plus the skew it
+    /// allows. A message stamped later (an hour ahead, the year 9999) is counted as `future`
+    /// and handled at the current time: one wrong clock must not fire every timer early or
+    /// freeze time for good. `None`: no bound (evaluation of historical logs).
+    pub fn set_horizon(&mut self, horizon_ms: Option<i64>) {
+        self.horizon_ms = horizon_ms;
+    }
+
+    /// Moves the clock back to `now_ms` when it is ahead (a snapshot written under a wrong
+    /// clock), with every object time pulled back to it, so that timers and expiry work again.
+    /// Returns how far the clock was ahead.
+    pub fn pull_clock_back(&mut self, now_ms: i64) -> Option<i64> {
+        if self.clock_ms <= now_ms {
+            return None;
+        }
+        let ahead = self.clock_ms - now_ms;
+        self.clock_ms = now_ms;
+        self.next_due_ms = i64::MIN;
+        for fi in 0..self.flows.len() {
+            let rt = &mut self.flows[fi];
+            for o in rt.objects.values_mut() {
+                o.entered_ms = o.entered_ms.min(now_ms);
+                o.entered_event_ms = o.entered_event_ms.min(now_ms);
+                o.last_seen_ms = o.last_seen_ms.min(now_ms);
+                o.first_seen_ms = o.first_seen_ms.min(now_ms);
+            }
+            rt.timers.clear();
+            let keys: Vec<ObjectKey> = rt.objects.keys().cloned().collect();
+            for key in keys {
+                self.schedule(fi, &key);
+            }
+        }
+        Some(ahead)
+    }
+
     /// The engine's clock: the latest event time seen (or given to `advance`).
     pub fn clock_ms(&self) -> i64 {
         self.clock_ms
@@ -393,13 +451,19 @@ impl Engine {
     /// Processes one message, appending what it causes to `out`.
     pub fn observe(&mut self, msg: &Message, out: &mut Vec<Record>) {
         self.stats.messages += 1;
-        let now = match msg.time_ms {
+        // `now` is when the engine handles the message (its clock never goes back); `event_ms`
+        // when it happened. A time beyond the horizon is not believed: it moves nothing.
+        let (now, event_ms) = match msg.time_ms {
+            Some(t) if self.horizon_ms.is_some_and(|h| t > h) => {
+                self.stats.future += 1;
+                (self.clock_ms, None)
+            }
             Some(t) if t < self.clock_ms => {
                 self.stats.late += 1;
-                self.clock_ms
+                (self.clock_ms, Some(t))
             }
-            Some(t) => t,
-            None => self.clock_ms,
+            Some(t) => (t, Some(t)),
+            None => (self.clock_ms, None),
         };
         // Time passes first: timers due before this message fire before it is applied.
         self.advance(now, out);
@@ -423,6 +487,7 @@ impl Engine {
             let trig = Trigger::Message {
                 event_type,
                 message_id: msg.message_id.as_deref(),
+                event_ms,
             };
             self.apply(fi, key, target, now, trig, out);
         }
@@ -576,6 +641,7 @@ impl Engine {
                     entered_ms: now,
                     last_seen_ms: now,
                     first_seen_ms: now,
+                    entered_event_ms: trig.event_ms().unwrap_or(now),
                 },
             );
             self.entered(fi, &key, now, trig, out);
@@ -587,7 +653,11 @@ impl Engine {
             return; // A repeated notification of the same state: no transition.
         }
         self.stats.transitions += 1;
-        let dwell = now - obj.entered_ms;
+        // Learned from event times when both ends have one (see `entered_event_ms`).
+        let dwell = match trig.event_ms() {
+            Some(e) => (e - obj.entered_event_ms).max(0),
+            None => now - obj.entered_ms,
+        };
         let before = *obj;
         let learn = self.learn;
         if !rt.model.learns(from, target) {
@@ -616,6 +686,7 @@ impl Engine {
         obj.last_dwell = markov::dwell_bucket(dwell);
         obj.state = target;
         obj.entered_ms = now;
+        obj.entered_event_ms = trig.event_ms().unwrap_or(now);
         obj.generation = obj.generation.wrapping_add(1);
         if obj.alerting {
             // The alert was about the state the object just left.
@@ -1085,8 +1156,9 @@ mod tests {
 
     #[test]
     fn per_object_state_stays_small() {
-        // 40 bytes: the first-seen time and the dwell class before last feed `features`.
-        assert_eq!(std::mem::size_of::<super::ObjectState>(), 40);
+        // 48 bytes: the first-seen time and the dwell class before last feed `features`; the
+        // entering message's own time keeps dwell learned from event times (late messages).
+        assert_eq!(std::mem::size_of::<super::ObjectState>(), 48);
         assert_eq!(std::mem::size_of::<super::key::ObjectKey>(), 24);
     }
 }

@@ -43,6 +43,9 @@ pub struct ObjectSnapshot {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<String>,
     pub entered_ms: i64,
+    /// When the entering message says it happened, where that differs from `entered_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entered_event_ms: Option<i64>,
     pub last_seen_ms: i64,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub alerting: bool,
@@ -96,6 +99,8 @@ impl Engine {
                                 .map(|s| names[*s as usize].clone())
                                 .collect(),
                             entered_ms: o.entered_ms,
+                            entered_event_ms: (o.entered_event_ms != o.entered_ms)
+                                .then_some(o.entered_event_ms),
                             last_seen_ms: o.last_seen_ms,
                             alerting: o.alerting,
                             first_alert_ms: log.map(|l| l.first_ms),
@@ -168,6 +173,7 @@ impl Engine {
                         last_dwell: o.last_dwell.unwrap_or(markov::NO_DWELL),
                         prev_dwell: o.prev_dwell.unwrap_or(markov::NO_DWELL),
                         first_seen_ms: o.first_seen_ms.unwrap_or(o.entered_ms),
+                        entered_event_ms: o.entered_event_ms.unwrap_or(o.entered_ms),
                     },
                 );
                 self.schedule(fi, &key);
@@ -251,7 +257,7 @@ impl Engine {
 
     /// Sets the timers of an object that was restored or carried over: its state's timeout,
     /// and a look at its risk now (the next `advance` evaluates it).
-    fn schedule(&mut self, fi: usize, key: &ObjectKey) {
+    pub(super) fn schedule(&mut self, fi: usize, key: &ObjectKey) {
         let rt = &self.flows[fi];
         let Some(o) = rt.objects.get(key).copied() else {
             return;

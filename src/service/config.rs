@@ -174,6 +174,8 @@ pub enum Clock {
     Wall {
         #[serde(default = "default_lateness", deserialize_with = "duration")]
         lateness_ms: i64,
+        #[serde(default = "default_max_future", deserialize_with = "duration")]
+        max_future_ms: i64,
     },
     /// Message timestamps only, as in replay: the same input gives the same records. When no
     /// message has come for `idle_after`, time moves on with the wall clock so that timeouts
@@ -181,19 +183,37 @@ pub enum Clock {
     Event {
         #[serde(default = "default_idle", deserialize_with = "duration_or_zero")]
         idle_after_ms: i64,
+        #[serde(default = "default_max_future", deserialize_with = "duration")]
+        max_future_ms: i64,
     },
+}
+
+impl Clock {
+    /// How far ahead of this machine's clock a message's own time may be (both modes): a
+    /// message stamped later is counted as `future` and handled at the current time.
+    pub fn max_future_ms(&self) -> i64 {
+        match self {
+            Clock::Wall { max_future_ms, .. } | Clock::Event { max_future_ms, .. } => {
+                *max_future_ms
+            }
+        }
+    }
 }
 
 impl Default for Clock {
     fn default() -> Clock {
         Clock::Wall {
             lateness_ms: default_lateness(),
+            max_future_ms: default_max_future(),
         }
     }
 }
 
 fn default_lateness() -> i64 {
     2_000
+}
+fn default_max_future() -> i64 {
+    5 * 60_000
 }
 fn default_idle() -> i64 {
     10_000
@@ -310,7 +330,13 @@ clock: { mode: event, idle_after_ms: "0" }
             }
         ));
         assert_eq!(c.snapshot_interval_ms, 10_000);
-        assert!(matches!(c.clock, Clock::Event { idle_after_ms: 0 }));
+        assert!(matches!(
+            c.clock,
+            Clock::Event {
+                idle_after_ms: 0,
+                ..
+            }
+        ));
         assert_eq!(c.sinks.len(), 3);
     }
 

@@ -80,8 +80,13 @@ impl Metrics {
         for (name, help, v) in [
             (
                 "flowcast_messages_late_total",
-                "Messages older than one already seen.",
+                "Messages older than one already seen (handled at the current time; dwell still learned from their own times).",
                 s.late,
+            ),
+            (
+                "flowcast_messages_future_total",
+                "Messages stamped further ahead of this machine's clock than clock.max_future allows: handled at the current time, never moving it.",
+                s.future,
             ),
             (
                 "flowcast_messages_after_end_total",

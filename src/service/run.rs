@@ -83,6 +83,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     anyhow::anyhow!("{} is not a flowcast snapshot: {e}", snap_path.display())
                 })?;
                 let report = engine.restore(&snap);
+                // A clock saved ahead of this machine's (a message from the future before the
+                // horizon existed, or a machine whose clock was wrong) would hold every timer.
+                let now = unix_ms();
+                if engine.clock_ms() > now.saturating_add(config.clock.max_future_ms()) {
+                    let ahead = engine.pull_clock_back(now).unwrap_or(0);
+                    tracing::warn!(
+                        ahead_ms = ahead,
+                        "The snapshot's clock was ahead of this machine's; moved back to now."
+                    );
+                }
                 last_applied = snap.source_position;
                 source_id = snap.source_id.clone();
                 tracing::info!(
@@ -266,8 +276,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             _ = tick.tick() => {
                 let now = Instant::now();
                 let target = match config.clock {
-                    Clock::Wall { lateness_ms } => Some(unix_ms() - lateness_ms),
-                    Clock::Event { idle_after_ms } if idle_after_ms > 0
+                    Clock::Wall { lateness_ms, .. } => Some(unix_ms() - lateness_ms),
+                    Clock::Event { idle_after_ms, .. } if idle_after_ms > 0
                         && last_message.elapsed() >= Duration::from_millis(idle_after_ms as u64) =>
                     {
                         Some(engine.clock_ms() + now.duration_since(last_tick).as_millis() as i64)
@@ -342,6 +352,7 @@ async fn apply_batch(
 ) {
     let wall = matches!(clock, Clock::Wall { .. });
     let now_ms = unix_ms();
+    engine.set_horizon(Some(now_ms.saturating_add(clock.max_future_ms())));
     // The acknowledgement with the highest sequence: the source hands messages over in stream
     // order, so once the batch is applied everything up to it is (AckAll).
     let mut to_ack: Option<(u64, async_nats::jetstream::Message)> = None;
