@@ -2,7 +2,7 @@
 //! or in an oslo envelope). Records go to stdout as JSON lines; a summary goes to stderr.
 
 use super::{load_flows, ExitCode};
-use crate::engine::message::decode_projected;
+use crate::engine::message::{decode_projected, strip_bom};
 use crate::engine::{Engine, Stats};
 use crate::service::state_dir;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
@@ -93,7 +93,7 @@ pub fn replay(
             break;
         }
         line_no += 1;
-        let text = trim_ascii(&line);
+        let text = trim_ascii(strip_bom(&line));
         if text.is_empty() {
             continue;
         }
