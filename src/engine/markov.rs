@@ -555,6 +555,13 @@ impl FlowModel {
                 >= self.min_observations.max(1.0)
     }
 
+    /// The time in `state` after which no dwell histogram of its ways out changes any more
+    /// (they all hold only shorter dwells), ms: the risk is constant from there on. The pooled
+    /// histogram holds every way out but the timeout, whose survival is always 1.
+    pub fn dwell_horizon(&self, state: StateId) -> f64 {
+        self.dwell_state[state as usize].horizon()
+    }
+
     /// Survival of the dwell before moving `from -> to`, given `elapsed_ms` spent in `from`.
     /// Not used until the state has `min_observations` of observed dwell (few samples would
     /// make every object slower than the slowest seen look doomed), and never below

@@ -184,9 +184,6 @@ pub struct FlowRuntime {
     /// Rules to try per exact event type (in file order), and for any other event type.
     rules_by_event: HashMap<Box<str>, Vec<u16>>,
     generic_rules: Vec<u16>,
-    /// Per state, cached for the solution version: elapsed ms at which the risk crosses.
-    alert_after: Vec<Option<f64>>,
-    alert_after_version: u64,
     next_sweep_ms: i64,
 }
 
@@ -205,7 +202,6 @@ impl FlowRuntime {
             list.extend(generic.iter().copied());
             list.sort_unstable();
         }
-        let n = flow.states.len();
         FlowRuntime {
             model: FlowModel::new(&flow),
             flow,
@@ -216,8 +212,6 @@ impl FlowRuntime {
             timer_seq: 0,
             rules_by_event: by_event,
             generic_rules: generic,
-            alert_after: vec![None; n],
-            alert_after_version: 0,
             next_sweep_ms: 0,
         }
     }
@@ -859,7 +853,7 @@ impl Engine {
             return;
         }
         // Not alerting: if waiting longer will raise the risk over a threshold, look again then.
-        if let Some(after) = self.alert_after(fi, obj.state) {
+        if let Some(after) = self.alert_after(fi, &obj, elapsed) {
             let at = obj.entered_ms + after.ceil() as i64;
             let rt = &mut self.flows[fi];
             let timeout_at =
@@ -870,52 +864,43 @@ impl Engine {
         }
     }
 
-    /// The time in `state` after which an object's first-order risk crosses a threshold,
-    /// searched on the dwell histogram's bucket boundaries; cached per model version.
-    fn alert_after(&mut self, fi: usize, state: StateId) -> Option<f64> {
-        let rt = &mut self.flows[fi];
-        let version = rt.model.cached().map(|s| s.version).unwrap_or(0);
-        if version != rt.alert_after_version {
-            rt.alert_after.iter_mut().for_each(|x| *x = None);
-            rt.alert_after_version = version;
-        }
-        if let Some(v) = rt.alert_after[state as usize] {
-            return v.is_finite().then_some(v);
-        }
+    /// The first time in its state after `elapsed` ms at which this object's risk (with its own
+    /// past: history, dwell, calendar and feature contexts, as `evaluate` judges it) crosses a
+    /// threshold, searched on the dwell histogram's bucket boundaries. Per object, not per
+    /// state: the first-order risk may cross earlier, later or never, and a look scheduled from
+    /// it would come at the wrong time. The search stops where the state's dwell data ends
+    /// (beyond it the risk no longer changes) or at its timeout.
+    fn alert_after(&mut self, fi: usize, obj: &ObjectState, elapsed: f64) -> Option<f64> {
+        let rt = &self.flows[fi];
+        let state = obj.state;
         // Without dwell data the risk does not change with time: what entry said stands.
         if !rt.model.time_matters(state) {
-            rt.alert_after[state as usize] = Some(f64::INFINITY);
             return None;
         }
         let sol = rt.model.cached()?;
         let limit = rt.flow.timeouts[state as usize]
             .map(|(ms, _)| ms as f64)
-            .unwrap_or(f64::MAX);
-        let mut found = f64::INFINITY;
+            .unwrap_or(f64::MAX)
+            .min(rt.model.dwell_horizon(state));
         for e in dwell::DwellHist::boundaries() {
-            if e >= limit {
+            if e <= elapsed {
+                continue;
+            }
+            if e > limit {
                 break;
             }
-            rt.model.predict(
-                sol,
-                markov::Past::NONE,
-                state,
-                e,
-                &mut self.scratch,
-                &mut self.risk,
-            );
+            rt.model
+                .predict(sol, obj.past(), state, e, &mut self.scratch, &mut self.risk);
             let crosses = sol.finals.iter().zip(self.risk.iter()).any(|(s, r)| {
                 rt.flow.state(*s).kind == Kind::Artifact
                     && *r > 0.0
                     && *r >= rt.flow.alerts[*s as usize].threshold
             });
             if crosses {
-                found = e;
-                break;
+                return Some(e);
             }
         }
-        rt.alert_after[state as usize] = Some(found);
-        found.is_finite().then_some(found)
+        None
     }
 
     /// The prediction for one object of one flow, for the API and tests.
