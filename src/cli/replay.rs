@@ -27,6 +27,12 @@ pub struct ReplayArgs {
     /// Also emit a `prediction` record each time an object enters a state.
     #[arg(long)]
     pub trace: bool,
+    /// A message whose key is longer than this many bytes is malformed (`key_too_long`).
+    #[arg(long, default_value_t = crate::engine::Limits::default().max_key_bytes)]
+    pub max_key_bytes: usize,
+    /// Bytes for remembering finished objects (late messages about them), all flows together.
+    #[arg(long, default_value_t = crate::engine::Limits::default().finished_bytes)]
+    pub finished_budget_bytes: usize,
 }
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
@@ -36,6 +42,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     };
     let mut engine = Engine::new(flows);
     engine.trace = args.trace;
+    engine.set_limits(crate::engine::Limits {
+        max_key_bytes: args.max_key_bytes,
+        finished_bytes: args.finished_budget_bytes,
+    });
     if let Some(dir) = &args.state_dir {
         if let Some(learned) = state_dir::load_learned(dir)? {
             let (loaded, dropped) = engine.import_learned(&learned);
@@ -69,6 +79,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     if args.summary_json {
         let mut v = serde_json::to_value(&stats)?;
         v["in_flight"] = in_flight.into();
+        if let Some(peak) = peak_rss_bytes() {
+            v["peak_rss_bytes"] = peak.into();
+        }
         eprintln!("{v}");
     } else {
         eprintln!("{}", summary(&stats, in_flight));
@@ -127,6 +140,14 @@ pub fn replay(
         }
     }
     Ok(engine.stats.clone())
+}
+
+/// The process's peak resident memory (`VmHWM`), on Linux.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
