@@ -2,7 +2,7 @@
 //! or in an oslo envelope). Records go to stdout as JSON lines; a summary goes to stderr.
 
 use super::{load_flows, ExitCode};
-use crate::engine::message::decode_projected;
+use crate::engine::message::{decode_projected, strip_bom};
 use crate::engine::{Engine, Stats};
 use crate::service::state_dir;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
@@ -31,6 +31,12 @@ pub struct ReplayArgs {
     /// are counted as `future` and handled at the current time, never moving it.
     #[arg(long, default_value = "5m")]
     pub max_future: String,
+    /// A message whose key is longer than this many bytes is malformed (`key_too_long`).
+    #[arg(long, default_value_t = crate::engine::Limits::default().max_key_bytes)]
+    pub max_key_bytes: usize,
+    /// Bytes for remembering finished objects (late messages about them), all flows together.
+    #[arg(long, default_value_t = crate::engine::Limits::default().finished_bytes)]
+    pub finished_budget_bytes: usize,
 }
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
@@ -54,6 +60,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     engine.set_horizon(max_future.map(|ms| wall.saturating_add(ms)));
+    engine.set_limits(crate::engine::Limits {
+        max_key_bytes: args.max_key_bytes,
+        finished_bytes: args.finished_budget_bytes,
+    });
     if let Some(dir) = &args.state_dir {
         if let Some(learned) = state_dir::load_learned(dir)? {
             let (loaded, dropped) = engine.import_learned(&learned);
@@ -87,6 +97,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     if args.summary_json {
         let mut v = serde_json::to_value(&stats)?;
         v["in_flight"] = in_flight.into();
+        if let Some(peak) = peak_rss_bytes() {
+            v["peak_rss_bytes"] = peak.into();
+        }
         eprintln!("{v}");
     } else {
         eprintln!("{}", summary(&stats, in_flight));
@@ -111,7 +124,7 @@ pub fn replay(
             break;
         }
         line_no += 1;
-        let text = trim_ascii(&line);
+        let text = trim_ascii(strip_bom(&line));
         if text.is_empty() {
             continue;
         }
@@ -145,6 +158,14 @@ pub fn replay(
         }
     }
     Ok(engine.stats.clone())
+}
+
+/// The process's peak resident memory (`VmHWM`), on Linux.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {

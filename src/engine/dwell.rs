@@ -134,6 +134,12 @@ impl DwellHist {
         upper(BUCKETS - 1)
     }
 
+    /// The upper bound of the longest bucket with weight, ms (0 when empty): beyond it the
+    /// survival is 0 and stays so.
+    pub fn horizon(&self) -> f64 {
+        self.w.iter().rposition(|w| *w > 0.0).map_or(0.0, upper)
+    }
+
     /// The bucket boundaries, ms: the points where survival changes slope.
     pub fn boundaries() -> impl Iterator<Item = f64> {
         (0..BUCKETS).map(upper)

@@ -11,10 +11,12 @@ pub enum ObjectKey {
 
 impl ObjectKey {
     /// A key from a message field: strings and numbers name objects; anything else does not.
+    /// A number is named by its value, not its spelling: `1`, `1.0` and `1e0` are the object
+    /// `1` (and so is the string `"1"`), `2.50` is `2.5`.
     pub fn from_value(v: &Value) -> Option<ObjectKey> {
         match v {
             Value::String(s) if !s.is_empty() => Some(ObjectKey::parse(s)),
-            Value::Number(n) => Some(ObjectKey::Text(n.to_string().into())),
+            Value::Number(n) => Some(ObjectKey::Text(canonical_number(n).into())),
             _ => None,
         }
     }
@@ -23,6 +25,24 @@ impl ObjectKey {
         parse_uuid(s)
             .map(ObjectKey::Uuid)
             .unwrap_or_else(|| ObjectKey::Text(s.into()))
+    }
+}
+
+/// The one spelling of a JSON number used as a key: integers (including a float with no
+/// fraction that is exact in an f64) in decimal without a point, other numbers in Rust's
+/// shortest round-trip form.
+fn canonical_number(n: &serde_json::Number) -> String {
+    if let Some(i) = n.as_i64() {
+        return i.to_string();
+    }
+    if let Some(u) = n.as_u64() {
+        return u.to_string();
+    }
+    match n.as_f64() {
+        // 2^53: beyond it an f64 no longer holds every integer, so it is not the same number.
+        Some(f) if f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0 => (f as i64).to_string(),
+        Some(f) => format!("{f:?}"),
+        None => n.to_string(),
     }
 }
 
@@ -88,5 +108,26 @@ mod tests {
         assert!(matches!(upper, ObjectKey::Text(_)));
         assert_eq!(ObjectKey::parse("req-1").to_string(), "req-1");
         assert_eq!(std::mem::size_of::<ObjectKey>(), 24);
+    }
+
+    #[test]
+    fn numbers_are_keyed_by_value() {
+        let key = |text: &str| {
+            ObjectKey::from_value(&serde_json::from_str(text).unwrap())
+                .unwrap()
+                .to_string()
+        };
+        for (text, expect) in [
+            ("1", "1"),
+            ("1.0", "1"),
+            ("1e0", "1"),
+            ("-0.0", "0"),
+            ("2.50", "2.5"),
+            ("18446744073709551615", "18446744073709551615"),
+            ("1e300", "1e300"),
+            ("0.1", "0.1"),
+        ] {
+            assert_eq!(key(text), expect, "{text}");
+        }
     }
 }

@@ -61,6 +61,11 @@ pub fn dwell_bucket(ms: i64) -> u8 {
 /// Up to 4 states, oldest first, padded with `NONE`.
 pub type Context = [StateId; 4];
 pub const NONE: StateId = StateId::MAX;
+/// The solver's steps one call to `FlowModel::solution` (about one per message) may pay for:
+/// a small flow (up to about 60 states) is re-solved whenever its counts changed
+/// materially, a flow at the 1,000-state limit (a million steps a solve) at most once every
+/// 250 calls. The cost per message stays bounded whatever the flow.
+pub const SOLVE_WORK_PER_CALL: f64 = 4096.0;
 const REBASE_EXP: f64 = 60.0;
 
 #[derive(Debug, Clone)]
@@ -137,6 +142,10 @@ pub struct FlowModel {
     pub now_ms: i64,
     /// Effective observed weight added since the last solve.
     changed: f64,
+    /// Steps the last solve took (`solve_absorbing_counted`), and the calls to `solution` since:
+    /// a refresh waits until they have paid for it at `SOLVE_WORK_PER_CALL` each.
+    solve_work: f64,
+    calls_since_solve: u64,
     solved_at_ms: i64,
     solution: Option<Solution>,
     version: u64,
@@ -184,6 +193,8 @@ impl FlowModel {
             epoch_ms: 0,
             now_ms: 0,
             changed: 0.0,
+            solve_work: 0.0,
+            calls_since_solve: 0,
             solved_at_ms: 0,
             solution: None,
             version: 0,
@@ -335,9 +346,12 @@ impl FlowModel {
         }
     }
 
-    /// The cached solution, refreshed first if the counts changed materially.
+    /// The cached solution, refreshed first if the counts changed materially and the calls
+    /// since the last solve have paid for another (see `SOLVE_WORK_PER_CALL`).
     pub fn solution(&mut self) -> &Solution {
-        if self.needs_refresh() {
+        self.calls_since_solve += 1;
+        let paid = self.calls_since_solve as f64 * SOLVE_WORK_PER_CALL >= self.solve_work;
+        if self.solution.is_none() || (paid && self.needs_refresh()) {
             self.refresh();
         }
         let now = self.now_ms;
@@ -448,7 +462,7 @@ impl FlowModel {
             .filter(|&s| self.kinds[s].is_final())
             .map(|s| s as StateId)
             .collect();
-        let (absorb, expected_ms) = solve_absorbing(n, &p, &finals, &mean_dwell);
+        let (absorb, expected_ms, work) = solve_absorbing_counted(n, &p, &finals, &mean_dwell);
         let succ = (0..n)
             .map(|s| {
                 p[s * n..(s + 1) * n]
@@ -471,6 +485,8 @@ impl FlowModel {
             version: self.version,
         });
         self.changed = 0.0;
+        self.solve_work = work;
+        self.calls_since_solve = 0;
         self.solved_at_ms = self.now_ms;
     }
 
@@ -553,6 +569,13 @@ impl FlowModel {
         self.use_dwell
             && self.dwell_state[state as usize].total * self.decay_factor()
                 >= self.min_observations.max(1.0)
+    }
+
+    /// The time in `state` after which no dwell histogram of its ways out changes any more
+    /// (they all hold only shorter dwells), ms: the risk is constant from there on. The pooled
+    /// histogram holds every way out but the timeout, whose survival is always 1.
+    pub fn dwell_horizon(&self, state: StateId) -> f64 {
+        self.dwell_state[state as usize].horizon()
     }
 
     /// Survival of the dwell before moving `from -> to`, given `elapsed_ms` spent in `from`.
@@ -700,6 +723,19 @@ pub fn solve_absorbing(
     finals: &[StateId],
     mean_dwell: &[f64],
 ) -> (Vec<f64>, Vec<f64>) {
+    let (absorb, expected, _) = solve_absorbing_counted(n, p, finals, mean_dwell);
+    (absorb, expected)
+}
+
+/// `solve_absorbing`, also returning the steps it took: n x n to read the rows, and m x m x
+/// (m + finals) to eliminate each component of m states.
+pub fn solve_absorbing_counted(
+    n: usize,
+    p: &[f64],
+    finals: &[StateId],
+    mean_dwell: &[f64],
+) -> (Vec<f64>, Vec<f64>, f64) {
+    let mut work = (n * n) as f64;
     let k = finals.len();
     let mut final_col = vec![usize::MAX; n];
     for (i, &f) in finals.iter().enumerate() {
@@ -767,6 +803,7 @@ pub fn solve_absorbing(
             }
             a[i * w + m + k] += mean_dwell[s];
         }
+        work += (m * m * w) as f64;
         gauss(&mut a, m, w);
         for (i, &s) in comp.iter().enumerate() {
             for fi in 0..k {
@@ -775,7 +812,7 @@ pub fn solve_absorbing(
             expected[s] = a[i * w + m + k].max(0.0);
         }
     }
-    (absorb, expected)
+    (absorb, expected, work)
 }
 
 /// Gaussian elimination with partial pivoting on an m x w augmented matrix, in place.

@@ -51,8 +51,21 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
     decode_projected(bytes, &Projection::everything())
 }
 
+/// The UTF-8 byte order mark some Windows tools write at the start of a file or line.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// The bytes without a leading byte order mark (and the whitespace after it). A mark anywhere
+/// else is not skipped: it is not JSON.
+pub fn strip_bom(bytes: &[u8]) -> &[u8] {
+    match bytes.strip_prefix(BOM) {
+        Some(rest) => rest.trim_ascii_start(),
+        None => bytes,
+    }
+}
+
 /// Decodes a message keeping only the fields in `projection` (see `projection.rs`).
 pub fn decode_projected(bytes: &[u8], projection: &Projection) -> Result<Message, DecodeError> {
+    let bytes = strip_bom(bytes);
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(DecodeError::TooLarge(bytes.len()));
     }
@@ -135,6 +148,11 @@ mod tests {
             decode(br#"{"timestamp": "soon"}"#),
             Err(DecodeError::BadTimestamp(_))
         ));
+        assert!(matches!(
+            decode(b"{}\xEF\xBB\xBF"),
+            Err(DecodeError::NotJson(_))
+        ));
+        assert!(decode(b"\xEF\xBB\xBF {}").is_ok());
         assert!(matches!(
             decode(&vec![b' '; MAX_MESSAGE_BYTES + 1]),
             Err(DecodeError::TooLarge(_))

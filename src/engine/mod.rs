@@ -45,6 +45,10 @@ pub struct Stats {
     /// Messages a rule matched but whose key fields were missing or not a string or number
     /// (in every flow that matched them).
     pub missing_key: u64,
+    /// Messages whose key was longer than `Limits::max_key_bytes` in every flow that matched
+    /// them: counted in `malformed` too (this is its reason), not in `messages`.
+    #[serde(default)]
+    pub key_too_long: u64,
     /// Messages older than one already seen; processed at the current time (their own time
     /// still measures how long the object dwelt).
     pub late: u64,
@@ -140,43 +144,92 @@ pub(crate) enum TimerKind {
 
 type Timer = Reverse<(i64, u64, TimerKind, u32, ObjectKey)>;
 
-/// A bounded memory of recently finished objects, to recognise late messages about them.
+/// Limits on what one message or the engine's memories may take, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A key longer than this makes its message malformed (`Stats::key_too_long`): every
+    /// object in flight, finished key and timer holds a copy.
+    pub max_key_bytes: usize,
+    /// The memory of recently finished objects (to recognise late messages about them), all
+    /// flows together, shared evenly.
+    pub finished_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_key_bytes: 1024,
+            finished_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A bounded memory of recently finished objects, to recognise late messages about them;
+/// the oldest are forgotten first when their keys take more than `capacity` bytes.
 #[derive(Debug)]
 struct Finished {
     order: VecDeque<ObjectKey>,
     set: HashSet<ObjectKey>,
+    /// Bytes the keys take (`Finished::cost`), and the most they may.
+    bytes: usize,
     capacity: usize,
 }
-
-/// How many finished objects all flows together remember (about 50 MB), shared evenly, and at
-/// least `FINISHED_MIN` per flow: a thousand busy flows must not each keep their own 65k.
-const FINISHED_BUDGET: usize = 1 << 20;
-const FINISHED_MIN: usize = 1024;
-const FINISHED_MAX: usize = 65_536;
 
 impl Finished {
     fn with_capacity(capacity: usize) -> Finished {
         Finished {
             order: VecDeque::new(),
             set: HashSet::default(),
+            bytes: 0,
             capacity,
         }
     }
 
+    /// What remembering one key costs: it is held twice (the queue and the set), each copy
+    /// with its text, and the set's slot and control byte.
+    fn cost(k: &ObjectKey) -> usize {
+        let text = match k {
+            ObjectKey::Text(t) => t.len(),
+            ObjectKey::Uuid(_) => 0,
+        };
+        2 * (std::mem::size_of::<ObjectKey>() + text) + 8
+    }
+
     fn insert(&mut self, k: ObjectKey) {
         if self.set.insert(k.clone()) {
+            self.bytes += Finished::cost(&k);
             self.order.push_back(k);
-            while self.order.len() > self.capacity {
-                if let Some(old) = self.order.pop_front() {
-                    self.set.remove(&old);
-                }
-            }
+            self.shrink_to_budget();
+        }
+    }
+
+    /// Forgets the oldest keys until the rest fit the budget.
+    fn shrink_to_budget(&mut self) {
+        while self.bytes > self.capacity {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            self.bytes -= Finished::cost(&old);
+            self.set.remove(&old);
+        }
+        // A burst of long keys must not leave its peak allocated.
+        if self.order.capacity() > 64 && self.order.len() < self.order.capacity() / 4 {
+            self.order.shrink_to(self.order.len() * 2);
+            self.set.shrink_to(self.order.len() * 2);
         }
     }
 }
 
-fn finished_capacity(flows: usize) -> usize {
-    (FINISHED_BUDGET / flows.max(1)).clamp(FINISHED_MIN, FINISHED_MAX)
+/// Each flow's share of the finished-keys budget.
+fn finished_capacity(limits: &Limits, flows: usize) -> usize {
+    limits.finished_bytes / flows.max(1)
+}
+
+/// The key of a message in one flow, if it has a usable one.
+enum KeyOf {
+    Key(ObjectKey),
+    Missing,
+    TooLong,
 }
 
 /// One flow at run time: its definition, its learned model, its objects and timers.
@@ -194,9 +247,6 @@ pub struct FlowRuntime {
     /// Rules to try per exact event type (in file order), and for any other event type.
     rules_by_event: HashMap<Box<str>, Vec<u16>>,
     generic_rules: Vec<u16>,
-    /// Per state, cached for the solution version: elapsed ms at which the risk crosses.
-    alert_after: Vec<Option<f64>>,
-    alert_after_version: u64,
     next_sweep_ms: i64,
 }
 
@@ -215,19 +265,16 @@ impl FlowRuntime {
             list.extend(generic.iter().copied());
             list.sort_unstable();
         }
-        let n = flow.states.len();
         FlowRuntime {
             model: FlowModel::new(&flow),
             flow,
             objects: IndexMap::default(),
             alert_log: HashMap::default(),
-            finished: Finished::with_capacity(FINISHED_MAX),
+            finished: Finished::with_capacity(Limits::default().finished_bytes),
             timers: BinaryHeap::new(),
             timer_seq: 0,
             rules_by_event: by_event,
             generic_rules: generic,
-            alert_after: vec![None; n],
-            alert_after_version: 0,
             next_sweep_ms: 0,
         }
     }
@@ -253,11 +300,23 @@ impl FlowRuntime {
             .map(|r| r.target)
     }
 
-    fn key_of(&self, msg: &Message) -> Option<ObjectKey> {
-        self.flow
-            .keys
-            .iter()
-            .find_map(|p| p.get(&msg.value).and_then(ObjectKey::from_value))
+    fn key_of(&self, msg: &Message, max_bytes: usize) -> KeyOf {
+        let Some(v) = self.flow.keys.iter().find_map(|p| {
+            p.get(&msg.value)
+                .filter(|v| v.is_string() || v.is_number())
+                .filter(|v| v.as_str() != Some(""))
+        }) else {
+            return KeyOf::Missing;
+        };
+        // Measured before the key is copied: a huge key is refused without allocating it.
+        if v.as_str().is_some_and(|s| s.len() > max_bytes) {
+            return KeyOf::TooLong;
+        }
+        match ObjectKey::from_value(v) {
+            Some(ObjectKey::Text(t)) if t.len() > max_bytes => KeyOf::TooLong,
+            Some(k) => KeyOf::Key(k),
+            None => KeyOf::Missing,
+        }
     }
 }
 
@@ -338,6 +397,7 @@ pub struct Engine {
     background_fit: bool,
     /// Message times after this are not believed (`set_horizon`).
     horizon_ms: Option<i64>,
+    limits: Limits,
 }
 
 impl Engine {
@@ -359,15 +419,27 @@ impl Engine {
             trace: false,
             next_due_ms: i64::MIN,
             horizon_ms: None,
+            limits: Limits::default(),
         };
         e.build_index();
         e
     }
 
+    /// Sets the engine's limits (they stay across reloads).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+        self.build_index();
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     pub(crate) fn build_index(&mut self) {
-        let cap = finished_capacity(self.flows.len());
+        let cap = finished_capacity(&self.limits, self.flows.len());
         for f in &mut self.flows {
             f.finished.capacity = cap;
+            f.finished.shrink_to_budget();
         }
         let mut by_event: HashMap<Box<str>, Vec<u32>> = HashMap::default();
         let mut generic = Vec::new();
@@ -474,14 +546,22 @@ impl Engine {
             .clone();
         let mut matched = 0;
         let mut keyless = false;
+        let mut too_long = false;
         for &fi in candidates.iter() {
             let fi = fi as usize;
             let Some(target) = self.flows[fi].classify(msg) else {
                 continue;
             };
-            let Some(key) = self.flows[fi].key_of(msg) else {
-                keyless = true;
-                continue;
+            let key = match self.flows[fi].key_of(msg, self.limits.max_key_bytes) {
+                KeyOf::Key(k) => k,
+                KeyOf::Missing => {
+                    keyless = true;
+                    continue;
+                }
+                KeyOf::TooLong => {
+                    too_long = true;
+                    continue;
+                }
             };
             matched += 1;
             let trig = Trigger::Message {
@@ -492,6 +572,20 @@ impl Engine {
             self.apply(fi, key, target, now, trig, out);
         }
         match matched {
+            0 if too_long => {
+                // Bad input, not a message: counted where the caller counts undecodable ones.
+                self.stats.messages -= 1;
+                self.stats.malformed += 1;
+                self.stats.key_too_long += 1;
+                let n = self.stats.key_too_long;
+                if n <= 10 || n % 1000 == 0 {
+                    tracing::warn!(
+                        key_too_long = n,
+                        limit = self.limits.max_key_bytes,
+                        "Skipped a message whose key is longer than the limit."
+                    );
+                }
+            }
             0 if keyless => self.stats.missing_key += 1,
             0 => self.stats.unmatched += 1,
             1 => self.stats.matched += 1,
@@ -555,6 +649,18 @@ impl Engine {
         rt.timer_seq += 1;
         rt.timers
             .push(Reverse((at, rt.timer_seq, kind, generation, key)));
+        // Timers of objects that moved on stay in the heap until due, each with a copy of its
+        // key: compact when they could outnumber the live ones (at most two per object), so
+        // the heap stays within a few times what is in flight, at O(1) amortised per push.
+        if rt.timers.len() > 4 * rt.objects.len() + 64 {
+            let objects = &rt.objects;
+            rt.timers.retain(|Reverse((_, _, _, gen, key))| {
+                objects.get(key).is_some_and(|o| o.generation == *gen)
+            });
+            if rt.timers.capacity() > 4 * rt.timers.len() + 64 {
+                rt.timers.shrink_to(2 * rt.timers.len() + 64);
+            }
+        }
         self.next_due_ms = self.next_due_ms.min(at);
     }
 
@@ -930,7 +1036,7 @@ impl Engine {
             return;
         }
         // Not alerting: if waiting longer will raise the risk over a threshold, look again then.
-        if let Some(after) = self.alert_after(fi, obj.state) {
+        if let Some(after) = self.alert_after(fi, &obj, elapsed) {
             let at = obj.entered_ms + after.ceil() as i64;
             let rt = &mut self.flows[fi];
             let timeout_at =
@@ -941,52 +1047,43 @@ impl Engine {
         }
     }
 
-    /// The time in `state` after which an object's first-order risk crosses a threshold,
-    /// searched on the dwell histogram's bucket boundaries; cached per model version.
-    fn alert_after(&mut self, fi: usize, state: StateId) -> Option<f64> {
-        let rt = &mut self.flows[fi];
-        let version = rt.model.cached().map(|s| s.version).unwrap_or(0);
-        if version != rt.alert_after_version {
-            rt.alert_after.iter_mut().for_each(|x| *x = None);
-            rt.alert_after_version = version;
-        }
-        if let Some(v) = rt.alert_after[state as usize] {
-            return v.is_finite().then_some(v);
-        }
+    /// The first time in its state after `elapsed` ms at which this object's risk (with its own
+    /// past: history, dwell, calendar and feature contexts, as `evaluate` judges it) crosses a
+    /// threshold, searched on the dwell histogram's bucket boundaries. Per object, not per
+    /// state: the first-order risk may cross earlier, later or never, and a look scheduled from
+    /// it would come at the wrong time. The search stops where the state's dwell data ends
+    /// (beyond it the risk no longer changes) or at its timeout.
+    fn alert_after(&mut self, fi: usize, obj: &ObjectState, elapsed: f64) -> Option<f64> {
+        let rt = &self.flows[fi];
+        let state = obj.state;
         // Without dwell data the risk does not change with time: what entry said stands.
         if !rt.model.time_matters(state) {
-            rt.alert_after[state as usize] = Some(f64::INFINITY);
             return None;
         }
         let sol = rt.model.cached()?;
         let limit = rt.flow.timeouts[state as usize]
             .map(|(ms, _)| ms as f64)
-            .unwrap_or(f64::MAX);
-        let mut found = f64::INFINITY;
+            .unwrap_or(f64::MAX)
+            .min(rt.model.dwell_horizon(state));
         for e in dwell::DwellHist::boundaries() {
-            if e >= limit {
+            if e <= elapsed {
+                continue;
+            }
+            if e > limit {
                 break;
             }
-            rt.model.predict(
-                sol,
-                markov::Past::NONE,
-                state,
-                e,
-                &mut self.scratch,
-                &mut self.risk,
-            );
+            rt.model
+                .predict(sol, obj.past(), state, e, &mut self.scratch, &mut self.risk);
             let crosses = sol.finals.iter().zip(self.risk.iter()).any(|(s, r)| {
                 rt.flow.state(*s).kind == Kind::Artifact
                     && *r > 0.0
                     && *r >= rt.flow.alerts[*s as usize].threshold
             });
             if crosses {
-                found = e;
-                break;
+                return Some(e);
             }
         }
-        rt.alert_after[state as usize] = Some(found);
-        found.is_finite().then_some(found)
+        None
     }
 
     /// The prediction for one object of one flow, for the API and tests.
@@ -1142,16 +1239,25 @@ pub fn round6(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn finished_objects_share_one_budget() {
-        assert_eq!(super::finished_capacity(1), 65_536);
-        assert_eq!(super::finished_capacity(100), 10_485);
-        assert_eq!(super::finished_capacity(10_000), 1024);
-        let mut f = super::Finished::with_capacity(2);
+    fn finished_objects_share_one_budget_in_bytes() {
+        let limits = super::Limits::default();
+        assert_eq!(super::finished_capacity(&limits, 1), 64 << 20);
+        assert_eq!(super::finished_capacity(&limits, 4), 16 << 20);
+        let key = super::key::ObjectKey::parse;
+        let one = super::Finished::cost(&key("a"));
+        assert_eq!(one, 2 * (24 + 1) + 8);
+        let mut f = super::Finished::with_capacity(2 * one);
         for k in ["a", "b", "c"] {
-            f.insert(super::key::ObjectKey::parse(k));
+            f.insert(key(k));
         }
-        assert!(!f.set.contains(&super::key::ObjectKey::parse("a")));
+        assert!(!f.set.contains(&key("a")));
         assert_eq!(f.order.len(), 2);
+        assert_eq!(f.bytes, 2 * one);
+        // A long key pushes out as many short ones as it takes: here both.
+        f.capacity = 2 * one + 60;
+        f.insert(key(&"x".repeat(40)));
+        assert_eq!(f.order.len(), 1, "{f:?}");
+        assert!(f.bytes <= f.capacity);
     }
 
     #[test]

@@ -228,6 +228,7 @@ impl Engine {
             let capacity = rt.finished.capacity;
             rt.finished = std::mem::replace(&mut prev.finished, super::Finished::with_capacity(0));
             rt.finished.capacity = capacity;
+            rt.finished.shrink_to_budget();
             for (key, mut o) in prev.objects.drain(..) {
                 let Some(state) = map[o.state as usize] else {
                     report.objects_dropped += 1;

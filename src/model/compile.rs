@@ -149,6 +149,24 @@ fn check_bytes(bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The most states one flow may have (F018). The model keeps n x n counts (about 40 bytes
+/// per pair: 40 MB at the limit) and a solve reads them all, so the limit bounds a flow's
+/// memory and, with `markov::SOLVE_WORK_PER_CALL`, its cost per message.
+pub const MAX_STATES: usize = 1000;
+
+/// `12345` as `12,345`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 struct FlowCompiler<'a> {
     src: &'a SourceFile,
     diags: Vec<Diagnostic>,
@@ -201,6 +219,23 @@ impl FlowCompiler<'_> {
                 });
                 state_spans.push(d.name.span);
             }
+        }
+        if states.len() > MAX_STATES {
+            self.err(
+                Code::TooManyStates,
+                state_spans[MAX_STATES],
+                format!(
+                    "flow `{}` has {} states; the limit is {}",
+                    flow.name.name,
+                    thousands(states.len()),
+                    thousands(MAX_STATES)
+                ),
+            )
+            .help = Some(
+                "the model keeps n x n counts per flow and re-solves them as it learns: \
+                 split the flow, or merge states that are never told apart"
+                    .into(),
+            );
         }
         if !states.iter().any(|s| s.kind == Kind::Initial) {
             self.err(

@@ -24,6 +24,36 @@ pub struct Config {
     pub batch_size: usize,
     /// Watch the models directory and reload on change (SIGHUP always reloads).
     pub watch: bool,
+    pub limits: Limits,
+}
+
+/// Memory limits, in bytes (`engine::Limits`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// A message whose key is longer is malformed (`key_too_long`).
+    pub max_key_bytes: usize,
+    /// Remembering finished objects (to recognise late messages), all flows together.
+    pub finished_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        let d = crate::engine::Limits::default();
+        Limits {
+            max_key_bytes: d.max_key_bytes,
+            finished_bytes: d.finished_bytes,
+        }
+    }
+}
+
+impl Limits {
+    pub fn engine(&self) -> crate::engine::Limits {
+        crate::engine::Limits {
+            max_key_bytes: self.max_key_bytes,
+            finished_bytes: self.finished_bytes,
+        }
+    }
 }
 
 impl Default for Config {
@@ -39,6 +69,7 @@ impl Default for Config {
             clock: Clock::default(),
             batch_size: 1024,
             watch: true,
+            limits: Limits::default(),
         }
     }
 }
@@ -302,6 +333,17 @@ mod tests {
         assert_eq!(c.models, PathBuf::from("models"));
         assert_eq!(c.sinks, vec![Sink::Stdout {}]);
         assert!(matches!(c.source, Source::File { .. }));
+    }
+
+    #[test]
+    fn limits_are_in_bytes_and_default_to_the_engine_s() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.limits.engine(), crate::engine::Limits::default());
+        let c =
+            Config::parse("limits: { max_key_bytes: 4096, finished_bytes: 1000000 }\n").unwrap();
+        assert_eq!(c.limits.max_key_bytes, 4096);
+        assert_eq!(c.limits.finished_bytes, 1_000_000);
+        assert!(Config::parse("limits: { max_keys: 1 }\n").is_err());
     }
 
     #[test]

@@ -89,6 +89,11 @@ impl Metrics {
                 s.future,
             ),
             (
+                "flowcast_messages_key_too_long_total",
+                "Malformed messages whose key was longer than limits.max_key_bytes.",
+                s.key_too_long,
+            ),
+            (
                 "flowcast_messages_after_end_total",
                 "Messages about objects that had finished.",
                 s.after_end,

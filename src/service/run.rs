@@ -64,6 +64,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let mut engine = Engine::new(Vec::new());
     // A feature model's refit (about 150 ms at most once a minute) must not pause the intake.
     engine.set_feature_background(true);
+    engine.set_limits(config.limits.engine());
     engine.reload(flows);
     metrics.reload_success.store(1, Relaxed);
     metrics.reloads_ok.fetch_add(1, Relaxed);
