@@ -316,6 +316,10 @@ pub struct Engine {
     pub trace: bool,
     /// Feature models refit on threads of their own (`set_feature_background`).
     background_fit: bool,
+    /// Flows a reload or restore did not find, kept by name for `retire_grace_ms` of engine
+    /// time so that a flow that comes back gets its counts and objects back (`snapshot.rs`).
+    retired: BTreeMap<String, snapshot::Retired>,
+    pub retire_grace_ms: i64,
 }
 
 impl Engine {
@@ -336,6 +340,8 @@ impl Engine {
             background_fit: false,
             trace: false,
             next_due_ms: i64::MIN,
+            retired: BTreeMap::new(),
+            retire_grace_ms: snapshot::RETIRE_GRACE_MS,
         };
         e.build_index();
         e
