@@ -340,3 +340,77 @@ fn editor_lock_files_and_hidden_folders_are_not_loaded() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_snapshot_restored_under_another_flow_set_keeps_the_missing_flow_for_its_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let (models, state) = (dir.path().join("models"), dir.path().join("state"));
+    std::fs::create_dir(&models).unwrap();
+    std::fs::write(models.join("a.flow"), simple_flow("a")).unwrap();
+    std::fs::write(models.join("b.flow"), simple_flow("b")).unwrap();
+    let input = dir.path().join("in.jsonl");
+    let mut text = String::new();
+    for i in 0..10 {
+        for e in ["b.start", "b.end"] {
+            text += &format!(
+                "{}\n",
+                serde_json::json!({"event_type": e, "payload": {"id": i}})
+            );
+        }
+    }
+    for i in 0..3 {
+        text += &format!(
+            "{}\n",
+            serde_json::json!({"event_type": "b.start", "payload": {"id": format!("open{i}")}})
+        );
+    }
+    std::fs::write(&input, text).unwrap();
+    // The service over a file: it stops at the end and leaves its snapshot.
+    let run = |input: &Path| {
+        let out = run_ok(
+            flowcast()
+                .env("RUST_LOG", "info")
+                .args(["run", "--http", "", "--models"])
+                .arg(&models)
+                .arg("--state-dir")
+                .arg(&state)
+                .arg("--input")
+                .arg(input),
+        );
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    run(&input);
+
+    // Restarted without flow b: b is set aside (and says so), not silently lost.
+    std::fs::remove_file(models.join("b.flow")).unwrap();
+    let log = run(Path::new("/dev/null"));
+    let restored = log
+        .lines()
+        .find(|l| l.contains("Restored the snapshot"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        restored.contains("retired=3") && restored.contains("flows_removed=[\"b\"]"),
+        "{restored}"
+    );
+    assert!(restored.contains("dropped=0"), "{restored}");
+
+    // Restarted with b again (within its grace): its counts and objects are back.
+    std::fs::write(models.join("b.flow"), simple_flow("b")).unwrap();
+    let log = run(Path::new("/dev/null"));
+    let restored = log
+        .lines()
+        .find(|l| l.contains("Restored the snapshot"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(restored.contains("objects=3"), "{restored}");
+    let out = run_ok(
+        flowcast()
+            .args(["model", "--format", "json", "--state-dir"])
+            .arg(&state)
+            .arg(models.join("b.flow")),
+    );
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        table["observed_total"].as_f64().unwrap() > 9.9,
+        "b kept what it learned: {table}"
+    );
+}
