@@ -414,3 +414,28 @@ fn a_snapshot_restored_under_another_flow_set_keeps_the_missing_flow_for_its_gra
         "b kept what it learned: {table}"
     );
 }
+
+#[test]
+fn a_models_link_swapped_to_another_directory_is_followed() {
+    let nats = NatsServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v2) = (dir.path().join("v1"), dir.path().join("v2"));
+    std::fs::create_dir(&v1).unwrap();
+    std::fs::create_dir(&v2).unwrap();
+    std::fs::write(v1.join("a.flow"), simple_flow("a")).unwrap();
+    std::fs::write(v2.join("b.flow"), simple_flow("b")).unwrap();
+    let models = dir.path().join("models");
+    std::os::unix::fs::symlink("v1", &models).unwrap();
+    let svc = Service::start(dir.path(), &service_config(&models, &nats, ""));
+    assert_eq!(names(&svc), ["a"]);
+
+    // Swapped atomically, as deployment tools do: a new link renamed over the old one.
+    let tmp = dir.path().join("models.tmp");
+    std::os::unix::fs::symlink("v2", &tmp).unwrap();
+    std::fs::rename(&tmp, &models).unwrap();
+    svc.wait_until("the swapped directory's flows", || names(&svc) == ["b"]);
+    // Edits in the directory the link now points to reload too.
+    std::fs::write(v2.join("c.flow"), simple_flow("c")).unwrap();
+    svc.wait_until("an edit behind the new link", || names(&svc) == ["b", "c"]);
+    svc.stop();
+}
