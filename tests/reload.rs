@@ -186,35 +186,41 @@ fn posts_about(am: &Capture, object: &str) -> (usize, Vec<serde_json::Value>) {
     (firing, ended)
 }
 
-#[test]
-fn alerts_whose_state_or_flow_disappears_are_resolved_in_every_sink() {
-    let nats = NatsServer::start(false);
-    let dir = tempfile::tempdir().unwrap();
-    let am = Capture::start(0);
-    let models = dir.path().join("models");
+/// The service with flow `c` (from `alerting_flow`) in `models`, its records on stdout and
+/// alerts at the Alertmanager stand-in `am`.
+fn alerting_service(dir: &Path, nats: &NatsServer, am: &Capture, extra: &str) -> Service {
+    let models = dir.join("models");
     std::fs::create_dir(&models).unwrap();
-    let file = models.join("c.flow");
-    std::fs::write(&file, alerting_flow("c", "s")).unwrap();
-    let svc = Service::start(
-        dir.path(),
+    std::fs::write(models.join("c.flow"), alerting_flow("c", "s")).unwrap();
+    Service::start(
+        dir,
         &service_config(
             &models,
-            &nats,
+            nats,
             &format!(
-                "reload_grace_ms: 1s\nsinks:\n  - kind: stdout\n  - kind: alertmanager\n    url: {}\n",
+                "{extra}\nsinks:\n  - kind: stdout\n  - kind: alertmanager\n    url: {}\n",
                 am.url()
             ),
         ),
-    );
-    let resolved = |object: &str, reason: &str| {
-        svc.records()
-            .iter()
-            .any(|r| r["type"] == "resolved" && r["object"] == object && r["reason"] == reason)
-    };
+    )
+}
 
-    // The state an alert is about is renamed: the alert ends at once.
+fn resolved(svc: &Service, object: &str, reason: &str) -> bool {
+    svc.records()
+        .iter()
+        .any(|r| r["type"] == "resolved" && r["object"] == object && r["reason"] == reason)
+}
+
+#[test]
+fn an_alert_whose_state_is_renamed_is_resolved_in_every_sink() {
+    let nats = NatsServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let am = Capture::start(0);
+    let svc = alerting_service(dir.path(), &nats, &am, "");
     send(&nats, dir.path(), &[("c.s", "x1".to_string())]);
     svc.wait_until("x1's alert", || posts_about(&am, "x1").0 > 0);
+    // The state the alert is about is renamed: the alert ends at once.
+    let file = dir.path().join("models").join("c.flow");
     std::fs::write(&file, alerting_flow("c", "s2")).unwrap();
     svc.wait_until("x1's resolution at Alertmanager", || {
         !posts_about(&am, "x1").1.is_empty()
@@ -222,19 +228,29 @@ fn alerts_whose_state_or_flow_disappears_are_resolved_in_every_sink() {
     let ended = &posts_about(&am, "x1").1[0];
     assert_eq!(ended["labels"]["flow"], "c");
     assert_eq!(ended["labels"]["state"], "s");
-    assert!(resolved("x1", "state_removed"), "{:?}", svc.records());
+    assert!(resolved(&svc, "x1", "state_removed"), "{:?}", svc.records());
+    let log = svc.log();
+    assert!(log.contains("objects_dropped=1"), "{log}");
+    svc.stop();
+}
 
-    // The flow is renamed: once its grace is over the alert ends, and the log counts it.
+#[test]
+fn an_alert_whose_flow_is_renamed_is_resolved_when_its_grace_ends() {
+    let nats = NatsServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let am = Capture::start(0);
+    let svc = alerting_service(dir.path(), &nats, &am, "reload_grace_ms: 1s");
     send(&nats, dir.path(), &[("c.t", "x2".to_string())]);
     svc.wait_until("x2's alert", || posts_about(&am, "x2").0 > 0);
-    std::fs::write(&file, alerting_flow("d", "s2")).unwrap();
+    let file = dir.path().join("models").join("c.flow");
+    std::fs::write(&file, alerting_flow("d", "s")).unwrap();
     svc.wait_until("the renamed flow", || names(&svc) == ["d"]);
     svc.wait_until("x2's resolution at Alertmanager", || {
         !posts_about(&am, "x2").1.is_empty()
     });
     let ended = &posts_about(&am, "x2").1[0];
     assert_eq!(ended["labels"]["flow"], "c");
-    assert!(resolved("x2", "flow_removed"), "{:?}", svc.records());
+    assert!(resolved(&svc, "x2", "flow_removed"), "{:?}", svc.records());
     let log = svc.log();
     assert!(
         log.contains("removed=[\"c\"]") && log.contains("objects_retired=1"),
