@@ -408,3 +408,95 @@ impl Engine {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::output::Record;
+    use super::super::{message, Engine};
+
+    fn flows(names: &[&str]) -> Vec<crate::model::CompiledFlow> {
+        let src: String = names
+            .iter()
+            .map(|n| {
+                format!(
+                    "flow {n} {{ key payload.id initial s terminal ok artifact boom \
+                     on \"{n}.s\" -> s on \"{n}.ok\" -> ok \
+                     transitions {{ s -> ok 1 s -> boom 9 }} alert {{ threshold 0.5 }} }}\n"
+                )
+            })
+            .collect();
+        let c = crate::model::compile_files([("t.flow".to_string(), src.into_bytes())]);
+        assert!(!c.has_errors(), "{}", c.render());
+        c.flows
+    }
+
+    fn send(e: &mut Engine, event: &str, id: &str, t_ms: i64) -> Vec<Record> {
+        let v = serde_json::json!({"event_type": event, "timestamp": t_ms as f64 / 1000.0,
+            "payload": {"id": id}});
+        let mut out = Vec::new();
+        e.observe(&message::from_value(v).unwrap(), &mut out);
+        out
+    }
+
+    fn observed(e: &Engine, flow: &str) -> f64 {
+        e.flows[e.flow_index(flow).unwrap()].model.total_observed()
+    }
+
+    #[test]
+    fn a_missing_flow_comes_back_within_its_grace_and_is_dropped_with_its_alerts_after() {
+        let mut e = Engine::new(flows(&["a", "b"]));
+        e.retire_grace_ms = 60_000;
+        let t0 = 1_700_000_000_000;
+        for i in 0..5 {
+            send(&mut e, "b.s", &format!("k{i}"), t0 + i);
+            send(&mut e, "b.ok", &format!("k{i}"), t0 + 10 + i);
+        }
+        let fired = send(&mut e, "b.s", "open", t0 + 100);
+        assert!(fired.iter().any(|r| matches!(r, Record::Alert(_))));
+        let learned = observed(&e, "b");
+        assert!(learned > 4.9, "{learned}");
+
+        // Gone for one reload, back in the next: everything returns, nothing is resolved.
+        let r = e.reload(flows(&["a"]));
+        assert_eq!(
+            (r.flows_removed.clone(), r.objects_retired),
+            (vec!["b".into()], 1)
+        );
+        assert_eq!(r.objects_dropped, 0);
+        assert!(r.records.is_empty());
+        let mut out = Vec::new();
+        e.advance(t0 + 59_000, &mut out);
+        assert!(
+            e.expire_retired().flows_dropped.is_empty(),
+            "still in its grace"
+        );
+        let r = e.reload(flows(&["a", "b"]));
+        assert_eq!(
+            (r.flows_returned.clone(), r.objects_kept),
+            (vec!["b".into()], 1)
+        );
+        assert_eq!(observed(&e, "b"), learned);
+        assert!(e.retired_flows().is_empty());
+
+        // A snapshot holds a retired flow; once its grace is over it is dropped, its alert ended.
+        let r = e.reload(flows(&["a"]));
+        assert!(r.records.is_empty());
+        let snap = e.snapshot();
+        assert!(snap.flows["b"].retired_ms.is_some());
+        let mut restored = Engine::new(flows(&["a"]));
+        restored.retire_grace_ms = 60_000;
+        let r = restored.restore(&snap);
+        assert_eq!((r.flows_removed, r.objects_retired), (vec!["b".into()], 1));
+        for engine in [&mut e, &mut restored] {
+            engine.advance(t0 + 59_000 + 60_000, &mut out);
+            let gone = engine.expire_retired();
+            assert_eq!(
+                (gone.flows_dropped, gone.objects_dropped),
+                (vec!["b".into()], 1)
+            );
+            assert!(matches!(&gone.records[..],
+                [Record::Resolved(r)] if r.reason == "flow_removed" && r.object == "open" && r.state == "s"));
+            assert!(engine.retired_flows().is_empty());
+        }
+    }
+}
