@@ -1,9 +1,13 @@
 //! `flowcast model`: the FIG. 10 and FIG. 11 tables of each flow, from the a priori counts and
-//! (with `--state-dir`) what a replay or the service has learned.
+//! (with `--state-dir`) what a replay or the service has learned: the service's `snapshot.json`
+//! when there is one (it is the newer), else replay's `learned.json`.
 
 use super::{load_flows, ExitCode};
+use crate::engine::snapshot::EngineSnapshot;
 use crate::engine::{table, Engine};
+use crate::service::run::SNAPSHOT_FILE;
 use crate::service::state_dir;
+use anyhow::Context;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -32,8 +36,39 @@ pub fn run(args: ModelArgs) -> anyhow::Result<ExitCode> {
     };
     let mut engine = Engine::new(flows);
     if let Some(dir) = &args.state_dir {
-        if let Some(learned) = state_dir::load_learned(dir)? {
-            engine.import_learned(&learned);
+        if let Err(e) = std::fs::read_dir(dir) {
+            eprintln!("error: {}: {e}", dir.display());
+            return Ok(ExitCode::Usage);
+        }
+        let snap_path = dir.join(SNAPSHOT_FILE);
+        let learned = match std::fs::read(&snap_path) {
+            Ok(bytes) => {
+                let snap: EngineSnapshot = serde_json::from_slice(&bytes).with_context(|| {
+                    format!("{} is not a flowcast snapshot", snap_path.display())
+                })?;
+                Some((
+                    snap_path,
+                    snap.flows
+                        .into_iter()
+                        .map(|(n, f)| (n, f.learned))
+                        .collect(),
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                state_dir::load_learned(dir)?.map(|l| (state_dir::learned_path(dir), l))
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", snap_path.display())),
+        };
+        match learned {
+            Some((path, learned)) => {
+                let (n, _) = engine.import_learned(&learned);
+                eprintln!("learned counts of {n} flow(s) from {}", path.display());
+            }
+            None => eprintln!(
+                "warning: {} holds no {SNAPSHOT_FILE} or {}: showing the a priori counts only",
+                dir.display(),
+                state_dir::LEARNED_FILE
+            ),
         }
     }
     let mut first = true;

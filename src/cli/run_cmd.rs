@@ -48,6 +48,14 @@ fn config_of(args: &RunArgs) -> anyhow::Result<Config> {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Exit codes as every command: a file that cannot be read is an IO failure (2); a
+    // configuration or flow file with errors is input with errors (1).
+    if let Some(p) = &args.config {
+        if let Err(e) = std::fs::metadata(p) {
+            eprintln!("error: {}: {e}", p.display());
+            return Ok(ExitCode::Usage);
+        }
+    }
     let config = match config_of(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -60,7 +68,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("error: {e}");
-                return Ok(ExitCode::InputErrors);
+                return Ok(ExitCode::Usage);
             }
         };
         if comp.has_errors() {
@@ -77,7 +85,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         // The handlers are installed here, before anything starts: a SIGTERM that arrives
         // while the service is starting must still stop it cleanly (snapshot included).
         #[cfg(unix)]
@@ -97,8 +105,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let _ = tokio::signal::ctrl_c().await;
         };
         crate::service::run::run(config, shutdown).await
-    })?;
-    Ok(ExitCode::Ok)
+    });
+    match result {
+        Ok(()) => Ok(ExitCode::Ok),
+        Err(e)
+            if e.downcast_ref::<crate::service::run::FlowErrors>()
+                .is_some() =>
+        {
+            eprintln!("error: {e:#}");
+            Ok(ExitCode::InputErrors)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 #[derive(Debug, clap::Args)]

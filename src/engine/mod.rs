@@ -398,6 +398,10 @@ pub struct Engine {
     /// Message times after this are not believed (`set_horizon`).
     horizon_ms: Option<i64>,
     limits: Limits,
+    /// Flows a reload or restore did not find, kept by name for `retire_grace_ms` of engine
+    /// time so that a flow that comes back gets its counts and objects back (`snapshot.rs`).
+    retired: BTreeMap<String, snapshot::Retired>,
+    pub retire_grace_ms: i64,
 }
 
 impl Engine {
@@ -420,6 +424,8 @@ impl Engine {
             next_due_ms: i64::MIN,
             horizon_ms: None,
             limits: Limits::default(),
+            retired: BTreeMap::new(),
+            retire_grace_ms: snapshot::RETIRE_GRACE_MS,
         };
         e.build_index();
         e

@@ -74,7 +74,8 @@ pub struct Resolved {
     pub object: String,
     /// The state the alert was about.
     pub state: String,
-    /// `risk_below_resolve`, `state_changed`, `completed`, `artifact`, `expired`, `flow_removed`.
+    /// `risk_below_resolve`, `state_changed`, `completed`, `artifact`, `expired`, `flow_removed`,
+    /// `state_removed` (the flow files no longer define the flow, or the state).
     pub reason: String,
     pub firing_ms: i64,
 }

@@ -2,9 +2,17 @@
 //! clock and the counters. Names rather than indices, so that a snapshot taken under one version
 //! of the flow files restores under the next: what still exists carries over, what was removed
 //! is dropped and counted. Hot reload uses the same mapping, without going through strings.
+//!
+//! A flow that a reload (or a restore) does not find is retired, not dropped: its counts and
+//! objects are kept by name for a grace period of engine time, so that a file saved in two
+//! writes or a rename undone gets them back. When the grace runs out they are dropped, and any
+//! alert still firing for them is resolved (`flow_removed`); an object whose state disappears is
+//! dropped at once and its alert resolved (`state_removed`), so that no sink keeps it firing.
 
 use super::key::ObjectKey;
 use super::markov::{self, LearnedCounts};
+use super::output::{Record, Resolved};
+use super::time::format_rfc3339;
 use super::{AlertLog, Engine, FlowRuntime, ObjectState, Stats, TimerKind};
 use crate::model::{CompiledFlow, StateId};
 use serde::{Deserialize, Serialize};
@@ -12,6 +20,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// How long (engine time) a flow missing from the files keeps its counts and objects.
+pub const RETIRE_GRACE_MS: i64 = 5 * 60_000;
+
+/// A flow that the last reload or restore did not find, and since when (engine time).
+#[derive(Debug, Clone)]
+pub(crate) struct Retired {
+    snap: FlowSnapshot,
+    since_ms: i64,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EngineSnapshot {
@@ -33,6 +51,10 @@ pub struct EngineSnapshot {
 pub struct FlowSnapshot {
     pub learned: LearnedCounts,
     pub objects: Vec<ObjectSnapshot>,
+    /// Set for a flow missing from the flow files but still in its grace period: when it was
+    /// retired (engine time). Such a flow is restored only if the files define it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,57 +91,85 @@ pub struct ObjectSnapshot {
 pub struct CarryReport {
     pub flows_kept: Vec<String>,
     pub flows_added: Vec<String>,
+    /// Flows missing from the files: retired, kept for the grace period.
     pub flows_removed: Vec<String>,
+    /// Flows defined again within their grace period: their counts and objects came back.
+    pub flows_returned: Vec<String>,
+    /// Retired flows whose grace ran out: dropped for good.
+    pub flows_dropped: Vec<String>,
     pub objects_kept: usize,
-    /// Objects whose current state no longer exists.
+    /// Objects of the flows just retired (kept, not tracked, until their flow returns).
+    pub objects_retired: usize,
+    /// Objects gone for good: their state no longer exists, or their flow's grace ran out.
     pub objects_dropped: usize,
     /// Learned transitions whose states no longer exist (or are no longer learned).
     pub transitions_dropped: usize,
+    /// Resolutions of the alerts of dropped objects, for the sinks.
+    #[serde(skip)]
+    pub records: Vec<Record>,
+}
+
+/// A flow's learned counts and objects, by name.
+fn flow_snapshot(rt: &FlowRuntime) -> FlowSnapshot {
+    let names: Vec<String> = rt.flow.states.iter().map(|s| s.name.clone()).collect();
+    let objects = rt
+        .objects
+        .iter()
+        .map(|(k, o)| {
+            let log = rt.alert_log.get(k);
+            ObjectSnapshot {
+                key: k.to_string(),
+                state: names[o.state as usize].clone(),
+                history: o
+                    .history_slice()
+                    .iter()
+                    .map(|s| names[*s as usize].clone())
+                    .collect(),
+                entered_ms: o.entered_ms,
+                entered_event_ms: (o.entered_event_ms != o.entered_ms)
+                    .then_some(o.entered_event_ms),
+                last_seen_ms: o.last_seen_ms,
+                alerting: o.alerting,
+                first_alert_ms: log.map(|l| l.first_ms),
+                alert_since_ms: log.map(|l| l.since_ms),
+                last_dwell: (o.last_dwell != markov::NO_DWELL).then_some(o.last_dwell),
+                prev_dwell: (o.prev_dwell != markov::NO_DWELL).then_some(o.prev_dwell),
+                first_seen_ms: Some(o.first_seen_ms),
+            }
+        })
+        .collect();
+    FlowSnapshot {
+        learned: rt.model.export(&names),
+        objects,
+        retired_ms: None,
+    }
+}
+
+/// The resolution of an alert whose object is dropped because its flow or state disappeared.
+fn resolution(flow: &str, o: &ObjectSnapshot, now: i64, reason: &str) -> Record {
+    Record::Resolved(Resolved {
+        at: format_rfc3339(now),
+        flow: flow.to_string(),
+        object: o.key.clone(),
+        state: o.state.clone(),
+        reason: reason.into(),
+        firing_ms: now - o.alert_since_ms.unwrap_or(now),
+    })
 }
 
 impl Engine {
     pub fn snapshot(&self) -> EngineSnapshot {
-        let flows = self
+        let mut flows: BTreeMap<String, FlowSnapshot> = self
             .flows
             .iter()
-            .map(|rt| {
-                let f = &rt.flow;
-                let names: Vec<String> = f.states.iter().map(|s| s.name.clone()).collect();
-                let objects = rt
-                    .objects
-                    .iter()
-                    .map(|(k, o)| {
-                        let log = rt.alert_log.get(k);
-                        ObjectSnapshot {
-                            key: k.to_string(),
-                            state: names[o.state as usize].clone(),
-                            history: o
-                                .history_slice()
-                                .iter()
-                                .map(|s| names[*s as usize].clone())
-                                .collect(),
-                            entered_ms: o.entered_ms,
-                            entered_event_ms: (o.entered_event_ms != o.entered_ms)
-                                .then_some(o.entered_event_ms),
-                            last_seen_ms: o.last_seen_ms,
-                            alerting: o.alerting,
-                            first_alert_ms: log.map(|l| l.first_ms),
-                            alert_since_ms: log.map(|l| l.since_ms),
-                            last_dwell: (o.last_dwell != markov::NO_DWELL).then_some(o.last_dwell),
-                            prev_dwell: (o.prev_dwell != markov::NO_DWELL).then_some(o.prev_dwell),
-                            first_seen_ms: Some(o.first_seen_ms),
-                        }
-                    })
-                    .collect();
-                (
-                    f.name.clone(),
-                    FlowSnapshot {
-                        learned: rt.model.export(&names),
-                        objects,
-                    },
-                )
-            })
+            .map(|rt| (rt.flow.name.clone(), flow_snapshot(rt)))
             .collect();
+        // Retired flows are saved too: a restart within their grace keeps them.
+        for (name, r) in &self.retired {
+            let mut fs = r.snap.clone();
+            fs.retired_ms = Some(r.since_ms);
+            flows.insert(name.clone(), fs);
+        }
         EngineSnapshot {
             version: SNAPSHOT_VERSION,
             clock_ms: self.clock_ms,
@@ -130,7 +180,8 @@ impl Engine {
         }
     }
 
-    /// Loads a snapshot into a fresh engine (same or newer flow files).
+    /// Loads a snapshot into a fresh engine (same or newer flow files). Flows of the snapshot
+    /// that the files no longer define are retired, as by a reload.
     pub fn restore(&mut self, snap: &EngineSnapshot) -> CarryReport {
         let mut report = CarryReport::default();
         self.clock_ms = self.clock_ms.max(snap.clock_ms);
@@ -138,60 +189,80 @@ impl Engine {
         for (name, fs) in &snap.flows {
             let Some(fi) = self.flow_index(name) else {
                 report.flows_removed.push(name.clone());
+                report.objects_retired += fs.objects.len();
+                let since_ms = fs.retired_ms.unwrap_or(self.clock_ms);
+                let mut snap = fs.clone();
+                snap.retired_ms = None;
+                self.retired
+                    .insert(name.clone(), Retired { snap, since_ms });
                 continue;
             };
             report.flows_kept.push(name.clone());
-            let flow = self.flows[fi].flow.clone();
-            report.transitions_dropped += self.flows[fi]
-                .model
-                .import(&fs.learned, |n| flow.state_id(n));
-            for o in &fs.objects {
-                let Some(state) = flow.state_id(&o.state) else {
-                    report.objects_dropped += 1;
-                    continue;
-                };
-                let mut history = [markov::NONE; 3];
-                let hist: Vec<StateId> =
-                    o.history.iter().filter_map(|h| flow.state_id(h)).collect();
-                let start = 3 - hist.len().min(3);
-                history[start..].copy_from_slice(&hist[hist.len() - (3 - start)..]);
-                let key = ObjectKey::parse(&o.key);
-                if let (Some(first_ms), Some(since_ms)) = (o.first_alert_ms, o.alert_since_ms) {
-                    self.flows[fi]
-                        .alert_log
-                        .insert(key.clone(), AlertLog { first_ms, since_ms });
-                }
-                self.flows[fi].objects.insert(
-                    key.clone(),
-                    ObjectState {
-                        entered_ms: o.entered_ms,
-                        last_seen_ms: o.last_seen_ms,
-                        generation: 0,
-                        state,
-                        history,
-                        alerting: o.alerting,
-                        last_dwell: o.last_dwell.unwrap_or(markov::NO_DWELL),
-                        prev_dwell: o.prev_dwell.unwrap_or(markov::NO_DWELL),
-                        first_seen_ms: o.first_seen_ms.unwrap_or(o.entered_ms),
-                        entered_event_ms: o.entered_event_ms.unwrap_or(o.entered_ms),
-                    },
-                );
-                self.schedule(fi, &key);
-                report.objects_kept += 1;
-            }
+            self.restore_flow(fi, fs, &mut report);
         }
         for rt in &self.flows {
             if !snap.flows.contains_key(&rt.flow.name) {
                 report.flows_added.push(rt.flow.name.clone());
             }
         }
+        self.expire_retired_into(&mut report);
         // New runtimes have sweeps due from time zero: look at every flow on the next advance.
         self.next_due_ms = i64::MIN;
         report
     }
 
+    /// Puts a flow's counts and objects, by name, into runtime `fi`.
+    fn restore_flow(&mut self, fi: usize, fs: &FlowSnapshot, report: &mut CarryReport) {
+        let flow = self.flows[fi].flow.clone();
+        report.transitions_dropped += self.flows[fi]
+            .model
+            .import(&fs.learned, |n| flow.state_id(n));
+        for o in &fs.objects {
+            let Some(state) = flow.state_id(&o.state) else {
+                report.objects_dropped += 1;
+                if o.alerting {
+                    self.stats.resolved += 1;
+                    let now = self.clock_ms;
+                    report
+                        .records
+                        .push(resolution(&flow.name, o, now, "state_removed"));
+                }
+                continue;
+            };
+            let mut history = [markov::NONE; 3];
+            let hist: Vec<StateId> = o.history.iter().filter_map(|h| flow.state_id(h)).collect();
+            let start = 3 - hist.len().min(3);
+            history[start..].copy_from_slice(&hist[hist.len() - (3 - start)..]);
+            let key = ObjectKey::parse(&o.key);
+            if let (Some(first_ms), Some(since_ms)) = (o.first_alert_ms, o.alert_since_ms) {
+                self.flows[fi]
+                    .alert_log
+                    .insert(key.clone(), AlertLog { first_ms, since_ms });
+            }
+            self.flows[fi].objects.insert(
+                key.clone(),
+                ObjectState {
+                    entered_ms: o.entered_ms,
+                    last_seen_ms: o.last_seen_ms,
+                    generation: 0,
+                    state,
+                    history,
+                    alerting: o.alerting,
+                    last_dwell: o.last_dwell.unwrap_or(markov::NO_DWELL),
+                    prev_dwell: o.prev_dwell.unwrap_or(markov::NO_DWELL),
+                    first_seen_ms: o.first_seen_ms.unwrap_or(o.entered_ms),
+                    entered_event_ms: o.entered_event_ms.unwrap_or(o.entered_ms),
+                },
+            );
+            self.schedule(fi, &key);
+            report.objects_kept += 1;
+        }
+    }
+
     /// Swaps in new flow definitions, carrying over learned counts, objects in flight, alert
     /// times and recently finished objects for every flow and state that still exists (by name).
+    /// Flows no longer defined are retired for the grace period; retired flows defined again
+    /// come back with what they had.
     pub fn reload(&mut self, flows: Vec<CompiledFlow>) -> CarryReport {
         let mut report = CarryReport::default();
         let mut old: BTreeMap<String, FlowRuntime> = std::mem::take(&mut self.flows)
@@ -208,10 +279,15 @@ impl Engine {
         for fi in 0..self.flows.len() {
             let name = self.flows[fi].flow.name.clone();
             let Some(mut prev) = old.remove(&name) else {
-                report.flows_added.push(name);
+                if let Some(r) = self.retired.remove(&name) {
+                    report.flows_returned.push(name);
+                    self.restore_flow(fi, &r.snap, &mut report);
+                } else {
+                    report.flows_added.push(name);
+                }
                 continue;
             };
-            report.flows_kept.push(name);
+            report.flows_kept.push(name.clone());
             let flow = self.flows[fi].flow.clone();
             // Old state id -> new state id, by name.
             let map: Vec<Option<StateId>> = prev
@@ -224,14 +300,28 @@ impl Engine {
             let learned = prev.model.export(&names);
             report.transitions_dropped +=
                 self.flows[fi].model.import(&learned, |n| flow.state_id(n));
+            let now = self.clock_ms;
             let rt = &mut self.flows[fi];
             let capacity = rt.finished.capacity;
             rt.finished = std::mem::replace(&mut prev.finished, super::Finished::with_capacity(0));
             rt.finished.capacity = capacity;
             rt.finished.shrink_to_budget();
             for (key, mut o) in prev.objects.drain(..) {
+                let log = prev.alert_log.remove(&key);
                 let Some(state) = map[o.state as usize] else {
                     report.objects_dropped += 1;
+                    if o.alerting {
+                        // The alert was about a state that no longer exists: end it.
+                        self.stats.resolved += 1;
+                        report.records.push(Record::Resolved(Resolved {
+                            at: format_rfc3339(now),
+                            flow: name.clone(),
+                            object: key.to_string(),
+                            state: names[o.state as usize].clone(),
+                            reason: "state_removed".into(),
+                            firing_ms: now - log.map_or(now, |l| l.since_ms),
+                        }));
+                    }
                     continue;
                 };
                 o.state = state;
@@ -240,7 +330,7 @@ impl Engine {
                         *h = map[*h as usize].unwrap_or(markov::NONE);
                     }
                 }
-                if let Some(log) = prev.alert_log.remove(&key) {
+                if let Some(log) = log {
                     rt.alert_log.insert(key.clone(), log);
                 }
                 rt.objects.insert(key, o);
@@ -251,9 +341,58 @@ impl Engine {
                 self.schedule(fi, &k);
             }
         }
-        report.flows_removed = old.into_keys().collect();
+        for (name, rt) in old {
+            report.objects_retired += rt.objects.len();
+            report.flows_removed.push(name.clone());
+            let since_ms = self.clock_ms;
+            self.retired.insert(
+                name,
+                Retired {
+                    snap: flow_snapshot(&rt),
+                    since_ms,
+                },
+            );
+        }
+        self.expire_retired_into(&mut report);
         self.next_due_ms = i64::MIN;
         report
+    }
+
+    /// Drops the retired flows whose grace has run out (engine time), resolving their alerts.
+    /// The service calls this as its clock moves; reload and restore call it too.
+    pub fn expire_retired(&mut self) -> CarryReport {
+        let mut report = CarryReport::default();
+        self.expire_retired_into(&mut report);
+        report
+    }
+
+    fn expire_retired_into(&mut self, report: &mut CarryReport) {
+        let now = self.clock_ms;
+        let grace = self.retire_grace_ms;
+        let due: Vec<String> = self
+            .retired
+            .iter()
+            .filter(|(_, r)| now.saturating_sub(r.since_ms) >= grace)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            let Some(r) = self.retired.remove(&name) else {
+                continue;
+            };
+            report.objects_dropped += r.snap.objects.len();
+            for o in r.snap.objects.iter().filter(|o| o.alerting) {
+                self.stats.resolved += 1;
+                report
+                    .records
+                    .push(resolution(&name, o, now, "flow_removed"));
+            }
+            report.flows_dropped.push(name);
+        }
+    }
+
+    /// Names of the retired flows (missing from the files, within their grace).
+    pub fn retired_flows(&self) -> Vec<String> {
+        self.retired.keys().cloned().collect()
     }
 
     /// Sets the timers of an object that was restored or carried over: its state's timeout,
@@ -279,5 +418,97 @@ impl Engine {
             o.generation,
             key.clone(),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::output::Record;
+    use super::super::{message, Engine};
+
+    fn flows(names: &[&str]) -> Vec<crate::model::CompiledFlow> {
+        let src: String = names
+            .iter()
+            .map(|n| {
+                format!(
+                    "flow {n} {{ key payload.id initial s terminal ok artifact boom \
+                     on \"{n}.s\" -> s on \"{n}.ok\" -> ok \
+                     transitions {{ s -> ok 1 s -> boom 9 }} alert {{ threshold 0.5 }} }}\n"
+                )
+            })
+            .collect();
+        let c = crate::model::compile_files([("t.flow".to_string(), src.into_bytes())]);
+        assert!(!c.has_errors(), "{}", c.render());
+        c.flows
+    }
+
+    fn send(e: &mut Engine, event: &str, id: &str, t_ms: i64) -> Vec<Record> {
+        let v = serde_json::json!({"event_type": event, "timestamp": t_ms as f64 / 1000.0,
+            "payload": {"id": id}});
+        let mut out = Vec::new();
+        e.observe(&message::from_value(v).unwrap(), &mut out);
+        out
+    }
+
+    fn observed(e: &Engine, flow: &str) -> f64 {
+        e.flows[e.flow_index(flow).unwrap()].model.total_observed()
+    }
+
+    #[test]
+    fn a_missing_flow_comes_back_within_its_grace_and_is_dropped_with_its_alerts_after() {
+        let mut e = Engine::new(flows(&["a", "b"]));
+        e.retire_grace_ms = 60_000;
+        let t0 = 1_700_000_000_000;
+        for i in 0..5 {
+            send(&mut e, "b.s", &format!("k{i}"), t0 + i);
+            send(&mut e, "b.ok", &format!("k{i}"), t0 + 10 + i);
+        }
+        let fired = send(&mut e, "b.s", "open", t0 + 100);
+        assert!(fired.iter().any(|r| matches!(r, Record::Alert(_))));
+        let learned = observed(&e, "b");
+        assert!(learned > 4.9, "{learned}");
+
+        // Gone for one reload, back in the next: everything returns, nothing is resolved.
+        let r = e.reload(flows(&["a"]));
+        assert_eq!(
+            (r.flows_removed.clone(), r.objects_retired),
+            (vec!["b".into()], 1)
+        );
+        assert_eq!(r.objects_dropped, 0);
+        assert!(r.records.is_empty());
+        let mut out = Vec::new();
+        e.advance(t0 + 59_000, &mut out);
+        assert!(
+            e.expire_retired().flows_dropped.is_empty(),
+            "still in its grace"
+        );
+        let r = e.reload(flows(&["a", "b"]));
+        assert_eq!(
+            (r.flows_returned.clone(), r.objects_kept),
+            (vec!["b".into()], 1)
+        );
+        assert_eq!(observed(&e, "b"), learned);
+        assert!(e.retired_flows().is_empty());
+
+        // A snapshot holds a retired flow; once its grace is over it is dropped, its alert ended.
+        let r = e.reload(flows(&["a"]));
+        assert!(r.records.is_empty());
+        let snap = e.snapshot();
+        assert!(snap.flows["b"].retired_ms.is_some());
+        let mut restored = Engine::new(flows(&["a"]));
+        restored.retire_grace_ms = 60_000;
+        let r = restored.restore(&snap);
+        assert_eq!((r.flows_removed, r.objects_retired), (vec!["b".into()], 1));
+        for engine in [&mut e, &mut restored] {
+            engine.advance(t0 + 59_000 + 60_000, &mut out);
+            let gone = engine.expire_retired();
+            assert_eq!(
+                (gone.flows_dropped, gone.objects_dropped),
+                (vec!["b".into()], 1)
+            );
+            assert!(matches!(&gone.records[..],
+                [Record::Resolved(r)] if r.reason == "flow_removed" && r.object == "open" && r.state == "s"));
+            assert!(engine.retired_flows().is_empty());
+        }
     }
 }

@@ -15,7 +15,11 @@ pub enum LoadError {
 }
 
 /// Expands the given paths: a file stands for itself, a directory for every `*.flow` file below
-/// it (sorted, so that compilation order and diagnostics are stable).
+/// it (sorted, so that compilation order and diagnostics are stable). Below a directory, hidden
+/// entries (a name starting with `.`) are skipped: editors' lock and swap files (`.#t.flow`),
+/// and the versioned folders of a Kubernetes ConfigMap (`..2024_01/`, `..data`), whose files
+/// are seen once, through the `t.flow -> ..data/t.flow` links beside them. Symbolic links are
+/// followed, to files and (to a depth of 16) to directories.
 pub fn collect_flow_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
     let mut out = Vec::new();
     for p in paths {
@@ -25,7 +29,7 @@ pub fn collect_flow_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> 
         })?;
         if meta.is_dir() {
             let before = out.len();
-            walk(p, &mut out)?;
+            walk(p, &mut out, 0)?;
             out[before..].sort();
         } else {
             out.push(p.clone());
@@ -34,17 +38,32 @@ pub fn collect_flow_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> 
     Ok(out)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
+/// How deep the walk follows directories (a loop of links ends here).
+const MAX_DEPTH: usize = 16;
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result<(), LoadError> {
     let io = |e| LoadError::Io {
         path: dir.to_path_buf(),
         source: e,
     };
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
+        if entry.file_name().as_encoded_bytes().starts_with(b".") {
+            continue;
+        }
         let path = entry.path();
-        let ft = entry.file_type().map_err(io)?;
+        let mut ft = entry.file_type().map_err(io)?;
+        if ft.is_symlink() {
+            // A link to a directory is walked; a link to a file is read through; a dangling
+            // link to a `.flow` file is reported when it is read.
+            if let Ok(meta) = std::fs::metadata(&path) {
+                ft = meta.file_type();
+            }
+        }
         if ft.is_dir() {
-            walk(&path, out)?;
+            if depth < MAX_DEPTH {
+                walk(&path, out, depth + 1)?;
+            }
         } else if path.extension().is_some_and(|e| e == "flow") {
             out.push(path);
         }

@@ -24,6 +24,10 @@ pub struct Config {
     pub batch_size: usize,
     /// Watch the models directory and reload on change (SIGHUP always reloads).
     pub watch: bool,
+    /// How long a flow missing from the files after a reload keeps its learned counts and
+    /// objects (engine time), in case it comes back.
+    #[serde(deserialize_with = "duration")]
+    pub reload_grace_ms: i64,
     pub limits: Limits,
 }
 
@@ -70,6 +74,7 @@ impl Default for Config {
             batch_size: 1024,
             watch: true,
             limits: Limits::default(),
+            reload_grace_ms: crate::engine::snapshot::RETIRE_GRACE_MS,
         }
     }
 }

@@ -38,11 +38,37 @@ fn unix_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The flow files could not be read (IO), or they have errors (rendered diagnostics).
+enum LoadFailure {
+    Io(String),
+    Errors(String),
+}
+
+impl std::fmt::Display for LoadFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadFailure::Io(e) | LoadFailure::Errors(e) => f.write_str(e),
+        }
+    }
+}
+
+/// The service could not start because the flow files have errors (exit code 1, not 2).
+#[derive(Debug)]
+pub struct FlowErrors(pub String);
+
+impl std::fmt::Display for FlowErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FlowErrors {}
+
 /// Compiles the flow files; on errors returns them rendered.
-fn load_models(path: &PathBuf) -> Result<Vec<CompiledFlow>, String> {
+fn load_models(path: &PathBuf) -> Result<Vec<CompiledFlow>, LoadFailure> {
     match model::load(std::slice::from_ref(path)) {
-        Err(e) => Err(e.to_string()),
-        Ok(c) if c.has_errors() => Err(c.render()),
+        Err(e) => Err(LoadFailure::Io(e.to_string())),
+        Ok(c) if c.has_errors() => Err(LoadFailure::Errors(c.render())),
         Ok(c) => {
             for (_, d) in &c.diagnostics {
                 tracing::warn!(code = d.code.as_str(), "{}", d.message);
@@ -59,9 +85,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let (control_tx, mut control_rx) = mpsc::unbounded_channel::<Control>();
 
     // Startup: a reload from nothing. Without one good set of flows there is nothing to run.
-    let flows = load_models(&config.models)
-        .map_err(|e| anyhow::anyhow!("{}:\n{e}", config.models.display()))?;
+    let flows = load_models(&config.models).map_err(|e| match e {
+        LoadFailure::Io(e) => anyhow::anyhow!("{}: {e}", config.models.display()),
+        LoadFailure::Errors(e) => {
+            anyhow::Error::new(FlowErrors(format!("{}:\n{e}", config.models.display())))
+        }
+    })?;
     let mut engine = Engine::new(Vec::new());
+    engine.retire_grace_ms = config.reload_grace_ms;
     // A feature model's refit (about 150 ms at most once a minute) must not pause the intake.
     engine.set_feature_background(true);
     engine.set_limits(config.limits.engine());
@@ -75,6 +106,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // Restore what an earlier run left.
     let mut last_applied: Option<u64> = None;
     let mut source_id: Option<String> = None;
+    // Resolutions of alerts whose flow or state the files no longer define, for the sinks.
+    let mut dropped_alerts = Vec::new();
     if let Some(dir) = &config.state_dir {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
         let snap_path = dir.join(SNAPSHOT_FILE);
@@ -99,9 +132,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 tracing::info!(
                     objects = report.objects_kept,
                     dropped = report.objects_dropped,
+                    retired = report.objects_retired,
+                    flows_removed = ?report.flows_removed,
+                    flows_dropped = ?report.flows_dropped,
                     position = ?last_applied,
                     "Restored the snapshot."
                 );
+                dropped_alerts = report.records;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if let Some(learned) = state_dir::load_learned(dir)? {
@@ -126,6 +163,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         None
     };
     let sinks = Sinks::spawn(&config.sinks, client.clone(), metrics.clone());
+    for r in dropped_alerts {
+        sinks.send(r);
+    }
 
     // HTTP.
     let (query_tx, mut query_rx) = mpsc::channel::<Query>(64);
@@ -189,7 +229,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let mut last_message = Instant::now();
     let mut last_tick = Instant::now();
     let (reload_done_tx, mut reload_done_rx) =
-        mpsc::unbounded_channel::<Result<Vec<CompiledFlow>, String>>();
+        mpsc::unbounded_channel::<Result<Vec<CompiledFlow>, LoadFailure>>();
     let mut reloading = false;
     let mut reload_again = false;
     let mut failure = None;
@@ -239,10 +279,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                         metrics.last_reload_unix.store(unix_ms() / 1000, Relaxed);
                         tracing::info!(
                             kept = ?report.flows_kept, added = ?report.flows_added, removed = ?report.flows_removed,
-                            objects_kept = report.objects_kept, objects_dropped = report.objects_dropped,
+                            returned = ?report.flows_returned, dropped = ?report.flows_dropped,
+                            objects_kept = report.objects_kept, objects_retired = report.objects_retired,
+                            objects_dropped = report.objects_dropped,
                             transitions_dropped = report.transitions_dropped,
                             "Reloaded the flow files."
                         );
+                        for r in report.records {
+                            sinks.send(r);
+                        }
                         publish_metrics(&engine, &metrics);
                     }
                     Err(rendered) => {
@@ -292,6 +337,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                         for r in records.drain(..) {
                             sinks.send(r);
                         }
+                    }
+                }
+                let gone = engine.expire_retired();
+                if !gone.flows_dropped.is_empty() {
+                    tracing::info!(
+                        flows = ?gone.flows_dropped, objects_dropped = gone.objects_dropped,
+                        "Dropped the flows missing from the files since their grace period."
+                    );
+                    for r in gone.records {
+                        sinks.send(r);
                     }
                 }
                 publish_metrics(&engine, &metrics);
