@@ -81,6 +81,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 let snap: EngineSnapshot = serde_json::from_slice(&bytes).map_err(|e| {
                     anyhow::anyhow!("{} is not a flowcast snapshot: {e}", snap_path.display())
                 })?;
+                snap.validate()
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", snap_path.display()))?;
                 let report = engine.restore(&snap);
                 last_applied = snap.source_position;
                 tracing::info!(
@@ -239,10 +241,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                         });
                     }
                 }
-                Control::Snapshot => save_snapshot(&engine, &config, last_applied, &metrics).await,
+                Control::Snapshot => { let _ = save_snapshot(&engine, &config, last_applied, &metrics).await; }
             },
             Some(q) = query_rx.recv() => answer(&mut engine, q),
-            _ = snapshot_every.tick() => save_snapshot(&engine, &config, last_applied, &metrics).await,
+            _ = snapshot_every.tick() => { let _ = save_snapshot(&engine, &config, last_applied, &metrics).await; }
             _ = tick.tick() => {
                 let now = Instant::now();
                 let target = match config.clock {
@@ -286,13 +288,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     }
     publish_metrics(&engine, &metrics);
-    save_snapshot(&engine, &config, last_applied, &metrics).await;
+    let saved = save_snapshot(&engine, &config, last_applied, &metrics).await;
     sinks.drain(Duration::from_secs(5)).await;
     if let Some(c) = client {
         let _ = c.flush().await;
     }
     let _ = http_stop_tx.send(());
-    Ok(())
+    // What was learned since the last good snapshot is lost: say so in the exit status.
+    saved.map_err(|e| anyhow::anyhow!("the final snapshot could not be written: {e}"))
 }
 
 /// Decodes and applies one batch, then acknowledges it (JetStream: one AckAll for the batch).
@@ -386,9 +389,9 @@ async fn save_snapshot(
     config: &Config,
     last_applied: Option<u64>,
     metrics: &Metrics,
-) {
+) -> Result<(), String> {
     let Some(dir) = config.state_dir.clone() else {
-        return;
+        return Ok(());
     };
     let mut snap = engine.snapshot();
     snap.source_position = last_applied;
@@ -401,14 +404,17 @@ async fn save_snapshot(
         Ok(Ok(())) => {
             metrics.snapshots_ok.fetch_add(1, Relaxed);
             metrics.last_snapshot_unix.store(unix_ms() / 1000, Relaxed);
+            Ok(())
         }
         Ok(Err(e)) => {
             metrics.snapshots_failed.fetch_add(1, Relaxed);
             tracing::error!("Writing the snapshot failed: {e:#}");
+            Err(format!("{e:#}"))
         }
         Err(e) => {
             metrics.snapshots_failed.fetch_add(1, Relaxed);
             tracing::error!("The snapshot task failed: {e}");
+            Err(e.to_string())
         }
     }
 }
