@@ -18,6 +18,8 @@ pub struct Config {
     pub source: Source,
     pub nats: Nats,
     pub sinks: Vec<Sink>,
+    /// How each sink delivers: the per-request timeout and the retries per record.
+    pub delivery: Delivery,
     pub http: Http,
     pub clock: Clock,
     /// Batches of at most this many messages go to the engine at once.
@@ -35,6 +37,7 @@ impl Default for Config {
             source: Source::default(),
             nats: Nats::default(),
             sinks: vec![Sink::Stdout {}],
+            delivery: Delivery::default(),
             http: Http::default(),
             clock: Clock::default(),
             batch_size: 1024,
@@ -148,6 +151,29 @@ pub enum Sink {
 
 fn default_prefix() -> String {
     "flowcast.alerts".into()
+}
+
+/// Delivery rules shared by the sinks. A record that fails with a transient error (no
+/// connection, HTTP 5xx, 408, 429) is retried with backoff at most `max_retries` times; a
+/// permanent error (HTTP 4xx, a record over NATS `max_payload`) drops it at once; a request
+/// that times out is not retried (the receiver may have it). Every drop is counted by reason.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Delivery {
+    /// How long one HTTP request (or one NATS publish) may take.
+    #[serde(deserialize_with = "duration")]
+    pub timeout_ms: i64,
+    /// Retries of one record after its first attempt, for transient errors.
+    pub max_retries: u32,
+}
+
+impl Default for Delivery {
+    fn default() -> Delivery {
+        Delivery {
+            timeout_ms: 10_000,
+            max_retries: 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -114,7 +114,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     } else {
         None
     };
-    let sinks = Sinks::spawn(&config.sinks, client.clone(), metrics.clone());
+    let sinks = Sinks::spawn(
+        &config.sinks,
+        client.clone(),
+        metrics.clone(),
+        &config.delivery,
+    );
 
     // HTTP.
     let (query_tx, mut query_rx) = mpsc::channel::<Query>(64);
