@@ -177,33 +177,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         mpsc::unbounded_channel::<Result<Vec<CompiledFlow>, String>>();
     let mut reloading = false;
     let mut reload_again = false;
+    // One snapshot is written at a time, off the engine task; requests that come meanwhile
+    // (HTTP, the timer) are merged into one more snapshot taken when it is done.
+    let (snap_done_tx, mut snap_done_rx) = mpsc::unbounded_channel::<Result<(), String>>();
+    let mut snap_writing = false;
+    let mut snap_wanted = false;
     tokio::pin!(shutdown);
 
     loop {
+        if snap_wanted && !snap_writing {
+            snap_wanted = false;
+            snap_writing = start_snapshot(&engine, &config, last_applied, snap_done_tx.clone());
+        }
         tokio::select! {
             biased;
             _ = &mut shutdown => {
                 tracing::info!("Shutting down.");
                 break;
             }
-            ev = src_rx.recv() => match ev {
-                Some(SourceEvent::Batch(batch)) => {
-                    last_message = Instant::now();
-                    apply_batch(&mut engine, &projection, &config.clock, batch, &mut last_applied, &metrics, &mut records).await;
-                    for r in records.drain(..) {
-                        sinks.send(r);
-                    }
-                    publish_metrics(&engine, &metrics);
-                }
-                Some(SourceEvent::End) | None => {
-                    tracing::info!("The source has no more messages.");
-                    break;
-                }
-                Some(SourceEvent::Failed(e)) => {
-                    tracing::error!("The source failed: {e}");
-                    break;
-                }
-            },
             Some(done) = reload_done_rx.recv() => {
                 reloading = false;
                 match done {
@@ -246,10 +237,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                         });
                     }
                 }
-                Control::Snapshot => { let _ = save_snapshot(&engine, &config, last_applied, &metrics).await; }
+                Control::Snapshot => snap_wanted = true,
             },
             Some(q) = query_rx.recv() => answer(&mut engine, q),
-            _ = snapshot_every.tick() => { let _ = save_snapshot(&engine, &config, last_applied, &metrics).await; }
+            _ = snapshot_every.tick() => snap_wanted = true,
+            Some(result) = snap_done_rx.recv() => {
+                snap_writing = false;
+                count_snapshot(&metrics, result);
+            }
             _ = tick.tick() => {
                 let now = Instant::now();
                 let target = match config.clock {
@@ -272,10 +267,36 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 }
                 publish_metrics(&engine, &metrics);
             }
+            // Last: under a backlog the source is always ready, and control work (snapshots,
+            // queries, reloads, timers) must not wait for the backlog to drain.
+            ev = src_rx.recv() => match ev {
+                Some(SourceEvent::Batch(batch)) => {
+                    last_message = Instant::now();
+                    apply_batch(&mut engine, &projection, &config.clock, batch, &mut last_applied, &metrics, &mut records).await;
+                    for r in records.drain(..) {
+                        sinks.send(r);
+                    }
+                    publish_metrics(&engine, &metrics);
+                }
+                Some(SourceEvent::End) | None => {
+                    tracing::info!("The source has no more messages.");
+                    break;
+                }
+                Some(SourceEvent::Failed(e)) => {
+                    tracing::error!("The source failed: {e}");
+                    break;
+                }
+            },
         }
     }
 
     source_task.abort();
+    drop(snap_done_tx);
+    if snap_writing {
+        if let Some(result) = snap_done_rx.recv().await {
+            count_snapshot(&metrics, result);
+        }
+    }
     // Apply what the source had already handed over: it was received, so it counts.
     while let Ok(SourceEvent::Batch(batch)) = src_rx.try_recv() {
         apply_batch(
@@ -389,39 +410,59 @@ fn publish_metrics(engine: &Engine, metrics: &Metrics) {
     }
 }
 
+/// Takes a snapshot (a copy by name, in the engine task) and writes it on a blocking thread,
+/// which reports on `done`. Returns whether a write was started.
+fn start_snapshot(
+    engine: &Engine,
+    config: &Config,
+    last_applied: Option<u64>,
+    done: mpsc::UnboundedSender<Result<(), String>>,
+) -> bool {
+    let Some(dir) = config.state_dir.clone() else {
+        return false;
+    };
+    let mut snap = engine.snapshot();
+    snap.source_position = last_applied;
+    tokio::task::spawn_blocking(move || {
+        let result = serde_json::to_vec(&snap)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| state_dir::write_atomic(&dir.join(SNAPSHOT_FILE), &bytes))
+            .map_err(|e| format!("{e:#}"));
+        let _ = done.send(result);
+    });
+    true
+}
+
+fn count_snapshot(metrics: &Metrics, result: Result<(), String>) {
+    match result {
+        Ok(()) => {
+            metrics.snapshots_ok.fetch_add(1, Relaxed);
+            metrics.last_snapshot_unix.store(unix_ms() / 1000, Relaxed);
+        }
+        Err(e) => {
+            metrics.snapshots_failed.fetch_add(1, Relaxed);
+            tracing::error!("Writing the snapshot failed: {e}");
+        }
+    }
+}
+
+/// The final snapshot, waited for.
 async fn save_snapshot(
     engine: &Engine,
     config: &Config,
     last_applied: Option<u64>,
     metrics: &Metrics,
 ) -> Result<(), String> {
-    let Some(dir) = config.state_dir.clone() else {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    if !start_snapshot(engine, config, last_applied, tx) {
         return Ok(());
-    };
-    let mut snap = engine.snapshot();
-    snap.source_position = last_applied;
-    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let bytes = serde_json::to_vec(&snap)?;
-        state_dir::write_atomic(&dir.join(SNAPSHOT_FILE), &bytes)
-    })
-    .await;
-    match result {
-        Ok(Ok(())) => {
-            metrics.snapshots_ok.fetch_add(1, Relaxed);
-            metrics.last_snapshot_unix.store(unix_ms() / 1000, Relaxed);
-            Ok(())
-        }
-        Ok(Err(e)) => {
-            metrics.snapshots_failed.fetch_add(1, Relaxed);
-            tracing::error!("Writing the snapshot failed: {e:#}");
-            Err(format!("{e:#}"))
-        }
-        Err(e) => {
-            metrics.snapshots_failed.fetch_add(1, Relaxed);
-            tracing::error!("The snapshot task failed: {e}");
-            Err(e.to_string())
-        }
     }
+    let result = rx
+        .recv()
+        .await
+        .unwrap_or_else(|| Err("the snapshot task failed".into()));
+    count_snapshot(metrics, result.clone());
+    result
 }
 
 fn answer(engine: &mut Engine, q: Query) {
