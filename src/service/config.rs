@@ -181,12 +181,44 @@ impl Default for Delivery {
 pub struct Http {
     /// `host:port`; loopback by default. Empty disables the server.
     pub listen: String,
+    /// A bearer token required by the POST endpoints (`/-/reload`, `/-/snapshot`).
+    pub token: Option<String>,
+    /// The same, read from a file (first line), so that it need not be in the configuration.
+    pub token_file: Option<PathBuf>,
+    /// A connection that has not sent a whole request head within this time is closed (also
+    /// an idle keep-alive connection).
+    #[serde(deserialize_with = "duration")]
+    pub header_timeout_ms: i64,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for Http {
     fn default() -> Http {
         Http {
             listen: "127.0.0.1:9464".into(),
+            token: None,
+            token_file: None,
+            header_timeout_ms: 10_000,
+            max_connections: 256,
+        }
+    }
+}
+
+impl Http {
+    /// The POST token, from `token` or `token_file`; an unreadable or empty file is an error.
+    pub fn bearer_token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.clone()));
+        }
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("http.token_file {}: {e}", path.display()))?;
+        match text.lines().next().map(str::trim) {
+            Some(t) if !t.is_empty() => Ok(Some(t.to_string())),
+            _ => anyhow::bail!("http.token_file {} is empty", path.display()),
         }
     }
 }
@@ -281,6 +313,12 @@ impl Config {
             || self.sinks.iter().any(|s| matches!(s, Sink::Nats { .. }));
         if needs_nats && self.nats.url.is_empty() {
             return Err(" nats.url is empty but a NATS source or sink is configured".into());
+        }
+        if self.http.token.is_some() && self.http.token_file.is_some() {
+            return Err(" http.token and http.token_file: give one or the other".into());
+        }
+        if self.http.token.as_deref() == Some("") {
+            return Err(" http.token is empty".into());
         }
         if self.nats.user.is_some() != self.nats.password.is_some() {
             return Err(" nats.user and nats.password go together".into());

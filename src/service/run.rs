@@ -128,9 +128,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let listener = tokio::net::TcpListener::bind(&config.http.listen)
             .await
             .map_err(|e| anyhow::anyhow!("HTTP listen on {}: {e}", config.http.listen))?;
-        tracing::info!(addr = %listener.local_addr()?, "HTTP API listening.");
+        let addr = listener.local_addr()?;
+        tracing::info!(addr = %addr, "HTTP API listening.");
+        let token = config.http.bearer_token()?;
+        if !addr.ip().is_loopback() && token.is_none() {
+            tracing::warn!(addr = %addr, "The HTTP API listens beyond loopback without a token: anyone who can reach it can reload and snapshot. Set http.token or http.token_file.");
+        }
         tokio::spawn(http::serve(
             listener,
+            http::Limits {
+                header_timeout: Duration::from_millis(config.http.header_timeout_ms as u64),
+                max_connections: config.http.max_connections.max(1),
+                token,
+            },
             metrics.clone(),
             query_tx.clone(),
             control_tx.clone(),

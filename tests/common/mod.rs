@@ -467,13 +467,15 @@ pub fn run_ok(cmd: &mut Command) -> std::process::Output {
 
 /// Starts `flowcast run` like `Service::start`, but with its stdin a pipe that the test writes
 /// (`source` should be `{ kind: file, path: "-" }`): the service lives as long as the pipe.
+/// A config with its own `http:` section must listen on `127.0.0.1:0`.
 pub fn start_with_stdin(dir: &Path, config: &str) -> (Service, std::process::ChildStdin) {
     let conf = dir.join("flowcast.yaml");
-    std::fs::write(
-        &conf,
-        format!("{config}\nhttp: {{ listen: \"127.0.0.1:0\" }}\n"),
-    )
-    .unwrap();
+    let http = if config.lines().any(|l| l.starts_with("http:")) {
+        ""
+    } else {
+        "\nhttp: { listen: \"127.0.0.1:0\" }\n"
+    };
+    std::fs::write(&conf, format!("{config}{http}")).unwrap();
     let n = std::fs::read_dir(dir).unwrap().count();
     let stdout = dir.join(format!("stdout-{n}.jsonl"));
     let stderr = dir.join(format!("stderr-{n}.log"));
