@@ -157,6 +157,63 @@ fn resolution(flow: &str, o: &ObjectSnapshot, now: i64, reason: &str) -> Record 
     })
 }
 
+impl EngineSnapshot {
+    /// Checks what the format alone cannot: a version this build understands, and learned
+    /// numbers that make a probability (finite, not negative). A snapshot that fails is refused
+    /// whole, with the reason, rather than restored into risks that are NaN or nonsense.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.version != SNAPSHOT_VERSION {
+            return Err(format!(
+                "snapshot format version {} is not supported (expected {SNAPSHOT_VERSION})",
+                self.version
+            ));
+        }
+        for (name, fs) in &self.flows {
+            validate_learned(name, &fs.learned)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every weight and count in learned counts must be finite and not negative: one negative
+/// weight turns a row of the chain into something that is not a distribution.
+pub fn validate_learned(flow: &str, l: &LearnedCounts) -> Result<(), String> {
+    let bad = |v: f64| !v.is_finite() || v < 0.0;
+    let fail = |what: String, v: f64| {
+        Err(format!(
+            "flow `{flow}`: {what} is {v} (weights and counts must be finite and not negative)"
+        ))
+    };
+    for t in &l.transitions {
+        let what = |field: &str| format!("the {field} of transition {} -> {}", t.from, t.to);
+        if bad(t.weight) {
+            return fail(what("weight"), t.weight);
+        }
+        if bad(t.count) {
+            return fail(what("count"), t.count);
+        }
+        if let Some(v) = t.dwell.w.iter().chain([&t.dwell.total]).find(|v| bad(**v)) {
+            return fail(what("dwell histogram"), *v);
+        }
+    }
+    let rows = l
+        .contexts
+        .iter()
+        .map(|c| (c.states.join(" "), &c.next))
+        .chain(l.dwell_contexts.iter().map(|c| (c.state.clone(), &c.next)))
+        .chain(
+            l.calendar_contexts
+                .iter()
+                .map(|c| (c.state.clone(), &c.next)),
+        );
+    for (from, next) in rows {
+        if let Some((to, v)) = next.iter().find(|(_, v)| bad(*v)) {
+            return fail(format!("a context weight of {from} -> {to}"), *v);
+        }
+    }
+    Ok(())
+}
+
 impl Engine {
     pub fn snapshot(&self) -> EngineSnapshot {
         let mut flows: BTreeMap<String, FlowSnapshot> = self

@@ -18,6 +18,8 @@ pub struct Config {
     pub source: Source,
     pub nats: Nats,
     pub sinks: Vec<Sink>,
+    /// How each sink delivers: the per-request timeout and the retries per record.
+    pub delivery: Delivery,
     pub http: Http,
     pub clock: Clock,
     /// Batches of at most this many messages go to the engine at once.
@@ -69,6 +71,7 @@ impl Default for Config {
             source: Source::default(),
             nats: Nats::default(),
             sinks: vec![Sink::Stdout {}],
+            delivery: Delivery::default(),
             http: Http::default(),
             clock: Clock::default(),
             batch_size: 1024,
@@ -186,17 +189,72 @@ fn default_prefix() -> String {
     "flowcast.alerts".into()
 }
 
+/// Delivery rules shared by the sinks. A record that fails with a transient error (no
+/// connection, HTTP 5xx, 408, 429) is retried with backoff at most `max_retries` times; a
+/// permanent error (HTTP 4xx, a record over NATS `max_payload`) drops it at once; a request
+/// that times out is not retried (the receiver may have it). Every drop is counted by reason.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Delivery {
+    /// How long one HTTP request (or one NATS publish) may take.
+    #[serde(deserialize_with = "duration")]
+    pub timeout_ms: i64,
+    /// Retries of one record after its first attempt, for transient errors.
+    pub max_retries: u32,
+}
+
+impl Default for Delivery {
+    fn default() -> Delivery {
+        Delivery {
+            timeout_ms: 10_000,
+            max_retries: 10,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Http {
     /// `host:port`; loopback by default. Empty disables the server.
     pub listen: String,
+    /// A bearer token required by the POST endpoints (`/-/reload`, `/-/snapshot`).
+    pub token: Option<String>,
+    /// The same, read from a file (first line), so that it need not be in the configuration.
+    pub token_file: Option<PathBuf>,
+    /// A connection that has not sent a whole request head within this time is closed (also
+    /// an idle keep-alive connection).
+    #[serde(deserialize_with = "duration")]
+    pub header_timeout_ms: i64,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for Http {
     fn default() -> Http {
         Http {
             listen: "127.0.0.1:9464".into(),
+            token: None,
+            token_file: None,
+            header_timeout_ms: 10_000,
+            max_connections: 256,
+        }
+    }
+}
+
+impl Http {
+    /// The POST token, from `token` or `token_file`; an unreadable or empty file is an error.
+    pub fn bearer_token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.clone()));
+        }
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("http.token_file {}: {e}", path.display()))?;
+        match text.lines().next().map(str::trim) {
+            Some(t) if !t.is_empty() => Ok(Some(t.to_string())),
+            _ => anyhow::bail!("http.token_file {} is empty", path.display()),
         }
     }
 }
@@ -311,6 +369,12 @@ impl Config {
             || self.sinks.iter().any(|s| matches!(s, Sink::Nats { .. }));
         if needs_nats && self.nats.url.is_empty() {
             return Err(" nats.url is empty but a NATS source or sink is configured".into());
+        }
+        if self.http.token.is_some() && self.http.token_file.is_some() {
+            return Err(" http.token and http.token_file: give one or the other".into());
+        }
+        if self.http.token.as_deref() == Some("") {
+            return Err(" http.token is empty".into());
         }
         if self.nats.user.is_some() != self.nats.password.is_some() {
             return Err(" nats.user and nats.password go together".into());

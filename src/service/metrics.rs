@@ -27,7 +27,8 @@ pub struct Metrics {
     pub nats_events: Mutex<BTreeMap<String, u64>>,
     pub sink_sent: Mutex<BTreeMap<String, u64>>,
     pub sink_failures: Mutex<BTreeMap<String, u64>>,
-    pub sink_dropped: Mutex<BTreeMap<String, u64>>,
+    /// Records a sink gave up, by (sink, reason).
+    pub sink_dropped: Mutex<BTreeMap<(String, String), u64>>,
     pub redeliveries_skipped: AtomicU64,
     /// JetStream: times deliveries were lost on the way and the stream was read again.
     pub jetstream_gaps: AtomicU64,
@@ -52,6 +53,13 @@ impl Metrics {
         self.latency_sum_ns
             .fetch_add((seconds * 1e9) as u64, Relaxed);
         self.latency_count.fetch_add(1, Relaxed);
+    }
+
+    /// Counts `n` records that `sink` gave up, for `reason` (`queue_full`, `rejected`,
+    /// `retries_exhausted`, `timeout`, `shutdown`, `no_connection`, `write_error`).
+    pub fn dropped(&self, sink: &str, reason: &str, n: u64) {
+        let mut m = self.sink_dropped.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry((sink.to_string(), reason.to_string())).or_default() += n;
     }
 
     pub fn bump(map: &Mutex<BTreeMap<String, u64>>, label: &str, by: u64) {
@@ -279,13 +287,25 @@ impl Metrics {
             "sink",
             &self.sink_failures,
         );
-        labelled(
+        family(
             &mut o,
             "flowcast_sink_dropped_total",
-            "Records dropped because a sink's queue was full.",
-            "sink",
-            &self.sink_dropped,
+            "counter",
+            "Records a sink gave up, per sink and reason.",
         );
+        for ((sink, reason), v) in self
+            .sink_dropped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                o,
+                "flowcast_sink_dropped_total{{sink=\"{}\",reason=\"{}\"}} {v}",
+                escape(sink),
+                escape(reason)
+            );
+        }
         family(
             &mut o,
             "flowcast_processing_seconds",

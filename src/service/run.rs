@@ -116,6 +116,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 let snap: EngineSnapshot = serde_json::from_slice(&bytes).map_err(|e| {
                     anyhow::anyhow!("{} is not a flowcast snapshot: {e}", snap_path.display())
                 })?;
+                snap.validate()
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", snap_path.display()))?;
                 let report = engine.restore(&snap);
                 // A clock saved ahead of this machine's (a message from the future before the
                 // horizon existed, or a machine whose clock was wrong) would hold every timer.
@@ -162,7 +164,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     } else {
         None
     };
-    let sinks = Sinks::spawn(&config.sinks, client.clone(), metrics.clone());
+    let sinks = Sinks::spawn(
+        &config.sinks,
+        client.clone(),
+        metrics.clone(),
+        &config.delivery,
+    );
     for r in dropped_alerts {
         sinks.send(r);
     }
@@ -174,9 +181,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let listener = tokio::net::TcpListener::bind(&config.http.listen)
             .await
             .map_err(|e| anyhow::anyhow!("HTTP listen on {}: {e}", config.http.listen))?;
-        tracing::info!(addr = %listener.local_addr()?, "HTTP API listening.");
+        let addr = listener.local_addr()?;
+        tracing::info!(addr = %addr, "HTTP API listening.");
+        let token = config.http.bearer_token()?;
+        if !addr.ip().is_loopback() && token.is_none() {
+            tracing::warn!(addr = %addr, "The HTTP API listens beyond loopback without a token: anyone who can reach it can reload and snapshot. Set http.token or http.token_file.");
+        }
         tokio::spawn(http::serve(
             listener,
+            http::Limits {
+                header_timeout: Duration::from_millis(config.http.header_timeout_ms as u64),
+                max_connections: config.http.max_connections.max(1),
+                token,
+            },
             metrics.clone(),
             query_tx.clone(),
             control_tx.clone(),
@@ -233,41 +250,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let mut reloading = false;
     let mut reload_again = false;
     let mut failure = None;
+    // One snapshot is written at a time, off the engine task; requests that come meanwhile
+    // (HTTP, the timer) are merged into one more snapshot taken when it is done.
+    let (snap_done_tx, mut snap_done_rx) = mpsc::unbounded_channel::<Result<(), String>>();
+    let mut snap_writing = false;
+    let mut snap_wanted = false;
     tokio::pin!(shutdown);
 
     loop {
+        if snap_wanted && !snap_writing {
+            snap_wanted = false;
+            snap_writing = start_snapshot(
+                &engine,
+                &config,
+                (last_applied, &source_id),
+                snap_done_tx.clone(),
+            );
+        }
         tokio::select! {
             biased;
             _ = &mut shutdown => {
                 tracing::info!("Shutting down.");
                 break;
             }
-            ev = src_rx.recv() => match ev {
-                Some(SourceEvent::Batch(batch)) => {
-                    last_message = Instant::now();
-                    apply_batch(&mut engine, &projection, &config.clock, batch, &mut last_applied, &metrics, &mut records).await;
-                    for r in records.drain(..) {
-                        sinks.send(r);
-                    }
-                    publish_metrics(&engine, &metrics);
-                }
-                Some(SourceEvent::End) | None => {
-                    tracing::info!("The source has no more messages.");
-                    break;
-                }
-                Some(SourceEvent::Failed(e)) => {
-                    tracing::error!("The source failed: {e}");
-                    failure = Some(e);
-                    break;
-                }
-                Some(SourceEvent::Stream { id, reset }) => {
-                    if reset {
-                        metrics.stream_resets.fetch_add(1, Relaxed);
-                        last_applied = None;
-                    }
-                    source_id = Some(id);
-                }
-            },
             Some(done) = reload_done_rx.recv() => {
                 reloading = false;
                 match done {
@@ -315,10 +320,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                         });
                     }
                 }
-                Control::Snapshot => save_snapshot(&engine, &config, (last_applied, &source_id), &metrics).await,
+                Control::Snapshot => snap_wanted = true,
             },
             Some(q) = query_rx.recv() => answer(&mut engine, q),
-            _ = snapshot_every.tick() => save_snapshot(&engine, &config, (last_applied, &source_id), &metrics).await,
+            _ = snapshot_every.tick() => snap_wanted = true,
+            Some(result) = snap_done_rx.recv() => {
+                snap_writing = false;
+                count_snapshot(&metrics, result);
+            }
             _ = tick.tick() => {
                 let now = Instant::now();
                 let target = match config.clock {
@@ -351,10 +360,44 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 }
                 publish_metrics(&engine, &metrics);
             }
+            // Last: under a backlog the source is always ready, and control work (snapshots,
+            // queries, reloads, timers) must not wait for the backlog to drain.
+            ev = src_rx.recv() => match ev {
+                Some(SourceEvent::Batch(batch)) => {
+                    last_message = Instant::now();
+                    apply_batch(&mut engine, &projection, &config.clock, batch, &mut last_applied, &metrics, &mut records).await;
+                    for r in records.drain(..) {
+                        sinks.send(r);
+                    }
+                    publish_metrics(&engine, &metrics);
+                }
+                Some(SourceEvent::End) | None => {
+                    tracing::info!("The source has no more messages.");
+                    break;
+                }
+                Some(SourceEvent::Failed(e)) => {
+                    tracing::error!("The source failed: {e}");
+                    failure = Some(e);
+                    break;
+                }
+                Some(SourceEvent::Stream { id, reset }) => {
+                    if reset {
+                        metrics.stream_resets.fetch_add(1, Relaxed);
+                        last_applied = None;
+                    }
+                    source_id = Some(id);
+                }
+            },
         }
     }
 
     source_task.abort();
+    drop(snap_done_tx);
+    if snap_writing {
+        if let Some(result) = snap_done_rx.recv().await {
+            count_snapshot(&metrics, result);
+        }
+    }
     // Apply what the source had already handed over: it was received, so it counts.
     while let Ok(ev) = src_rx.try_recv() {
         match ev {
@@ -383,12 +426,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     }
     publish_metrics(&engine, &metrics);
-    save_snapshot(&engine, &config, (last_applied, &source_id), &metrics).await;
+    let saved = save_snapshot(&engine, &config, (last_applied, &source_id), &metrics).await;
     sinks.drain(Duration::from_secs(5)).await;
     if let Some(c) = client {
         let _ = c.flush().await;
     }
     let _ = http_stop_tx.send(());
+    // What was learned since the last good snapshot is lost: say so in the exit status.
+    saved.map_err(|e| anyhow::anyhow!("the final snapshot could not be written: {e}"))?;
     match failure {
         // The state is saved; the supervisor learns that the service did not stop by itself.
         Some(e) => Err(anyhow::anyhow!("the source failed: {e}")),
@@ -488,37 +533,60 @@ fn publish_metrics(engine: &Engine, metrics: &Metrics) {
     }
 }
 
+/// Takes a snapshot (a copy by name, in the engine task) and writes it on a blocking thread,
+/// which reports on `done`. Returns whether a write was started.
+fn start_snapshot(
+    engine: &Engine,
+    config: &Config,
+    (last_applied, source_id): (Option<u64>, &Option<String>),
+    done: mpsc::UnboundedSender<Result<(), String>>,
+) -> bool {
+    let Some(dir) = config.state_dir.clone() else {
+        return false;
+    };
+    let mut snap = engine.snapshot();
+    snap.source_position = last_applied;
+    snap.source_id = source_id.clone();
+    tokio::task::spawn_blocking(move || {
+        let result = serde_json::to_vec(&snap)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| state_dir::write_atomic(&dir.join(SNAPSHOT_FILE), &bytes))
+            .map_err(|e| format!("{e:#}"));
+        let _ = done.send(result);
+    });
+    true
+}
+
+fn count_snapshot(metrics: &Metrics, result: Result<(), String>) {
+    match result {
+        Ok(()) => {
+            metrics.snapshots_ok.fetch_add(1, Relaxed);
+            metrics.last_snapshot_unix.store(unix_ms() / 1000, Relaxed);
+        }
+        Err(e) => {
+            metrics.snapshots_failed.fetch_add(1, Relaxed);
+            tracing::error!("Writing the snapshot failed: {e}");
+        }
+    }
+}
+
+/// The final snapshot, waited for.
 async fn save_snapshot(
     engine: &Engine,
     config: &Config,
     (last_applied, source_id): (Option<u64>, &Option<String>),
     metrics: &Metrics,
-) {
-    let Some(dir) = config.state_dir.clone() else {
-        return;
-    };
-    let mut snap = engine.snapshot();
-    snap.source_position = last_applied;
-    snap.source_id = source_id.clone();
-    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let bytes = serde_json::to_vec(&snap)?;
-        state_dir::write_atomic(&dir.join(SNAPSHOT_FILE), &bytes)
-    })
-    .await;
-    match result {
-        Ok(Ok(())) => {
-            metrics.snapshots_ok.fetch_add(1, Relaxed);
-            metrics.last_snapshot_unix.store(unix_ms() / 1000, Relaxed);
-        }
-        Ok(Err(e)) => {
-            metrics.snapshots_failed.fetch_add(1, Relaxed);
-            tracing::error!("Writing the snapshot failed: {e:#}");
-        }
-        Err(e) => {
-            metrics.snapshots_failed.fetch_add(1, Relaxed);
-            tracing::error!("The snapshot task failed: {e}");
-        }
+) -> Result<(), String> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    if !start_snapshot(engine, config, (last_applied, source_id), tx) {
+        return Ok(());
     }
+    let result = rx
+        .recv()
+        .await
+        .unwrap_or_else(|| Err("the snapshot task failed".into()));
+    count_snapshot(metrics, result.clone());
+    result
 }
 
 fn answer(engine: &mut Engine, q: Query) {

@@ -1,13 +1,18 @@
 //! Sinks: where records go. Each sink is a task with its own bounded queue. The engine never
 //! waits for a sink: when a queue is full the record is dropped for that sink and counted. A
-//! failing delivery is retried with exponential backoff (100 ms doubling to 30 s) while newer
-//! records wait in the queue.
+//! delivery that fails with a transient error is retried with exponential backoff (100 ms
+//! doubling to 30 s) at most `delivery.max_retries` times while newer records wait in the
+//! queue; a permanent error (HTTP 4xx but 408 and 429, a record over NATS `max_payload`) drops
+//! the record at once; a request that times out is not retried, because the receiver may have
+//! taken it. No record leaves a queue uncounted: it is sent, or dropped with a reason, or
+//! counted as discarded at shutdown.
 
-use super::config::Sink;
+use super::config::{Delivery, Sink};
 use super::metrics::Metrics;
 use crate::engine::output::Record;
 use serde_json::json;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -18,6 +23,8 @@ const QUEUE: usize = 16_384;
 pub struct SinkHandle {
     pub name: String,
     tx: mpsc::Sender<Arc<Record>>,
+    /// Records handed to the sink and not yet sent or dropped (queued or in hand).
+    pending: Arc<AtomicU64>,
 }
 
 pub struct Sinks {
@@ -30,6 +37,7 @@ impl Sinks {
         config: &[Sink],
         nats: Option<async_nats::Client>,
         metrics: Arc<Metrics>,
+        delivery: &Delivery,
     ) -> Sinks {
         let mut handles = Vec::new();
         for (i, s) in config.iter().enumerate() {
@@ -50,9 +58,13 @@ impl Sinks {
             } else {
                 name
             };
+            let pending = Arc::new(AtomicU64::new(0));
             let task = SinkTask {
                 name: name.clone(),
                 metrics: metrics.clone(),
+                pending: pending.clone(),
+                timeout: Duration::from_millis(delivery.timeout_ms.max(1) as u64),
+                max_retries: delivery.max_retries,
             };
             match s.clone() {
                 Sink::Stdout {} => {
@@ -74,7 +86,7 @@ impl Sinks {
                     tokio::spawn(task.alertmanager(rx, url, generator_url));
                 }
             }
-            handles.push(SinkHandle { name, tx });
+            handles.push(SinkHandle { name, tx, pending });
         }
         Sinks { handles, metrics }
     }
@@ -83,29 +95,56 @@ impl Sinks {
     pub fn send(&self, record: Record) {
         let r = Arc::new(record);
         for h in &self.handles {
+            // Counted before the send, so that the task never sees a record it was not told of.
+            h.pending.fetch_add(1, Relaxed);
             if h.tx.try_send(r.clone()).is_err() {
-                Metrics::bump(&self.metrics.sink_dropped, &h.name, 1);
+                h.pending.fetch_sub(1, Relaxed);
+                self.metrics.dropped(&h.name, "queue_full", 1);
             }
         }
     }
 
-    /// Waits (up to `limit`) until every sink has taken what it was given, for shutdown.
+    /// Waits (up to `limit`) until every sink has sent or dropped what it was given, for
+    /// shutdown. What is still queued or in hand then is discarded, and counted and logged.
     pub async fn drain(self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
         for h in &self.handles {
-            while h.tx.capacity() < QUEUE && tokio::time::Instant::now() < deadline {
+            while h.pending.load(Relaxed) > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
+        for h in &self.handles {
+            let left = h.pending.load(Relaxed);
+            if left > 0 {
+                self.metrics.dropped(&h.name, "shutdown", left);
+                tracing::warn!(
+                    sink = %h.name,
+                    records = left,
+                    "Records still queued at shutdown were discarded."
+                );
+            }
+        }
         drop(self.handles);
-        // Give the tasks a moment to finish the record in hand.
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Why one delivery attempt failed, which decides what happens to the record.
+#[derive(Debug)]
+enum Failure {
+    /// Worth another try (no connection, HTTP 5xx, 408, 429).
+    Transient(String),
+    /// The receiver will never take this record (HTTP 4xx, over NATS `max_payload`).
+    Permanent(String),
+    /// No answer in time: the receiver may have the record, so it is not sent again.
+    Timeout(String),
 }
 
 struct SinkTask {
     name: String,
     metrics: Arc<Metrics>,
+    pending: Arc<AtomicU64>,
+    timeout: Duration,
+    max_retries: u32,
 }
 
 impl SinkTask {
@@ -113,9 +152,23 @@ impl SinkTask {
         Metrics::bump(&self.metrics.sink_sent, &self.name, n);
     }
 
+    /// One record taken from the queue is done with (sent or dropped).
+    fn done(&self) {
+        self.pending.fetch_sub(1, Relaxed);
+    }
+
+    fn http_client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .timeout(self.timeout)
+            .connect_timeout(self.timeout)
+            .build()
+            .unwrap_or_default()
+    }
+
     async fn discard(self, mut rx: mpsc::Receiver<Arc<Record>>) {
         while rx.recv().await.is_some() {
-            Metrics::bump(&self.metrics.sink_dropped, &self.name, 1);
+            self.metrics.dropped(&self.name, "no_connection", 1);
+            self.done();
         }
     }
 
@@ -126,9 +179,12 @@ impl SinkTask {
             line.push(b'\n');
             if out.write_all(&line).await.is_err() {
                 Metrics::bump(&self.metrics.sink_failures, &self.name, 1);
+                self.metrics.dropped(&self.name, "write_error", 1);
+                self.done();
                 continue;
             }
             self.sent(1);
+            self.done();
             if rx.is_empty() {
                 let _ = out.flush().await;
             }
@@ -136,26 +192,40 @@ impl SinkTask {
         let _ = out.flush().await;
     }
 
-    /// Retries `attempt` with exponential backoff until it succeeds; counts each failure.
+    /// Delivers with `attempt`: transient failures are retried with exponential backoff at
+    /// most `max_retries` times; a permanent failure or a timeout ends it at once. Every failed
+    /// attempt is counted, and a record given up is counted with its reason.
     async fn retry<F, Fut>(&self, mut attempt: F)
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<(), String>>,
+        Fut: std::future::Future<Output = Result<(), Failure>>,
     {
         let mut delay = Duration::from_millis(100);
+        let mut retries = 0;
         loop {
-            match attempt().await {
+            let e = match attempt().await {
                 Ok(()) => {
                     self.sent(1);
                     return;
                 }
-                Err(e) => {
-                    Metrics::bump(&self.metrics.sink_failures, &self.name, 1);
+                Err(e) => e,
+            };
+            Metrics::bump(&self.metrics.sink_failures, &self.name, 1);
+            let (reason, e) = match e {
+                Failure::Permanent(e) => ("rejected", e),
+                Failure::Timeout(e) => ("timeout", e),
+                Failure::Transient(e) if retries >= self.max_retries => ("retries_exhausted", e),
+                Failure::Transient(e) => {
                     tracing::warn!(sink = %self.name, retry_in_ms = delay.as_millis() as u64, "Delivery failed: {e}");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(30));
+                    retries += 1;
+                    continue;
                 }
-            }
+            };
+            self.metrics.dropped(&self.name, reason, 1);
+            tracing::warn!(sink = %self.name, reason, retries, "Dropped a record: {e}");
+            return;
         }
     }
 
@@ -168,28 +238,36 @@ impl SinkTask {
         while let Some(r) = rx.recv().await {
             let subject = format!("{prefix}.{}", r.flow());
             let body = bytes::Bytes::from(serde_json::to_vec(&*r).unwrap_or_default());
+            let timeout = self.timeout;
             self.retry(|| {
                 let (client, subject, body) = (client.clone(), subject.clone(), body.clone());
                 async move {
-                    client
-                        .publish(subject, body)
-                        .await
-                        .map_err(|e| e.to_string())
+                    use async_nats::client::PublishErrorKind as Kind;
+                    match tokio::time::timeout(timeout, client.publish(subject, body)).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => match e.kind() {
+                            Kind::MaxPayloadExceeded | Kind::BadSubject => {
+                                Err(Failure::Permanent(e.to_string()))
+                            }
+                            Kind::Send => Err(Failure::Transient(e.to_string())),
+                        },
+                        // Not handed to the client in time (it is reconnecting): not sent.
+                        Err(_) => Err(Failure::Transient("publishing timed out".into())),
+                    }
                 }
             })
             .await;
+            self.done();
         }
         let _ = client.flush().await;
     }
 
     async fn webhook(self, mut rx: mpsc::Receiver<Arc<Record>>, url: String) {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
+        let http = self.http_client();
         while let Some(r) = rx.recv().await {
             self.retry(|| post(&http, &url, serde_json::to_value(&*r).unwrap_or_default()))
                 .await;
+            self.done();
         }
     }
 
@@ -202,10 +280,7 @@ impl SinkTask {
         url: String,
         generator_url: Option<String>,
     ) {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
+        let http = self.http_client();
         let endpoint = format!("{}/api/v2/alerts", url.trim_end_matches('/'));
         let mut active: HashMap<(String, String, String), serde_json::Value> = HashMap::new();
         let mut resend = tokio::time::interval(Duration::from_secs(60));
@@ -214,6 +289,8 @@ impl SinkTask {
             tokio::select! {
                 r = rx.recv() => {
                     let Some(r) = r else { break };
+                    // Every way out of this arm (sent, dropped, nothing to send) is done.
+                    let _done = Done(&self);
                     let body = match &*r {
                         Record::Alert(a) => {
                             let mut alert = json!({
@@ -259,16 +336,30 @@ impl SinkTask {
     }
 }
 
-async fn post(http: &reqwest::Client, url: &str, body: serde_json::Value) -> Result<(), String> {
-    let resp = http
-        .post(url)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if resp.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!("{url} answered {}", resp.status()))
+/// Marks the record in hand done when dropped, whichever way the code leaves.
+struct Done<'a>(&'a SinkTask);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.0.done();
+    }
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: serde_json::Value) -> Result<(), Failure> {
+    let resp = match http.post(url).json(&body).send().await {
+        Ok(r) => r,
+        // A connection that never opened delivered nothing: that one is worth a retry.
+        Err(e) if e.is_timeout() && !e.is_connect() => {
+            return Err(Failure::Timeout(format!("{url}: {e}")))
+        }
+        Err(e) => return Err(Failure::Transient(format!("{url}: {e}"))),
+    };
+    let status = resp.status();
+    let e = format!("{url} answered {status}");
+    match status.as_u16() {
+        _ if status.is_success() => Ok(()),
+        408 | 429 => Err(Failure::Transient(e)),
+        400..=499 => Err(Failure::Permanent(e)),
+        _ => Err(Failure::Transient(e)),
     }
 }

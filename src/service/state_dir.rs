@@ -39,6 +39,10 @@ pub fn load_learned(dir: &Path) -> anyhow::Result<Option<BTreeMap<String, Learne
             file.version
         );
     }
+    for (name, learned) in &file.flows {
+        crate::engine::snapshot::validate_learned(name, learned)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
     Ok(Some(file.flows))
 }
 
@@ -51,25 +55,43 @@ pub fn save_learned(dir: &Path, flows: BTreeMap<String, LearnedCounts>) -> anyho
 }
 
 /// Writes `bytes` to `path` so that readers see the old content or the new, never a mix.
+///
+/// The temporary file has a fixed name (`.<name>.tmp`), and any temporary file an earlier
+/// process left (a crash, a full disk) is removed first, so that a stale one cannot hold the
+/// space the next write needs. A failed write removes its own temporary file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
-        std::process::id()
-    ));
-    {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    let prefix = format!(".{name}.tmp");
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let tmp = dir.join(&prefix);
+    let written = (|| -> anyhow::Result<()> {
         let mut f =
             std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+        f.write_all(bytes)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.sync_all()
+            .with_context(|| format!("syncing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    written?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }

@@ -469,3 +469,41 @@ pub fn run_ok(cmd: &mut Command) -> std::process::Output {
     );
     out
 }
+
+/// Starts `flowcast run` like `Service::start`, but with its stdin a pipe that the test writes
+/// (`source` should be `{ kind: file, path: "-" }`): the service lives as long as the pipe.
+/// A config with its own `http:` section must listen on `127.0.0.1:0`.
+pub fn start_with_stdin(dir: &Path, config: &str) -> (Service, std::process::ChildStdin) {
+    let conf = dir.join("flowcast.yaml");
+    let http = if config.lines().any(|l| l.starts_with("http:")) {
+        ""
+    } else {
+        "\nhttp: { listen: \"127.0.0.1:0\" }\n"
+    };
+    std::fs::write(&conf, format!("{config}{http}")).unwrap();
+    let n = std::fs::read_dir(dir).unwrap().count();
+    let stdout = dir.join(format!("stdout-{n}.jsonl"));
+    let stderr = dir.join(format!("stderr-{n}.log"));
+    let mut child = flowcast()
+        .arg("run")
+        .arg("--config")
+        .arg(&conf)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let mut s = Service {
+        child: Some(child),
+        http_port: 0,
+        stdout,
+        stderr,
+    };
+    s.wait_until("the HTTP address in the log", || {
+        s_port(&s.stderr).is_some()
+    });
+    s.http_port = s_port(&s.stderr).unwrap_or(0);
+    (s, stdin)
+}
