@@ -178,13 +178,19 @@ fn kills_of_flowcast_and_nats_server_under_a_backlog_lose_nothing_and_count_noth
         "{kills_flowcast} kills of flowcast and {kills_nats} of nats-server in {:?}",
         started.elapsed()
     );
-    let svc = svc.unwrap();
+    let mut svc = svc.unwrap();
     // Done when the consumer has acknowledged the whole stream.
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         let floor = ack_floor(&nats.url());
         if floor == Some(total as u64) {
             break;
+        }
+        if let Some(status) = svc.try_wait() {
+            panic!(
+                "flowcast exited ({status:?}) with the ack floor at {floor:?} (seed {seed}); log:\n{}",
+                svc.log()
+            );
         }
         assert!(
             Instant::now() < deadline,

@@ -190,3 +190,33 @@ fn without_create_a_deleted_stream_stops_the_service_with_an_error() {
             .unwrap();
     assert_eq!(snap["stats"]["matched"].as_u64(), Some(first as u64));
 }
+
+#[test]
+fn a_server_down_for_seconds_is_waited_for_not_taken_for_a_deleted_stream() {
+    let mut s = setup();
+    create_stream(&s.nats.url(), "EVENTS", "events.>");
+    block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(s.nats.url()).await.unwrap());
+        let stream = js.get_stream("EVENTS").await.unwrap();
+        stream
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some("flowcast".into()),
+                ack_policy: async_nats::jetstream::consumer::AckPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    });
+    // `create: false`: only a real deletion may stop the service, not a server that is away.
+    let mut svc = Service::start(s.dir.path(), &s.config(false));
+    let first = s.publish("old", 50);
+    svc.wait_messages(first);
+    s.nats.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(svc.try_wait().is_none(), "exited:\n{}", svc.log());
+    s.nats.respawn();
+    let second = s.publish("new", 50);
+    svc.wait_messages(first + second);
+    assert!(svc.try_wait().is_none(), "exited:\n{}", svc.log());
+    svc.stop();
+}

@@ -2,7 +2,7 @@
 //! or in an oslo envelope). Records go to stdout as JSON lines; a summary goes to stderr.
 
 use super::{load_flows, ExitCode};
-use crate::engine::message::{decode_projected, strip_bom};
+use crate::engine::message::{decode_projected, strip_bom, LineEnd};
 use crate::engine::{Engine, Stats};
 use crate::service::state_dir;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
@@ -118,17 +118,35 @@ pub fn replay(
     let mut records = Vec::new();
     let mut line_no = 0u64;
     let projection = engine.projection();
+    let mut cutter = crate::engine::message::LineCutter::default();
     loop {
         line.clear();
-        if input.read_until(b'\n', &mut line)? == 0 {
+        let end = loop {
+            let chunk = input.fill_buf()?;
+            if chunk.is_empty() {
+                break cutter.finish();
+            }
+            let (used, end) = cutter.feed(chunk, &mut line);
+            input.consume(used);
+            if end.is_some() {
+                break end;
+            }
+        };
+        let Some(end) = end else {
             break;
-        }
+        };
         line_no += 1;
-        let text = trim_ascii(strip_bom(&line));
-        if text.is_empty() {
-            continue;
-        }
-        match decode_projected(text, &projection) {
+        let decoded = match end {
+            LineEnd::TooLong(n) => Err(crate::engine::message::DecodeError::TooLarge(n)),
+            LineEnd::Line => {
+                let text = trim_ascii(strip_bom(&line));
+                if text.is_empty() {
+                    continue;
+                }
+                decode_projected(text, &projection)
+            }
+        };
+        match decoded {
             Ok(msg) => engine.observe(&msg, &mut records),
             Err(e) => {
                 engine.count_malformed();

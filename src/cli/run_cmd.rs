@@ -106,6 +106,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         crate::service::run::run(config, shutdown).await
     });
+    // Reading stdin blocks a thread of the runtime's pool that no shutdown can interrupt;
+    // dropping the runtime would wait for it until stdin closes (minutes, or never). The
+    // service has stopped and saved its state: leave such threads behind.
+    rt.shutdown_background();
     match result {
         Ok(()) => Ok(ExitCode::Ok),
         Err(e)

@@ -7,6 +7,61 @@ use serde_json::Value;
 /// Messages larger than this are refused before parsing (oslo's own limit is far lower).
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 
+/// Cuts a byte stream into lines without ever holding more than `MAX_MESSAGE_BYTES` of one:
+/// the reader (a file, stdin; IO is the caller's) hands it what it has buffered, and a line
+/// that grows past the limit is dropped as it goes and reported with its length once it ends.
+/// A 500 MB line costs the limit in memory, not 500 MB.
+#[derive(Debug, Default)]
+pub struct LineCutter {
+    /// Bytes of the current line seen so far (also those dropped).
+    len: usize,
+}
+
+/// What [`LineCutter::feed`] found at the end of a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineEnd {
+    /// The line is in the caller's buffer (newline included).
+    Line,
+    /// The line was over the limit: this many bytes, none kept.
+    TooLong(usize),
+}
+
+impl LineCutter {
+    /// Takes bytes from `chunk` up to and including the first newline into `line` (unless the
+    /// line is over the limit). Returns how many bytes were taken and, when a newline was among
+    /// them, how the line ended. At the end of input, call [`finish`](Self::finish).
+    pub fn feed(&mut self, chunk: &[u8], line: &mut Vec<u8>) -> (usize, Option<LineEnd>) {
+        let (part, ends) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (&chunk[..=i], true),
+            None => (chunk, false),
+        };
+        self.len += part.len();
+        if self.len > MAX_MESSAGE_BYTES + 2 {
+            line.clear();
+        } else {
+            line.extend_from_slice(part);
+        }
+        if !ends {
+            return (part.len(), None);
+        }
+        (part.len(), Some(self.end()))
+    }
+
+    /// The end of input: how the last line (without a newline) ended, if there was one.
+    pub fn finish(&mut self) -> Option<LineEnd> {
+        (self.len > 0).then(|| self.end())
+    }
+
+    fn end(&mut self) -> LineEnd {
+        let len = std::mem::take(&mut self.len);
+        if len > MAX_MESSAGE_BYTES + 2 {
+            LineEnd::TooLong(len)
+        } else {
+            LineEnd::Line
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DecodeError {
     #[error("message of {0} bytes is over the {MAX_MESSAGE_BYTES}-byte limit")]

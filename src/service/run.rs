@@ -473,7 +473,11 @@ async fn apply_batch(
             }
             *last_applied = Some(seq);
         }
-        match decode_projected(trim(&d.payload), projection) {
+        let decoded = match d.oversized {
+            Some(n) => Err(crate::engine::message::DecodeError::TooLarge(n)),
+            None => decode_projected(trim(&d.payload), projection),
+        };
+        match decoded {
             Ok(mut msg) => {
                 if wall && msg.time_ms.is_none() {
                     msg.time_ms = Some(now_ms);

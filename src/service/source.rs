@@ -15,6 +15,7 @@
 
 use super::config::{Nats, Source};
 use super::metrics::Metrics;
+use crate::engine::message::{LineCutter, LineEnd};
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -30,6 +31,8 @@ pub struct Delivery {
     pub seq: Option<u64>,
     /// The JetStream message to acknowledge once applied.
     pub ack: Option<jetstream::Message>,
+    /// A line over the message limit, dropped while it was read: its length.
+    pub oversized: Option<usize>,
 }
 
 pub enum SourceEvent {
@@ -181,12 +184,27 @@ async fn file(
     let mut lines = tokio::io::BufReader::with_capacity(1 << 20, reader);
     let mut batch = Vec::with_capacity(batch_size);
     let mut buf = Vec::new();
+    // Lines are cut as they are read: one over the message limit is dropped as it streams by.
+    let mut cutter = LineCutter::default();
     loop {
         buf.clear();
-        if lines.read_until(b'\n', &mut buf).await? == 0 {
-            break;
-        }
-        if buf.iter().all(u8::is_ascii_whitespace) {
+        let end = loop {
+            let chunk = lines.fill_buf().await?;
+            if chunk.is_empty() {
+                break cutter.finish();
+            }
+            let (used, end) = cutter.feed(chunk, &mut buf);
+            lines.consume(used);
+            if end.is_some() {
+                break end;
+            }
+        };
+        let oversized = match end {
+            None => break,
+            Some(LineEnd::TooLong(n)) => Some(n),
+            Some(LineEnd::Line) => None,
+        };
+        if oversized.is_none() && buf.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         batch.push(Delivery {
@@ -194,6 +212,7 @@ async fn file(
             received: Instant::now(),
             seq: None,
             ack: None,
+            oversized,
         });
         // Send when the batch is full, or when nothing more is buffered (a trickle on stdin
         // must not wait for a full batch).
@@ -245,6 +264,7 @@ async fn core(
             received: now,
             seq: None,
             ack: None,
+            oversized: None,
         });
         // Take whatever else is ready, without waiting.
         while batch.len() < batch_size {
@@ -254,6 +274,7 @@ async fn core(
                     received: now,
                     seq: None,
                     ack: None,
+                    oversized: None,
                 }),
                 _ => break,
             }
@@ -293,6 +314,8 @@ fn stream_identity(name: &str, info: &jetstream::stream::Info) -> String {
 enum Detached {
     /// The consumer (or its stream) is gone from the server.
     Deleted(String),
+    /// The server did not answer (restarting, unreachable): attach again.
+    Lost(String),
     /// The engine task stopped listening.
     Closed,
 }
@@ -321,8 +344,20 @@ impl JetStreamSource {
         let mut position = resume.position;
         let mut known_id = resume.stream_id;
         let mut attempt = 0u32;
+        let mut attached = false;
         loop {
-            let stream = self.open_stream(&js).await?;
+            // The first attachment's errors stop the start (a missing stream with `create`
+            // off, a wrong name); later ones are a server restarting: try again.
+            let stream = match self.open_stream(&js).await {
+                Ok(s) => s,
+                Err(e) if attached => {
+                    attempt += 1;
+                    tracing::warn!("JetStream: {e:#}; trying again.");
+                    backoff(attempt).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let info = stream.cached_info();
             let id = stream_identity(&self.stream, info);
             // A stream that is not the one the position belongs to: a new identity, or (for a
@@ -352,12 +387,27 @@ impl JetStreamSource {
                 return Ok(());
             }
             known_id = Some(id);
-            let consumer = self.open_consumer(&stream, position).await?;
+            let consumer = match self.open_consumer(&stream, position).await {
+                Ok(c) => c,
+                Err(e) if attached => {
+                    attempt += 1;
+                    tracing::warn!("JetStream: {e:#}; trying again.");
+                    backoff(attempt).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            attached = true;
             match self
                 .follow(&stream, consumer, batch_size, &mut position, metrics, tx)
                 .await?
             {
                 Detached::Closed => return Ok(()),
+                Detached::Lost(why) => {
+                    attempt += 1;
+                    tracing::warn!(stream = %self.stream, "JetStream: {why}; attaching again.");
+                    backoff(attempt).await;
+                }
                 Detached::Deleted(why) => {
                     metrics.ready.store(0, std::sync::atomic::Ordering::Relaxed);
                     if !self.create {
@@ -451,7 +501,7 @@ impl JetStreamSource {
     ) -> anyhow::Result<Detached> {
         let info = match consumer.info().await {
             Ok(i) => i.clone(),
-            Err(e) => return Ok(Detached::Deleted(format!("consumer info failed: {e}"))),
+            Err(e) => return Ok(Detached::Lost(format!("consumer info failed: {e}"))),
         };
         // Without a saved position (no state directory), what the consumer acknowledged is done.
         let mut sent = position.unwrap_or(info.ack_floor.stream_sequence);
@@ -479,7 +529,7 @@ impl JetStreamSource {
         let mut last_delivery = info.delivered.consumer_sequence;
         let mut msgs = match consumer.messages().await {
             Ok(m) => m,
-            Err(e) => return Ok(Detached::Deleted(format!("consuming failed: {e}"))),
+            Err(e) => return Ok(Detached::Lost(format!("consuming failed: {e}"))),
         };
         metrics.ready.store(1, std::sync::atomic::Ordering::Relaxed);
         let mut batch: Vec<Delivery> = Vec::with_capacity(batch_size);
@@ -498,7 +548,7 @@ impl JetStreamSource {
                     // Still there (a server restarting): read it afresh.
                     msgs = match consumer.messages().await {
                         Ok(m) => m,
-                        Err(e) => return Ok(Detached::Deleted(format!("consuming failed: {e}"))),
+                        Err(e) => return Ok(Detached::Lost(format!("consuming failed: {e}"))),
                     };
                     break;
                 }
@@ -560,6 +610,7 @@ impl JetStreamSource {
                     received: Instant::now(),
                     seq: Some(seq),
                     ack: Some(m),
+                    oversized: None,
                 });
                 if batch.len() >= batch_size {
                     break;
@@ -658,6 +709,7 @@ impl JetStreamSource {
                     received: Instant::now(),
                     seq: Some(seq),
                     ack: None,
+                    oversized: None,
                 });
             }
             let last = past || seq == to || left == 0;
@@ -682,6 +734,11 @@ impl JetStreamSource {
         }
         anyhow::bail!("catch-up: the message stream ended")
     }
+}
+
+/// Waits before attaching again: 200 ms more each attempt, at most 5 s.
+async fn backoff(attempt: u32) {
+    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(25)))).await;
 }
 
 /// Whether a message stream's end or error means the consumer may be gone.

@@ -148,6 +148,19 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// SIGKILL, and stay down until `respawn`.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again after `kill`, on the same port and store.
+    pub fn respawn(&mut self) {
+        self.spawn();
+    }
+
     /// SIGKILL, then start again on the same port and store.
     pub fn restart(&mut self) {
         if let Some(mut c) = self.child.take() {
