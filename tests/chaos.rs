@@ -9,6 +9,7 @@
 mod common;
 
 use common::*;
+use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -16,14 +17,16 @@ use std::time::{Duration, Instant};
 const FLOW: &str = r#"flow chaos {
     key payload.id
     initial a
-    state b
+    state b, x
     terminal c
     artifact failed "Error State Failure"
     on "a" -> a
     on "b" -> b
+    on "x" -> x
     on "c" -> c
     on "f" -> failed
     learn { expire 30d }
+    alert { threshold 0.3 }
 }
 "#;
 
@@ -51,9 +54,14 @@ fn write_stream(path: &Path, objects: usize) -> usize {
             let Some(obj) = slot.checked_sub(step * 500).filter(|o| *o < objects) else {
                 continue;
             };
+            // One object in a hundred takes the risky branch x (half of them fail: alerts);
+            // of the rest, one in seventeen fails from b (no alert at this threshold).
             let ty = match step {
                 0 => "a",
+                1 if obj % 100 == 0 => "x",
                 1 => "b",
+                _ if obj % 100 == 0 && obj % 200 == 0 => "f",
+                _ if obj % 100 == 0 => "c",
                 _ if obj % 17 == 0 => "f",
                 _ => "c",
             };
@@ -88,6 +96,27 @@ fn ack_floor(url: &str) -> Option<u64> {
         let _ = &mut stream;
         Some(consumer.info().await.ok()?.ack_floor.stream_sequence)
     })
+}
+
+/// Alerts (object, state) and, per object, whether its last alert was followed by a resolution,
+/// over every stdout file the service wrote across its restarts (or one replay's output).
+fn alerts(records: &[serde_json::Value]) -> (BTreeSet<(String, String)>, BTreeSet<String>) {
+    let mut fired = BTreeSet::new();
+    let mut open = BTreeSet::new();
+    for r in records {
+        let object = r["object"].as_str().unwrap_or_default().to_string();
+        match r["type"].as_str() {
+            Some("alert") => {
+                fired.insert((object.clone(), r["state"].as_str().unwrap().to_string()));
+                open.insert(object);
+            }
+            Some("resolved") => {
+                open.remove(&object);
+            }
+            _ => {}
+        }
+    }
+    (fired, open)
 }
 
 fn learned_transitions(model: &serde_json::Value) -> Vec<(String, String, f64)> {
@@ -231,6 +260,41 @@ fn kills_of_flowcast_and_nats_server_under_a_backlog_lose_nothing_and_count_noth
         .output()
         .unwrap();
     assert!(out.status.success());
+    // No alert lost, none for an object that should have none, and every alert resolved: the
+    // records of all runs together (a crash may repeat records since the last snapshot).
+    let parse = |text: &str| -> Vec<serde_json::Value> {
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    // In the order the runs happened (stdout-N.jsonl, N growing with each start).
+    let mut outputs: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let name = path.file_name()?.to_str()?.to_string();
+            let n = name
+                .strip_prefix("stdout-")?
+                .strip_suffix(".jsonl")?
+                .parse()
+                .ok()?;
+            Some((n, path))
+        })
+        .collect();
+    outputs.sort();
+    let mut live_records = Vec::new();
+    for (_, path) in &outputs {
+        live_records.extend(parse(&std::fs::read_to_string(path).unwrap()));
+    }
+    let (replay_alerts, replay_open) = alerts(&parse(&String::from_utf8_lossy(&out.stdout)));
+    let (live_alerts, live_open) = alerts(&live_records);
+    assert!(replay_alerts.len() >= 900, "{}", replay_alerts.len());
+    assert!(replay_open.is_empty());
+    assert_eq!(live_alerts, replay_alerts, "alerts (seed {seed})");
+    assert!(
+        live_open.is_empty(),
+        "alerts never resolved (seed {seed}): {live_open:?}"
+    );
     let out = flowcast()
         .args(["model", "--format", "json", "--state-dir"])
         .arg(&replayed)

@@ -264,6 +264,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 &engine,
                 &config,
                 (last_applied, &source_id),
+                sinks.mark(),
                 snap_done_tx.clone(),
             );
         }
@@ -426,7 +427,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     }
     publish_metrics(&engine, &metrics);
-    let saved = save_snapshot(&engine, &config, (last_applied, &source_id), &metrics).await;
+    let saved = save_snapshot(
+        &engine,
+        &config,
+        (last_applied, &source_id),
+        sinks.mark(),
+        &metrics,
+    )
+    .await;
     sinks.drain(Duration::from_secs(5)).await;
     if let Some(c) = client {
         let _ = c.flush().await;
@@ -537,12 +545,21 @@ fn publish_metrics(engine: &Engine, metrics: &Metrics) {
     }
 }
 
+/// How long a snapshot waits for the sinks to send the records it covers.
+const SINK_WAIT: Duration = Duration::from_secs(10);
+
 /// Takes a snapshot (a copy by name, in the engine task) and writes it on a blocking thread,
 /// which reports on `done`. Returns whether a write was started.
+///
+/// The write waits (up to `SINK_WAIT`) until every sink has sent or given up the records handed
+/// to it before the copy: a snapshot covers the messages applied, and after a crash those are
+/// not applied again, so their records must be out first or a crash could lose them (alerts
+/// never sent, resolutions never sent). A sink slower than that is named in a warning.
 fn start_snapshot(
     engine: &Engine,
     config: &Config,
     (last_applied, source_id): (Option<u64>, &Option<String>),
+    mark: super::sink::SinkMark,
     done: mpsc::UnboundedSender<Result<(), String>>,
 ) -> bool {
     let Some(dir) = config.state_dir.clone() else {
@@ -552,6 +569,13 @@ fn start_snapshot(
     snap.source_position = last_applied;
     snap.source_id = source_id.clone();
     tokio::task::spawn_blocking(move || {
+        let behind = mark.wait(SINK_WAIT);
+        if !behind.is_empty() {
+            tracing::warn!(
+                sinks = ?behind,
+                "Writing a snapshot before these sinks sent the records it covers; a crash now could lose them."
+            );
+        }
         let result = serde_json::to_vec(&snap)
             .map_err(anyhow::Error::from)
             .and_then(|bytes| state_dir::write_atomic(&dir.join(SNAPSHOT_FILE), &bytes))
@@ -579,10 +603,11 @@ async fn save_snapshot(
     engine: &Engine,
     config: &Config,
     (last_applied, source_id): (Option<u64>, &Option<String>),
+    mark: super::sink::SinkMark,
     metrics: &Metrics,
 ) -> Result<(), String> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    if !start_snapshot(engine, config, (last_applied, source_id), tx) {
+    if !start_snapshot(engine, config, (last_applied, source_id), mark, tx) {
         return Ok(());
     }
     let result = rx

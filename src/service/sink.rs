@@ -25,6 +25,36 @@ pub struct SinkHandle {
     tx: mpsc::Sender<Arc<Record>>,
     /// Records handed to the sink and not yet sent or dropped (queued or in hand).
     pending: Arc<AtomicU64>,
+    /// Records handed to the sink so far (the send side's count).
+    handed: AtomicU64,
+    /// Records the sink is done with so far, in order: sent (written and flushed, for stdout)
+    /// or dropped. `handed` at some moment minus this is what a crash then could lose.
+    finished: Arc<AtomicU64>,
+}
+
+/// How far every sink had been handed records at one moment (`Sinks::mark`): a snapshot taken
+/// then is written once each sink has finished that many, so that the state on disk never
+/// covers a message whose records a crash could still lose.
+pub struct SinkMark(Vec<(String, Arc<AtomicU64>, u64)>);
+
+impl SinkMark {
+    /// Waits (blocking; on a writer thread) until every sink has caught up with the mark, at
+    /// most `limit`. Returns the sinks still behind then.
+    pub fn wait(&self, limit: Duration) -> Vec<String> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let behind: Vec<String> = self
+                .0
+                .iter()
+                .filter(|(_, done, mark)| done.load(Relaxed) < *mark)
+                .map(|(name, ..)| name.clone())
+                .collect();
+            if behind.is_empty() || std::time::Instant::now() >= deadline {
+                return behind;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
 }
 
 pub struct Sinks {
@@ -59,10 +89,12 @@ impl Sinks {
                 name
             };
             let pending = Arc::new(AtomicU64::new(0));
+            let finished = Arc::new(AtomicU64::new(0));
             let task = SinkTask {
                 name: name.clone(),
                 metrics: metrics.clone(),
                 pending: pending.clone(),
+                finished: finished.clone(),
                 timeout: Duration::from_millis(delivery.timeout_ms.max(1) as u64),
                 max_retries: delivery.max_retries,
             };
@@ -86,7 +118,13 @@ impl Sinks {
                     tokio::spawn(task.alertmanager(rx, url, generator_url));
                 }
             }
-            handles.push(SinkHandle { name, tx, pending });
+            handles.push(SinkHandle {
+                name,
+                tx,
+                pending,
+                handed: AtomicU64::new(0),
+                finished,
+            });
         }
         Sinks { handles, metrics }
     }
@@ -100,8 +138,20 @@ impl Sinks {
             if h.tx.try_send(r.clone()).is_err() {
                 h.pending.fetch_sub(1, Relaxed);
                 self.metrics.dropped(&h.name, "queue_full", 1);
+                continue;
             }
+            h.handed.fetch_add(1, Relaxed);
         }
+    }
+
+    /// Where every sink stands now; see [`SinkMark`].
+    pub fn mark(&self) -> SinkMark {
+        SinkMark(
+            self.handles
+                .iter()
+                .map(|h| (h.name.clone(), h.finished.clone(), h.handed.load(Relaxed)))
+                .collect(),
+        )
     }
 
     /// Waits (up to `limit`) until every sink has sent or dropped what it was given, for
@@ -143,6 +193,7 @@ struct SinkTask {
     name: String,
     metrics: Arc<Metrics>,
     pending: Arc<AtomicU64>,
+    finished: Arc<AtomicU64>,
     timeout: Duration,
     max_retries: u32,
 }
@@ -155,6 +206,7 @@ impl SinkTask {
     /// One record taken from the queue is done with (sent or dropped).
     fn done(&self) {
         self.pending.fetch_sub(1, Relaxed);
+        self.finished.fetch_add(1, Relaxed);
     }
 
     fn http_client(&self) -> reqwest::Client {
@@ -172,8 +224,10 @@ impl SinkTask {
         }
     }
 
+    /// Written records are done once flushed: a record still in the buffer is not out yet.
     async fn stdout(self, mut rx: mpsc::Receiver<Arc<Record>>) {
         let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
+        let mut unflushed = 0u64;
         while let Some(r) = rx.recv().await {
             let mut line = serde_json::to_vec(&*r).unwrap_or_default();
             line.push(b'\n');
@@ -184,12 +238,18 @@ impl SinkTask {
                 continue;
             }
             self.sent(1);
-            self.done();
-            if rx.is_empty() {
+            unflushed += 1;
+            if rx.is_empty() || unflushed >= 512 {
                 let _ = out.flush().await;
+                for _ in 0..std::mem::take(&mut unflushed) {
+                    self.done();
+                }
             }
         }
         let _ = out.flush().await;
+        for _ in 0..unflushed {
+            self.done();
+        }
     }
 
     /// Delivers with `attempt`: transient failures are retried with exponential backoff at
