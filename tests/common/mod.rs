@@ -464,3 +464,25 @@ pub fn run_ok(cmd: &mut Command) -> std::process::Output {
     );
     out
 }
+
+/// The seed of the property tests: fixed, so that a run is repeatable and a failure replays;
+/// `PROPTEST_RNG_SEED=N` overrides it (to explore, or to replay a seed a run printed).
+pub const DEFAULT_PROPTEST_SEED: u64 = 20_260_101;
+
+/// A proptest configuration with `cases` cases and the seed above, which it prints.
+pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    let seed = match std::env::var("PROPTEST_RNG_SEED") {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("PROPTEST_RNG_SEED=`{s}` is not a u64")),
+        Err(_) => DEFAULT_PROPTEST_SEED,
+    };
+    eprintln!("proptest seed {seed} (replay with PROPTEST_RNG_SEED={seed})");
+    proptest::test_runner::Config {
+        cases,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}
