@@ -148,6 +148,22 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The server's view of a JetStream consumer (`$JS.API.CONSUMER.INFO`): `ack_floor`,
+    /// `num_pending`, `num_ack_pending`, `delivered`, as JSON.
+    pub fn consumer_info(&self, stream: &str, consumer: &str) -> serde_json::Value {
+        let url = self.url();
+        let subject = format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let c = async_nats::connect(url).await.unwrap();
+            let reply = c.request(subject, "".into()).await.unwrap();
+            serde_json::from_slice(&reply.payload).unwrap()
+        })
+    }
+
     /// SIGKILL, then start again on the same port and store.
     pub fn restart(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -269,13 +285,30 @@ impl Service {
         }
     }
 
+    /// The value of one series on `/metrics`. A failed request, or a series that is not there,
+    /// fails the test: a wait for `== 0.0` must not pass because nothing answered.
     pub fn metric(&self, name: &str) -> f64 {
-        let (_, body) = http(self.http_port, "GET", "/metrics");
-        body.lines()
-            .find(|l| l.split(' ').next() == Some(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
+        self.metric_opt(name).unwrap_or_else(|| {
+            panic!(
+                "no series `{name}` on /metrics; service log:\n{}",
+                self.log()
+            )
+        })
+    }
+
+    /// The value of a series that may not exist yet (a labelled counter appears with its first
+    /// event); `None` when absent. A failed request still fails the test.
+    pub fn metric_opt(&self, name: &str) -> Option<f64> {
+        let (status, body) = http(self.http_port, "GET", "/metrics");
+        assert_eq!(
+            status,
+            200,
+            "GET /metrics failed ({status}); service log:\n{}",
+            self.log()
+        );
+        let line = body.lines().find(|l| l.split(' ').next() == Some(name))?;
+        let value = line.rsplit(' ').next().and_then(|v| v.parse().ok());
+        Some(value.unwrap_or_else(|| panic!("unreadable metric line `{line}`")))
     }
 
     /// Every message the service has accounted for.
