@@ -502,8 +502,13 @@ pub fn run_ok(cmd: &mut Command) -> std::process::Output {
 /// `PROPTEST_RNG_SEED=N` overrides it (to explore, or to replay a seed a run printed).
 pub const DEFAULT_PROPTEST_SEED: u64 = 20_260_101;
 
-/// A proptest configuration with `cases` cases and the seed above, which it prints.
+/// A proptest configuration with `cases` cases (`PROPTEST_CASES` overrides it, for a longer
+/// run) and the seed above, which it prints.
 pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.trim().parse().ok())
+        .unwrap_or(cases);
     let seed = match std::env::var("PROPTEST_RNG_SEED") {
         Ok(s) => s
             .trim()
