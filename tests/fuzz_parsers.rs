@@ -271,3 +271,41 @@ fn the_kept_corpus_passes() {
         }
     }
 }
+
+/// Every input a fuzzer crashed on, kept in `fuzz/regressions/<target>/` as it was found.
+/// - json/crash-baff1253...: a stacktach `compute.instance.update` whose `instance_id` has the
+///   UUID's 36 bytes and four dashes in place and a fifth one (`...-beb1-3b90-6685257`): the
+///   key parser read past the end (index out of bounds), which stopped the service on one
+///   message (cargo-fuzz, json target, within 5 minutes).
+#[test]
+fn the_crashes_the_fuzzers_found_stay_fixed() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+    let mut seen = 0;
+    for (target, check) in [
+        ("flow", checks::flow as fn(&[u8])),
+        ("json", checks::json),
+        ("csv", checks::csv),
+        ("yaml", checks::yaml),
+    ] {
+        let Ok(entries) = std::fs::read_dir(dir.join(target)) else {
+            continue;
+        };
+        for e in entries {
+            check(&std::fs::read(e.unwrap().path()).unwrap());
+            seen += 1;
+        }
+    }
+    assert!(seen >= 1, "the regressions are in {}", dir.display());
+}
+
+/// The json crash through the binary: `replay` reads the message, counts it, and exits 0.
+#[test]
+fn replay_survives_the_uuid_like_key_with_a_fifth_dash() {
+    let input = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/regressions/json/crash-baff12536ea407833b2d4e541c0e7a8bdeb71e87");
+    common::run_ok(
+        common::flowcast()
+            .args(["replay", "--models", "models"])
+            .arg(&input),
+    );
+}
