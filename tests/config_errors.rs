@@ -168,3 +168,20 @@ fn run_check_config_prints_the_file_line_and_column() {
         "{err}"
     );
 }
+
+#[test]
+fn the_bundled_example_configuration_parses() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/flowcast.yaml");
+    let c = Config::load(&path).unwrap();
+    assert_eq!(c.snapshot_interval_ms, 30_000);
+    assert!(matches!(c.clock, Clock::Wall { lateness_ms: 2_000 }));
+    assert!(matches!(
+        c.source,
+        flowcast::service::config::Source::Jetstream {
+            ack_wait_ms: 30_000,
+            create: true,
+            ..
+        }
+    ));
+    assert_eq!(c.sinks.len(), 3);
+}
