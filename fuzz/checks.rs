@@ -139,8 +139,13 @@ pub fn yaml(data: &[u8]) {
         return;
     };
     if let (Ok(line), Ok(_col)) = (line.parse::<usize>(), col.parse::<usize>()) {
-        // libyaml marks the end of the stream one line past a last line without its line end.
-        let lines = text.split('\n').count();
+        // Lines as YAML counts them: `\r\n`, `\r`, `\n` and the Unicode breaks end a line
+        // (a lone `\r` too, found by the yaml fuzz target), and libyaml marks the end of the
+        // stream one line past a last line without its line end.
+        let lines = text
+            .replace("\r\n", "\n")
+            .split(['\r', '\n', '\u{85}', '\u{2028}', '\u{2029}'])
+            .count();
         assert!(
             line >= 1 && line <= lines + 1,
             "{e} (the text has {lines} lines)"
