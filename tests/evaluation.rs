@@ -230,7 +230,13 @@ fn outcome_metrics_on_a_simulated_stream_track_the_true_probabilities() {
         "{r}"
     );
     assert!(o["recall"].as_f64().unwrap() > 0.3, "{o}");
-    assert!(Path::new(s).exists());
+    // Every simulated object was read as a case, and split 2/3 training, 1/3 test.
+    let (train, test) = (
+        r["train_cases"].as_u64().unwrap(),
+        r["test_cases"].as_u64().unwrap(),
+    );
+    assert_eq!(train + test, 3000, "{r}");
+    assert_eq!(test, 1000, "{r}");
 }
 
 #[test]

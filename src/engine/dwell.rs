@@ -187,6 +187,28 @@ mod tests {
         let s = h.survival(100.0);
         assert!((0.2..=0.4).contains(&s), "{s}");
         assert!(h.mean() > 100.0 && h.mean() < 400.0);
-        assert!(h.mean_residual(0.0) > h.mean_residual(500.0) - 1000.0);
+        // The mean residual time, with each dwell at its bucket's midpoint: from 0, the mean of
+        // 12, 24, 48, 96 and 768 ms; after 500 ms only the 1000 ms dwell ([512, 1024)) is left,
+        // 768 - 500 to go; after 70 ms, 58/64 of the 80 ms bucket ([70, 128), 29 ms to go on
+        // average) and the 1000 ms dwell (698 ms to go); after 5 s, nothing is left.
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(
+            close(h.mean_residual(0.0), 948.0 / 5.0),
+            "{}",
+            h.mean_residual(0.0)
+        );
+        assert!(
+            close(h.mean_residual(500.0), 268.0),
+            "{}",
+            h.mean_residual(500.0)
+        );
+        let share = 58.0 / 64.0;
+        let after_70 = (share * 29.0 + 698.0) / (share + 1.0);
+        assert!(
+            close(h.mean_residual(70.0), after_70),
+            "{}",
+            h.mean_residual(70.0)
+        );
+        assert_eq!(h.mean_residual(5000.0), 0.0);
     }
 }

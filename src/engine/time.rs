@@ -50,7 +50,12 @@ fn parse_str_any(s: &str) -> Option<i64> {
     }
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+    if !(1..=12).contains(&mo)
+        || !(1..=days_in_month(y, mo)).contains(&d)
+        || h > 23
+        || mi > 59
+        || sec > 60
+    {
         return None;
     }
     let mut i = 19;
@@ -74,6 +79,9 @@ fn parse_str_any(s: &str) -> Option<i64> {
         Some(sign @ (b'+' | b'-')) if b.len() == i + 6 && b[i + 3] == b':' => {
             let oh = num(i + 1..i + 3)?;
             let om = num(i + 4..i + 6)?;
+            if oh > 23 || om > 59 {
+                return None;
+            }
             let m = oh * 60 + om;
             if *sign == b'+' {
                 m
@@ -85,6 +93,16 @@ fn parse_str_any(s: &str) -> Option<i64> {
     };
     let days = days_from_civil(y, mo, d);
     Some(((days * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60) * 1000) + ms)
+}
+
+/// The days of a month of the proleptic Gregorian calendar: `2020-02-31` is no date.
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -137,12 +155,21 @@ mod tests {
         assert_eq!(parse_str("2012-03-26T02:00:00.123+02:00"), Some(base));
         assert_eq!(parse_str("2014-10-01 12:00:00"), Some(1_412_164_800_000));
         assert_eq!(parse_str("1970-01-01T00:00:00Z"), Some(0));
+        assert!(parse_str("2020-02-29 00:00:00").is_some());
+        assert!(parse_str("2000-02-29 00:00:00").is_some());
+        assert!(parse_str("2012-03-26T00:00:00+23:59").is_some());
         for bad in [
             "",
             "yesterday",
             "2012-13-01 00:00:00",
             "2012-03-26 00:00:00.",
             "2012-03-26 00:00:00+2",
+            "2020-02-31 00:00:00",
+            "2019-02-29 00:00:00",
+            "2021-04-31T00:00:00Z",
+            "2012-03-26T00:00:00+99:99",
+            "2012-03-26T00:00:00+24:00",
+            "2012-03-26T00:00:00-01:60",
         ] {
             assert_eq!(parse_str(bad), None, "{bad}");
         }

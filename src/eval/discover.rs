@@ -8,8 +8,8 @@
 //! The CSV path works on the file's bytes without allocating per row, since it is meant for
 //! logs of millions of events.
 
+use super::log::parse_log_time;
 use super::log::{CsvColumns, CASE_END};
-use crate::engine::time::parse_str;
 use crate::syntax::format_duration_ms;
 use foldhash::HashMap;
 use std::fmt::Write;
@@ -161,7 +161,7 @@ pub fn dfg_from_csv(bytes: &[u8], cols: &CsvColumns, count_repeats: bool) -> any
         }
         let time = std::str::from_utf8(fields[ti])
             .ok()
-            .and_then(|t| parse_str(t.trim()));
+            .and_then(|t| parse_log_time(t.trim()));
         let Some(time) = time else {
             anyhow::bail!(
                 "line {}: unreadable time `{}`",
@@ -304,9 +304,19 @@ pub fn render(dfg: &Dfg, opts: &RenderOptions) -> String {
         })
         .collect();
     // Final: never followed by anything. A failure that is followed (a retry) stays a state.
-    let artifact: Vec<bool> = (0..n).map(|a| is_failure[a] && !followed[a]).collect();
-    let terminal: Vec<bool> = (0..n).map(|a| !is_failure[a] && !followed[a]).collect();
-    let needs_done = (0..n).any(|a| dfg.ends[a] > 0 && followed[a]);
+    let mut artifact: Vec<bool> = (0..n).map(|a| is_failure[a] && !followed[a]).collect();
+    let mut terminal: Vec<bool> = (0..n).map(|a| !is_failure[a] && !followed[a]).collect();
+    // A flow needs an initial state (F011). When every activity that starts a case is also
+    // never followed (cases of a single event), those activities become the initial states
+    // and their cases end in `done`, as any case that ends in a state that is not final.
+    if !(0..n).any(|a| dfg.starts[a] > 0 && !artifact[a] && !terminal[a]) {
+        for a in (0..n).filter(|&a| dfg.starts[a] > 0) {
+            artifact[a] = false;
+            terminal[a] = false;
+        }
+    }
+    let is_final = |a: usize| artifact[a] || terminal[a];
+    let needs_done = (0..n).any(|a| dfg.ends[a] > 0 && !is_final(a));
 
     let mut o = String::new();
     let _ = writeln!(
@@ -349,7 +359,7 @@ pub fn render(dfg: &Dfg, opts: &RenderOptions) -> String {
         if dfg.starts[a] > 0 {
             note.push_str(&format!(", starts {} cases", thousands(dfg.starts[a])));
         }
-        if is_failure[a] && !artifact[a] {
+        if is_failure[a] && followed[a] {
             note.push_str("; marked as a failure but followed by other activities (a retry?)");
         }
         let _ = writeln!(
@@ -405,7 +415,14 @@ pub fn render(dfg: &Dfg, opts: &RenderOptions) -> String {
                 .then(b.1.cmp(&a.1))
                 .then(a.0 .1.cmp(&b.0 .1))
         });
-        let w = names.iter().map(String::len).max().unwrap_or(4).max(4);
+        // Aligned up to a width that keeps the file readable (and `format!` in range: a
+        // width over 65,535 panics); longer names are written as they are.
+        let w = names
+            .iter()
+            .map(String::len)
+            .max()
+            .unwrap_or(4)
+            .clamp(4, 40);
         for ((f, t), c) in edges {
             let _ = writeln!(
                 o,
@@ -414,13 +431,9 @@ pub fn render(dfg: &Dfg, opts: &RenderOptions) -> String {
             );
         }
         if needs_done {
-            for a in 0..n {
-                if dfg.ends[a] > 0 && followed[a] {
-                    let _ = writeln!(
-                        o,
-                        "        {:w$} -> {:w$} {}",
-                        names[a], "done", dfg.ends[a]
-                    );
+            for (a, name) in names.iter().enumerate() {
+                if dfg.ends[a] > 0 && !is_final(a) {
+                    let _ = writeln!(o, "        {name:w$} -> {:w$} {}", "done", dfg.ends[a]);
                 }
             }
         }

@@ -41,23 +41,113 @@ pub struct Row<'a> {
 
 /// Splits one CSV line into fields; double quotes may enclose a field (`""` is a quote).
 pub fn split_csv(line: &str, out: &mut Vec<String>) {
-    out.clear();
-    let mut field = String::new();
-    let mut chars = line.chars().peekable();
-    let mut quoted = false;
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', false) if field.is_empty() => quoted = true,
-            ('"', true) if chars.peek() == Some(&'"') => {
-                field.push('"');
-                chars.next();
-            }
-            ('"', true) => quoted = false,
-            (',', false) => out.push(std::mem::take(&mut field)),
-            (c, _) => field.push(c),
+    let mut records = Records::new(line);
+    if records.next_record(out).is_none() {
+        out.clear();
+        out.push(String::new());
+    }
+}
+
+/// The CSV records of a text (RFC 4180): fields separated by commas, records by line ends
+/// (`\n` or `\r\n`), double quotes around a field that holds commas, quotes (`""`) or line
+/// ends. A quoted field may span lines, so a record is not a line.
+pub struct Records<'a> {
+    text: &'a str,
+    pos: usize,
+    /// The line the next record starts on (1-based), for messages.
+    line: usize,
+}
+
+impl<'a> Records<'a> {
+    pub fn new(text: &'a str) -> Records<'a> {
+        Records {
+            text,
+            pos: 0,
+            line: 1,
         }
     }
-    out.push(field);
+
+    /// Reads the next record into `out`; `None` at the end of the text, otherwise the line it
+    /// starts on and whether a quoted field was left open at the end of the text.
+    pub fn next_record(&mut self, out: &mut Vec<String>) -> Option<(usize, bool)> {
+        out.clear();
+        if self.pos >= self.text.len() {
+            return None;
+        }
+        let start_line = self.line;
+        let rest = &self.text[self.pos..];
+        let mut field = String::new();
+        let mut quoted = false;
+        let mut at_field_start = true;
+        let mut chars = rest.char_indices().peekable();
+        let mut consumed = rest.len();
+        while let Some((i, c)) = chars.next() {
+            match (c, quoted) {
+                ('"', false) if at_field_start => {
+                    quoted = true;
+                    at_field_start = false;
+                }
+                ('"', true) if chars.peek().map(|p| p.1) == Some('"') => {
+                    field.push('"');
+                    chars.next();
+                }
+                ('"', true) => quoted = false,
+                (',', false) => {
+                    out.push(std::mem::take(&mut field));
+                    at_field_start = true;
+                }
+                ('\n', false) => {
+                    self.line += 1;
+                    consumed = i + 1;
+                    break;
+                }
+                ('\r', false) if chars.peek().map(|p| p.1) == Some('\n') => {}
+                (c, _) => {
+                    if c == '\n' {
+                        self.line += 1;
+                    }
+                    field.push(c);
+                    at_field_start = false;
+                }
+            }
+        }
+        out.push(field);
+        self.pos += consumed;
+        Some((start_line, quoted))
+    }
+}
+
+/// A time in a process log: what `parse_str` reads, and also single-digit months, days and
+/// hours (`2011-11-05 1:05:01`), which some public logs hold and the reference tools read.
+pub fn parse_log_time(text: &str) -> Option<i64> {
+    parse_str(text).or_else(|| parse_str(&pad_log_time(text)?))
+}
+
+/// `2011-1-5 1:05:01` as `2011-01-05 01:05:01`; `None` when nothing needs padding.
+fn pad_log_time(text: &str) -> Option<String> {
+    let sep = text.find([' ', 'T', 't'])?;
+    let (date, rest) = text.split_at(sep);
+    let (time, tail) = rest[1..].split_at(rest[1..].find(':')?);
+    let mut parts = date.split('-');
+    let (y, m, d) = (parts.next()?, parts.next()?, parts.next()?);
+    let short = |p: &str| p.len() == 1 && p.as_bytes()[0].is_ascii_digit();
+    if parts.next().is_some() || !(short(m) || short(d) || short(time)) {
+        return None;
+    }
+    let pad = |p: &str| {
+        if short(p) {
+            format!("0{p}")
+        } else {
+            p.to_string()
+        }
+    };
+    Some(format!(
+        "{y}-{}-{}{}{}{tail}",
+        pad(m),
+        pad(d),
+        &rest[..1],
+        pad(time)
+    ))
 }
 
 /// Reads a CSV process log row by row: the header names the columns.
@@ -66,61 +156,40 @@ pub fn for_each_row(
     cols: &CsvColumns,
     mut f: impl FnMut(Row<'_>),
 ) -> anyhow::Result<usize> {
-    let mut lines = text.lines();
-    let header = lines
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("the file is empty"))?;
+    let mut records = Records::new(text.trim_start_matches('\u{feff}'));
     let mut names = Vec::new();
-    split_csv(header.trim_start_matches('\u{feff}'), &mut names);
+    if records.next_record(&mut names).is_none() {
+        anyhow::bail!("the file is empty");
+    }
     let find = |want: &str| {
         names.iter().position(|n| n.trim() == want).ok_or_else(|| {
             anyhow::anyhow!("no column `{want}` (the header has: {})", names.join(", "))
         })
     };
     let (ci, ai, ti) = (find(&cols.case)?, find(&cols.activity)?, find(&cols.time)?);
-    let simple = !text.contains('"');
     let mut fields = Vec::new();
     let mut rows = 0;
-    for (n, line) in lines.enumerate() {
-        if line.trim().is_empty() {
+    while let Some((line, open)) = records.next_record(&mut fields) {
+        if open {
+            anyhow::bail!("line {line}: a quoted field is never closed");
+        }
+        if fields.len() == 1 && fields[0].trim().is_empty() {
             continue;
         }
-        // The common case, no quotes: split without allocating.
-        let (case, activity, time);
-        let parts: Vec<&str>;
-        if simple {
-            parts = line.split(',').collect();
-            let get = |i: usize| {
-                parts
-                    .get(i)
-                    .copied()
-                    .ok_or_else(|| anyhow::anyhow!("line {}: too few fields", n + 2))
-            };
-            (case, activity, time) = (get(ci)?, get(ai)?, get(ti)?);
-            let time_ms = parse_str(time.trim())
-                .ok_or_else(|| anyhow::anyhow!("line {}: unreadable time `{time}`", n + 2))?;
-            f(Row {
-                case,
-                activity,
-                time_ms,
-            });
-        } else {
-            split_csv(line, &mut fields);
-            let get = |i: usize| {
-                fields
-                    .get(i)
-                    .map(String::as_str)
-                    .ok_or_else(|| anyhow::anyhow!("line {}: too few fields", n + 2))
-            };
-            let (c, a, t) = (get(ci)?, get(ai)?, get(ti)?);
-            let time_ms = parse_str(t.trim())
-                .ok_or_else(|| anyhow::anyhow!("line {}: unreadable time `{t}`", n + 2))?;
-            f(Row {
-                case: c,
-                activity: a,
-                time_ms,
-            });
-        }
+        let get = |i: usize| {
+            fields
+                .get(i)
+                .map(String::as_str)
+                .ok_or_else(|| anyhow::anyhow!("line {line}: too few fields"))
+        };
+        let (case, activity, t) = (get(ci)?, get(ai)?, get(ti)?);
+        let time_ms = parse_log_time(t.trim())
+            .ok_or_else(|| anyhow::anyhow!("line {line}: unreadable time `{t}`"))?;
+        f(Row {
+            case,
+            activity,
+            time_ms,
+        });
         rows += 1;
     }
     Ok(rows)
@@ -223,5 +292,42 @@ mod tests {
         assert_eq!(out, ["1", "a, b", "say \"hi\""]);
         split_csv("x,,y", &mut out);
         assert_eq!(out, ["x", "", "y"]);
+    }
+
+    #[test]
+    fn quoted_fields_may_span_lines() {
+        let mut r = Records::new("a,\"one\ntwo\",b\r\nc,\"\"\"\",d\n\"open");
+        let mut out = Vec::new();
+        assert_eq!(r.next_record(&mut out), Some((1, false)));
+        assert_eq!(out, ["a", "one\ntwo", "b"]);
+        assert_eq!(r.next_record(&mut out), Some((3, false)));
+        assert_eq!(out, ["c", "\"", "d"]);
+        assert_eq!(r.next_record(&mut out), Some((4, true)));
+        assert_eq!(r.next_record(&mut out), None);
+    }
+
+    #[test]
+    fn log_times_may_have_single_digit_hours() {
+        let t = |s| parse_log_time(s).map(crate::engine::time::format_rfc3339);
+        assert_eq!(
+            t("2011-11-05 1:05:01").as_deref(),
+            Some("2011-11-05T01:05:01.000Z")
+        );
+        assert_eq!(
+            t("2011-1-5T1:05:01Z").as_deref(),
+            Some("2011-01-05T01:05:01.000Z")
+        );
+        assert_eq!(
+            t("2011-11-05 11:05:01").as_deref(),
+            Some("2011-11-05T11:05:01.000Z")
+        );
+        for bad in [
+            "2011-11-05 :05:01",
+            "2011-11-05 1",
+            "1:05:01",
+            "2011-11-05 x:05:01",
+        ] {
+            assert_eq!(t(bad), None, "{bad}");
+        }
     }
 }

@@ -2,7 +2,9 @@
 //! --models models` needs no file at all; unknown keys are errors that name their position.
 //! Durations are written as in `.flow` files (`30s`, `5m`).
 
+use serde::de::{self, value::MapAccessDeserializer, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -83,32 +85,150 @@ impl Default for Config {
 }
 
 /// Where messages come from.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub enum Source {
     /// A JSONL file, or stdin with `-`: needs no server. The service stops at its end.
     File { path: PathBuf },
     /// A core NATS subscription (at most once).
     Nats {
-        #[serde(default = "default_subjects")]
         subjects: Vec<String>,
-        #[serde(default)]
         queue_group: Option<String>,
     },
     /// A durable JetStream pull consumer: nothing lost, nothing counted twice.
     Jetstream {
         stream: String,
-        #[serde(default = "default_subjects")]
         subjects: Vec<String>,
-        #[serde(default = "default_consumer")]
         consumer: String,
         /// Create the stream and the consumer if they do not exist.
-        #[serde(default = "yes")]
         create: bool,
         /// How long an unacknowledged message waits before redelivery.
-        #[serde(default = "default_ack_wait", deserialize_with = "duration")]
         ack_wait_ms: i64,
     },
+}
+
+/// Every setting of any source, read as it comes so that an error points at its own line
+/// (serde's internally tagged enums buffer the mapping and lose the position), then checked
+/// against the `kind`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceFields {
+    kind: SourceKind,
+    path: Option<PathBuf>,
+    subjects: Option<Vec<String>>,
+    queue_group: Option<String>,
+    stream: Option<String>,
+    consumer: Option<String>,
+    create: Option<bool>,
+    #[serde(default, deserialize_with = "some_duration")]
+    ack_wait_ms: Option<i64>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum SourceKind {
+    File,
+    Nats,
+    Jetstream,
+}
+
+impl SourceFields {
+    fn into_source(self) -> Result<Source, String> {
+        let set = [
+            ("path", self.path.is_some()),
+            ("subjects", self.subjects.is_some()),
+            ("queue_group", self.queue_group.is_some()),
+            ("stream", self.stream.is_some()),
+            ("consumer", self.consumer.is_some()),
+            ("create", self.create.is_some()),
+            ("ack_wait_ms", self.ack_wait_ms.is_some()),
+        ];
+        let subjects = self.subjects.unwrap_or_else(default_subjects);
+        Ok(match self.kind {
+            SourceKind::File => {
+                only_settings("a `file` source", &set, &["path"])?;
+                Source::File {
+                    path: self
+                        .path
+                        .ok_or("a `file` source needs a `path` (`-`: stdin)")?,
+                }
+            }
+            SourceKind::Nats => {
+                only_settings("a `nats` source", &set, &["subjects", "queue_group"])?;
+                Source::Nats {
+                    subjects,
+                    queue_group: self.queue_group,
+                }
+            }
+            SourceKind::Jetstream => {
+                only_settings(
+                    "a `jetstream` source",
+                    &set,
+                    &["stream", "subjects", "consumer", "create", "ack_wait_ms"],
+                )?;
+                Source::Jetstream {
+                    stream: self.stream.ok_or("a `jetstream` source needs a `stream`")?,
+                    subjects,
+                    consumer: self.consumer.unwrap_or_else(default_consumer),
+                    create: self.create.unwrap_or(true),
+                    ack_wait_ms: self.ack_wait_ms.unwrap_or_else(default_ack_wait),
+                }
+            }
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Source {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Source, D::Error> {
+        located(
+            d,
+            "a source (a mapping with a `kind`)",
+            SourceFields::into_source,
+        )
+    }
+}
+
+/// An error for the settings that are `set` but not among those `what` has.
+fn only_settings(what: &str, set: &[(&str, bool)], allowed: &[&str]) -> Result<(), String> {
+    match set.iter().find(|(k, on)| *on && !allowed.contains(k)) {
+        None => Ok(()),
+        Some((k, _)) => Err(format!(
+            "`{k}` is not a setting of {what} (it has: {})",
+            allowed
+                .iter()
+                .map(|a| format!("`{a}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// Deserializes a mapping into `F` as it streams, then converts it: an error inside the mapping
+/// keeps its own position (the deserializer marks it where it arises), and an error of the
+/// conversion is raised while the mapping is being read, so it points at the mapping.
+fn located<'de, D, F, T>(
+    d: D,
+    what: &'static str,
+    convert: fn(F) -> Result<T, String>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    F: Deserialize<'de>,
+{
+    struct V<F, T> {
+        what: &'static str,
+        convert: fn(F) -> Result<T, String>,
+    }
+    impl<'de, F: Deserialize<'de>, T> Visitor<'de> for V<F, T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(self.what)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            let fields = F::deserialize(MapAccessDeserializer::new(map))?;
+            (self.convert)(fields).map_err(de::Error::custom)
+        }
+    }
+    d.deserialize_map(V { what, convert })
 }
 
 impl Default for Source {
@@ -127,9 +247,6 @@ fn default_consumer() -> String {
 }
 fn default_ack_wait() -> i64 {
     30_000
-}
-fn yes() -> bool {
-    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,24 +282,79 @@ impl Default for Nats {
 
 /// Where records go. Each sink has its own queue: a slow or failing sink retries with backoff
 /// and drops (and counts) what overflows its queue, but never slows the intake.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Sink {
     /// JSON lines on stdout. (A struct variant, so that unknown keys are refused.)
     Stdout {},
     /// Published to `<prefix>.<flow>` on the NATS connection.
-    Nats {
-        #[serde(default = "default_prefix")]
-        prefix: String,
-    },
+    Nats { prefix: String },
     /// Each record POSTed as JSON.
     Webhook { url: String },
     /// Alerts and resolutions as Alertmanager v2 alerts (`POST /api/v2/alerts`).
     Alertmanager {
         url: String,
-        #[serde(default)]
         generator_url: Option<String>,
     },
+}
+
+/// Every setting of any sink, as for `SourceFields`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SinkFields {
+    kind: SinkKind,
+    prefix: Option<String>,
+    url: Option<String>,
+    generator_url: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum SinkKind {
+    Stdout,
+    Nats,
+    Webhook,
+    Alertmanager,
+}
+
+impl SinkFields {
+    fn into_sink(self) -> Result<Sink, String> {
+        let set = [
+            ("prefix", self.prefix.is_some()),
+            ("url", self.url.is_some()),
+            ("generator_url", self.generator_url.is_some()),
+        ];
+        Ok(match self.kind {
+            SinkKind::Stdout => {
+                only_settings("a `stdout` sink", &set, &[])?;
+                Sink::Stdout {}
+            }
+            SinkKind::Nats => {
+                only_settings("a `nats` sink", &set, &["prefix"])?;
+                Sink::Nats {
+                    prefix: self.prefix.unwrap_or_else(default_prefix),
+                }
+            }
+            SinkKind::Webhook => {
+                only_settings("a `webhook` sink", &set, &["url"])?;
+                Sink::Webhook {
+                    url: self.url.ok_or("a `webhook` sink needs a `url`")?,
+                }
+            }
+            SinkKind::Alertmanager => {
+                only_settings("an `alertmanager` sink", &set, &["url", "generator_url"])?;
+                Sink::Alertmanager {
+                    url: self.url.ok_or("an `alertmanager` sink needs a `url`")?,
+                    generator_url: self.generator_url,
+                }
+            }
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Sink {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Sink, D::Error> {
+        located(d, "a sink (a mapping with a `kind`)", SinkFields::into_sink)
+    }
 }
 
 fn default_prefix() -> String {
@@ -260,26 +432,77 @@ impl Http {
 }
 
 /// Which clock drives timers (timeouts, risk that grows with time in a state).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub enum Clock {
     /// The machine's clock, held back by `lateness` so that messages stamped a little in the
     /// past are not late (a watermark). Messages without a timestamp take the arrival time.
     Wall {
-        #[serde(default = "default_lateness", deserialize_with = "duration")]
         lateness_ms: i64,
-        #[serde(default = "default_max_future", deserialize_with = "duration")]
         max_future_ms: i64,
     },
     /// Message timestamps only, as in replay: the same input gives the same records. When no
     /// message has come for `idle_after`, time moves on with the wall clock so that timeouts
     /// still fire in a quiet cloud (`0` never).
     Event {
-        #[serde(default = "default_idle", deserialize_with = "duration_or_zero")]
         idle_after_ms: i64,
-        #[serde(default = "default_max_future", deserialize_with = "duration")]
         max_future_ms: i64,
     },
+}
+
+/// Every setting of any clock, as for `SourceFields`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClockFields {
+    mode: ClockMode,
+    #[serde(default, deserialize_with = "some_duration")]
+    lateness_ms: Option<i64>,
+    #[serde(default, deserialize_with = "some_duration_or_zero")]
+    idle_after_ms: Option<i64>,
+    #[serde(default, deserialize_with = "some_duration")]
+    max_future_ms: Option<i64>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum ClockMode {
+    Wall,
+    Event,
+}
+
+impl ClockFields {
+    fn into_clock(self) -> Result<Clock, String> {
+        let set = [
+            ("lateness_ms", self.lateness_ms.is_some()),
+            ("idle_after_ms", self.idle_after_ms.is_some()),
+        ];
+        let max_future_ms = self.max_future_ms.unwrap_or_else(default_max_future);
+        Ok(match self.mode {
+            ClockMode::Wall => {
+                only_settings("the `wall` clock", &set, &["lateness_ms"])?;
+                Clock::Wall {
+                    lateness_ms: self.lateness_ms.unwrap_or_else(default_lateness),
+                    max_future_ms,
+                }
+            }
+            ClockMode::Event => {
+                only_settings("the `event` clock", &set, &["idle_after_ms"])?;
+                Clock::Event {
+                    idle_after_ms: self.idle_after_ms.unwrap_or_else(default_idle),
+                    max_future_ms,
+                }
+            }
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Clock {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Clock, D::Error> {
+        located(
+            d,
+            "a clock (a mapping with a `mode`)",
+            ClockFields::into_clock,
+        )
+    }
 }
 
 impl Clock {
@@ -313,27 +536,77 @@ fn default_idle() -> i64 {
     10_000
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    let text = String::deserialize(d)?;
-    match crate::syntax::parse_duration_ms(&text) {
-        Some(ms) if ms > 0 => Ok(ms),
-        _ => Err(serde::de::Error::custom(format!(
-            "`{text}` is not a positive duration (like `500ms`, `30s`, `5m`)"
-        ))),
+/// A duration as in `.flow` files (`500ms`, `30s`, `5m`), read by a visitor so that an error
+/// is raised inside the deserializer and carries the value's line and column. A bare number
+/// has no unit and is refused, saying what a duration looks like; `0` is allowed where zero
+/// means "never" (`zero_ok`), quoted or not.
+struct DurationVisitor {
+    zero_ok: bool,
+}
+
+impl DurationVisitor {
+    fn parse<E: de::Error>(&self, text: &str) -> Result<i64, E> {
+        let text = text.trim();
+        if self.zero_ok && text == "0" {
+            return Ok(0);
+        }
+        let example = if self.zero_ok {
+            "like `10s`, `500ms`, `5m`, or `0`"
+        } else {
+            "like `500ms`, `30s`, `5m`"
+        };
+        let number = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+        if number && text.bytes().all(|b| b == b'0' || b == b'.') {
+            return Err(E::custom(format!(
+                "`{text}` is not a positive duration ({example})"
+            )));
+        }
+        if number {
+            return Err(E::custom(format!(
+                "`{text}` has no unit: write a duration with its unit, {example} \
+                 (`{text}ms` for milliseconds)"
+            )));
+        }
+        match crate::syntax::parse_duration_ms(text) {
+            Some(ms) if ms > 0 || (ms == 0 && self.zero_ok) => Ok(ms),
+            _ if self.zero_ok => Err(E::custom(format!("`{text}` is not a duration ({example})"))),
+            _ => Err(E::custom(format!(
+                "`{text}` is not a positive duration ({example})"
+            ))),
+        }
     }
 }
 
-fn duration_or_zero<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    let text = String::deserialize(d)?;
-    if text == "0" {
-        return Ok(0);
+impl<'de> Visitor<'de> for DurationVisitor {
+    type Value = i64;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a duration with its unit, like `30s`")
     }
-    match crate::syntax::parse_duration_ms(&text) {
-        Some(ms) if ms >= 0 => Ok(ms),
-        _ => Err(serde::de::Error::custom(format!(
-            "`{text}` is not a duration (like `10s`, or `0`)"
-        ))),
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<i64, E> {
+        self.parse(v)
     }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<i64, E> {
+        self.parse(&v.to_string())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<i64, E> {
+        self.parse(&v.to_string())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<i64, E> {
+        self.parse(&v.to_string())
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    d.deserialize_str(DurationVisitor { zero_ok: false })
+}
+
+fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    duration(d).map(Some)
+}
+
+fn some_duration_or_zero<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    d.deserialize_str(DurationVisitor { zero_ok: true })
+        .map(Some)
 }
 
 impl Config {
@@ -350,7 +623,14 @@ impl Config {
             return Ok(Config::default());
         }
         let mut c: Config = serde_norway::from_str(text).map_err(|e| match e.location() {
-            Some(l) => format!("{}:{}: {e}", l.line(), l.column()),
+            // The position leads, as in a compiler's message; serde_norway's own suffix goes.
+            Some(l) => {
+                let (line, column) = (l.line(), l.column());
+                let message = e.to_string();
+                let suffix = format!(" at line {line} column {column}");
+                let message = message.strip_suffix(&suffix).unwrap_or(&message);
+                format!("{line}:{column}: {message}")
+            }
             None => format!(" {e}"),
         })?;
         c.normalise();

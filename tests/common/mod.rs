@@ -161,6 +161,22 @@ impl NatsServer {
         self.spawn();
     }
 
+    /// The server's view of a JetStream consumer (`$JS.API.CONSUMER.INFO`): `ack_floor`,
+    /// `num_pending`, `num_ack_pending`, `delivered`, as JSON.
+    pub fn consumer_info(&self, stream: &str, consumer: &str) -> serde_json::Value {
+        let url = self.url();
+        let subject = format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let c = async_nats::connect(url).await.unwrap();
+            let reply = c.request(subject, "".into()).await.unwrap();
+            serde_json::from_slice(&reply.payload).unwrap()
+        })
+    }
+
     /// SIGKILL, then start again on the same port and store.
     pub fn restart(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -282,13 +298,30 @@ impl Service {
         }
     }
 
+    /// The value of one series on `/metrics`. A failed request, or a series that is not there,
+    /// fails the test: a wait for `== 0.0` must not pass because nothing answered.
     pub fn metric(&self, name: &str) -> f64 {
-        let (_, body) = http(self.http_port, "GET", "/metrics");
-        body.lines()
-            .find(|l| l.split(' ').next() == Some(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
+        self.metric_opt(name).unwrap_or_else(|| {
+            panic!(
+                "no series `{name}` on /metrics; service log:\n{}",
+                self.log()
+            )
+        })
+    }
+
+    /// The value of a series that may not exist yet (a labelled counter appears with its first
+    /// event); `None` when absent. A failed request still fails the test.
+    pub fn metric_opt(&self, name: &str) -> Option<f64> {
+        let (status, body) = http(self.http_port, "GET", "/metrics");
+        assert_eq!(
+            status,
+            200,
+            "GET /metrics failed ({status}); service log:\n{}",
+            self.log()
+        );
+        let line = body.lines().find(|l| l.split(' ').next() == Some(name))?;
+        let value = line.rsplit(' ').next().and_then(|v| v.parse().ok());
+        Some(value.unwrap_or_else(|| panic!("unreadable metric line `{line}`")))
     }
 
     /// Every message the service has accounted for.
@@ -519,4 +552,31 @@ pub fn start_with_stdin(dir: &Path, config: &str) -> (Service, std::process::Chi
     });
     s.http_port = s_port(&s.stderr).unwrap_or(0);
     (s, stdin)
+}
+
+/// The seed of the property tests: fixed, so that a run is repeatable and a failure replays;
+/// `PROPTEST_RNG_SEED=N` overrides it (to explore, or to replay a seed a run printed).
+pub const DEFAULT_PROPTEST_SEED: u64 = 20_260_101;
+
+/// A proptest configuration with `cases` cases (`PROPTEST_CASES` overrides it, for a longer
+/// run) and the seed above, which it prints.
+pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.trim().parse().ok())
+        .unwrap_or(cases);
+    let seed = match std::env::var("PROPTEST_RNG_SEED") {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("PROPTEST_RNG_SEED=`{s}` is not a u64")),
+        Err(_) => DEFAULT_PROPTEST_SEED,
+    };
+    eprintln!("proptest seed {seed} (replay with PROPTEST_RNG_SEED={seed})");
+    proptest::test_runner::Config {
+        cases,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
 }
