@@ -119,21 +119,6 @@ fn alerts(records: &[serde_json::Value]) -> (BTreeSet<(String, String)>, BTreeSe
     (fired, open)
 }
 
-fn learned_transitions(model: &serde_json::Value) -> Vec<(String, String, f64)> {
-    model["transitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            (
-                t["from"].to_string(),
-                t["to"].to_string(),
-                t["observed"].as_f64().unwrap(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn kills_of_flowcast_and_nats_server_under_a_backlog_lose_nothing_and_count_nothing_twice() {
     let seed = std::env::var("FLOWCAST_CHAOS_SEED")

@@ -63,6 +63,22 @@ fn create_stream(url: &str, name: &str, subject: &str) {
     });
 }
 
+/// The durable consumer flowcast reads, made by hand (for `create: false`).
+fn create_durable(url: &str) {
+    block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+        let stream = js.get_stream("EVENTS").await.unwrap();
+        stream
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some("flowcast".into()),
+                ack_policy: async_nats::jetstream::consumer::AckPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    });
+}
+
 struct Setup {
     dir: tempfile::TempDir,
     nats: NatsServer,
@@ -157,18 +173,7 @@ fn without_create_a_deleted_stream_stops_the_service_with_an_error() {
     let s = setup();
     create_stream(&s.nats.url(), "EVENTS", "events.>");
     // The consumer must exist too when flowcast may not create it.
-    block_on(async {
-        let js = async_nats::jetstream::new(async_nats::connect(s.nats.url()).await.unwrap());
-        let stream = js.get_stream("EVENTS").await.unwrap();
-        stream
-            .create_consumer(async_nats::jetstream::consumer::pull::Config {
-                durable_name: Some("flowcast".into()),
-                ack_policy: async_nats::jetstream::consumer::AckPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    });
+    create_durable(&s.nats.url());
     let mut svc = Service::start(s.dir.path(), &s.config(false));
     let first = s.publish("old", 50);
     svc.wait_messages(first);
@@ -195,18 +200,7 @@ fn without_create_a_deleted_stream_stops_the_service_with_an_error() {
 fn a_server_down_for_seconds_is_waited_for_not_taken_for_a_deleted_stream() {
     let mut s = setup();
     create_stream(&s.nats.url(), "EVENTS", "events.>");
-    block_on(async {
-        let js = async_nats::jetstream::new(async_nats::connect(s.nats.url()).await.unwrap());
-        let stream = js.get_stream("EVENTS").await.unwrap();
-        stream
-            .create_consumer(async_nats::jetstream::consumer::pull::Config {
-                durable_name: Some("flowcast".into()),
-                ack_policy: async_nats::jetstream::consumer::AckPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    });
+    create_durable(&s.nats.url());
     // `create: false`: only a real deletion may stop the service, not a server that is away.
     let mut svc = Service::start(s.dir.path(), &s.config(false));
     let first = s.publish("old", 50);

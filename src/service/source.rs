@@ -348,15 +348,9 @@ impl JetStreamSource {
         loop {
             // The first attachment's errors stop the start (a missing stream with `create`
             // off, a wrong name); later ones are a server restarting: try again.
-            let stream = match self.open_stream(&js).await {
-                Ok(s) => s,
-                Err(e) if attached => {
-                    attempt += 1;
-                    tracing::warn!("JetStream: {e:#}; trying again.");
-                    backoff(attempt).await;
-                    continue;
-                }
-                Err(e) => return Err(e),
+            let opened = self.open_stream(&js).await;
+            let Some(stream) = later(opened, attached, &mut attempt).await? else {
+                continue;
             };
             let info = stream.cached_info();
             let id = stream_identity(&self.stream, info);
@@ -387,15 +381,9 @@ impl JetStreamSource {
                 return Ok(());
             }
             known_id = Some(id);
-            let consumer = match self.open_consumer(&stream, position).await {
-                Ok(c) => c,
-                Err(e) if attached => {
-                    attempt += 1;
-                    tracing::warn!("JetStream: {e:#}; trying again.");
-                    backoff(attempt).await;
-                    continue;
-                }
-                Err(e) => return Err(e),
+            let opened = self.open_consumer(&stream, position).await;
+            let Some(consumer) = later(opened, attached, &mut attempt).await? else {
+                continue;
             };
             attached = true;
             match self
@@ -733,6 +721,25 @@ impl JetStreamSource {
             }
         }
         anyhow::bail!("catch-up: the message stream ended")
+    }
+}
+
+/// An attachment step's result: the value, or (once attached before: a server restarting)
+/// `None` after a pause so that the caller tries again, or (at the start) the error.
+async fn later<T>(
+    result: anyhow::Result<T>,
+    attached: bool,
+    attempt: &mut u32,
+) -> anyhow::Result<Option<T>> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if attached => {
+            *attempt += 1;
+            tracing::warn!("JetStream: {e:#}; trying again.");
+            backoff(*attempt).await;
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 

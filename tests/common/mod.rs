@@ -385,6 +385,23 @@ impl Drop for Service {
     }
 }
 
+/// (from, to, observed count) of every transition in a `model --format json` or
+/// `/api/flows/{name}/model` answer: what was learned, for comparing a service with a replay.
+pub fn learned_transitions(model: &serde_json::Value) -> Vec<(String, String, f64)> {
+    model["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["from"].to_string(),
+                t["to"].to_string(),
+                t["observed"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// `flowcast publish FILE --subject S` to the server.
 pub fn publish(nats: &NatsServer, file: &Path, subject: &str, jetstream: bool) {
     let mut c = flowcast();
