@@ -79,6 +79,21 @@ impl DwellHist {
         (above / self.total).clamp(0.0, 1.0)
     }
 
+    /// `survival(upper(b))` for every bucket `b` in one pass (suffix sums), for searches over
+    /// time that would otherwise sum the tail once per point.
+    pub fn boundary_survivals(&self, out: &mut [f64; BUCKETS]) {
+        if self.total <= 0.0 {
+            *out = [1.0; BUCKETS];
+            return;
+        }
+        let mut above = 0.0;
+        for b in (0..BUCKETS).rev() {
+            // At a bucket's upper edge nothing of it is left: what survives is above it.
+            out[b] = (above / self.total).clamp(0.0, 1.0);
+            above += self.w[b];
+        }
+    }
+
     /// Mean dwell, ms (bucket midpoints).
     pub fn mean(&self) -> f64 {
         if self.total <= 0.0 {
@@ -173,6 +188,24 @@ mod bucket_serde {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boundary_survivals_are_the_survival_at_each_upper_edge() {
+        let mut h = DwellHist::default();
+        for ms in [0, 3, 10, 20, 40, 80, 1000, 5_000_000, i64::MAX / 4] {
+            h.add(ms, 1.5);
+        }
+        let mut out = [0.0; BUCKETS];
+        h.boundary_survivals(&mut out);
+        for (b, e) in DwellHist::boundaries().enumerate() {
+            assert!(
+                (out[b] - h.survival(e)).abs() < 1e-12,
+                "bucket {b}: {} vs {}",
+                out[b],
+                h.survival(e)
+            );
+        }
+    }
 
     #[test]
     fn survival_falls_with_elapsed_time() {

@@ -599,6 +599,34 @@ impl FlowModel {
         h.survival(elapsed_ms).max(0.5 / (n + 1.0))
     }
 
+    /// `survival(from, to, e)` at every bucket boundary `e` (`DwellHist::boundaries`), by the
+    /// same rules, in one pass over the histogram.
+    pub fn survival_curve(
+        &self,
+        from: StateId,
+        to: StateId,
+        out: &mut [f64; super::dwell::BUCKETS],
+    ) {
+        *out = [1.0; super::dwell::BUCKETS];
+        if !self.use_dwell || self.timeout_target[from as usize] == Some(to) {
+            return;
+        }
+        let f = self.decay_factor();
+        let pooled = &self.dwell_state[from as usize];
+        if pooled.total * f < self.min_observations.max(1.0) {
+            return;
+        }
+        let h = match self.dwell.get(&(from, to)) {
+            Some(h) if h.total * f >= 1.0 => h,
+            _ => pooled,
+        };
+        let floor = 0.5 / (h.total * f + 1.0);
+        h.boundary_survivals(out);
+        for v in out.iter_mut() {
+            *v = v.max(floor);
+        }
+    }
+
     /// Risk of ending in each final state (aligned with `sol.finals`) for an object in `state`
     /// with `history`, having spent `elapsed_ms` there, into `risk_out`; the first-step
     /// distribution is left in `scratch`.

@@ -31,7 +31,7 @@ impl LineCutter {
     /// line is over the limit). Returns how many bytes were taken and, when a newline was among
     /// them, how the line ended. At the end of input, call [`finish`](Self::finish).
     pub fn feed(&mut self, chunk: &[u8], line: &mut Vec<u8>) -> (usize, Option<LineEnd>) {
-        let (part, ends) = match chunk.iter().position(|b| *b == b'\n') {
+        let (part, ends) = match memchr::memchr(b'\n', chunk) {
             Some(i) => (&chunk[..=i], true),
             None => (chunk, false),
         };

@@ -386,6 +386,10 @@ pub struct Engine {
     pub stats: Stats,
     clock_ms: i64,
     scratch: Vec<(StateId, f64)>,
+    /// A first-step distribution and its successors' survival curves, kept across a search
+    /// (`alert_after`).
+    base: Vec<(StateId, f64)>,
+    curves: Vec<[f64; dwell::BUCKETS]>,
     risk: Vec<f64>,
     /// No timer or sweep of any flow is due before this time.
     next_due_ms: i64,
@@ -417,6 +421,8 @@ impl Engine {
             stats: Stats::default(),
             clock_ms: 0,
             scratch: Vec::new(),
+            base: Vec::new(),
+            curves: Vec::new(),
             risk: Vec::new(),
             learn: true,
             background_fit: false,
@@ -1071,25 +1077,47 @@ impl Engine {
             .map(|(ms, _)| ms as f64)
             .unwrap_or(f64::MAX)
             .min(rt.model.dwell_horizon(state));
-        for e in dwell::DwellHist::boundaries() {
+        // The contexts (history, features) are looked up once, and each successor's survival
+        // at every boundary in one pass: each time tried is then a few multiplications.
+        let mut base = std::mem::take(&mut self.base);
+        let mut curves = std::mem::take(&mut self.curves);
+        rt.model
+            .next_distribution(sol, obj.past(), state, &mut base);
+        curves.resize(base.len(), [1.0; dwell::BUCKETS]);
+        for (curve, (to, _)) in curves.iter_mut().zip(base.iter()) {
+            rt.model.survival_curve(state, *to, curve);
+        }
+        let mut found = None;
+        for (b, e) in dwell::DwellHist::boundaries().enumerate() {
             if e <= elapsed {
                 continue;
             }
             if e > limit {
                 break;
             }
-            rt.model
-                .predict(sol, obj.past(), state, e, &mut self.scratch, &mut self.risk);
+            let total: f64 = base.iter().zip(&curves).map(|((_, p), c)| p * c[b]).sum();
+            self.risk.clear();
+            self.risk.resize(sol.finals.len(), 0.0);
+            for ((to, p), c) in base.iter().zip(&curves) {
+                // Longer than anything ever seen: the unconditioned distribution (as `predict`).
+                let w = if total > 0.0 { p * c[b] / total } else { *p };
+                for (r, a) in self.risk.iter_mut().zip(sol.absorb_row(*to)) {
+                    *r += w * a;
+                }
+            }
             let crosses = sol.finals.iter().zip(self.risk.iter()).any(|(s, r)| {
                 rt.flow.state(*s).kind == Kind::Artifact
                     && *r > 0.0
                     && *r >= rt.flow.alerts[*s as usize].threshold
             });
             if crosses {
-                return Some(e);
+                found = Some(e);
+                break;
             }
         }
-        None
+        self.base = base;
+        self.curves = curves;
+        found
     }
 
     /// The prediction for one object of one flow, for the API and tests.
