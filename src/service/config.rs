@@ -659,7 +659,18 @@ impl Config {
         if self.nats.user.is_some() != self.nats.password.is_some() {
             return Err(" nats.user and nats.password go together".into());
         }
+        let source_subjects = match &self.source {
+            Source::Nats { subjects, .. } | Source::Jetstream { subjects, .. } => &subjects[..],
+            Source::File { .. } => &[],
+        };
         for s in &self.sinks {
+            if let Sink::Nats { prefix } = s {
+                if let Some(p) = source_subjects.iter().find(|p| reads_sink(p, prefix)) {
+                    return Err(format!(
+                        " the nats sink publishes to `{prefix}.<flow>`, which the source subject `{p}` reads: flowcast reads its own records. Choose a prefix outside the source's subjects"
+                    ));
+                }
+            }
             if let Sink::Webhook { url } | Sink::Alertmanager { url, .. } = s {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
                     return Err(format!(
@@ -670,6 +681,26 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Whether the NATS subject pattern `pattern` (`*` one token, `>` the rest) matches a subject
+/// `<prefix>.<flow>` for some flow name: the last token can be anything.
+fn reads_sink(pattern: &str, prefix: &str) -> bool {
+    let subject: Vec<Option<&str>> = prefix
+        .split('.')
+        .map(Some)
+        .chain(std::iter::once(None))
+        .collect();
+    let mut pattern = pattern.split('.');
+    for token in &subject {
+        match (pattern.next(), token) {
+            (Some(">"), _) => return true,
+            (Some("*"), _) | (Some(_), None) => {}
+            (Some(p), Some(t)) if p == *t => {}
+            _ => return false,
+        }
+    }
+    pattern.next().is_none()
 }
 
 #[cfg(test)]
