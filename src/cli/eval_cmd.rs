@@ -37,18 +37,26 @@ pub struct CsvArgs {
     /// CSV column of the activity.
     #[arg(long = "activity", default_value = "ActivityID")]
     pub activity_col: String,
-    /// CSV column of the time.
-    #[arg(long = "time", default_value = "CompleteTimestamp")]
-    pub time_col: String,
+    /// CSV column of the time, or two columns (`Date,Time`) joined with a space.
+    #[arg(
+        long = "time",
+        default_value = "CompleteTimestamp",
+        value_delimiter = ','
+    )]
+    pub time_cols: Vec<String>,
+    /// CSV: the character between fields (`;`, `tab`, ...).
+    #[arg(long, default_value = ",")]
+    pub delimiter: String,
 }
 
 impl CsvArgs {
-    fn columns(&self) -> CsvColumns {
-        CsvColumns {
+    fn columns(&self) -> anyhow::Result<CsvColumns> {
+        Ok(CsvColumns {
             case: self.case_col.clone(),
             activity: self.activity_col.clone(),
-            time: self.time_col.clone(),
-        }
+            time: self.time_cols.clone(),
+            delimiter: log::parse_delimiter(&self.delimiter)?,
+        })
     }
 }
 
@@ -96,7 +104,7 @@ pub fn discover(args: DiscoverArgs) -> anyhow::Result<ExitCode> {
         std::fs::read(&args.log).map_err(|e| anyhow::anyhow!("{}: {e}", args.log.display()))?;
     let (dfg, key, field, repeats) = match format {
         LogFormat::Csv => (
-            discover::dfg_from_csv(&bytes, &args.csv.columns(), true)?,
+            discover::dfg_from_csv(&bytes, &args.csv.columns()?, true)?,
             "payload.case".to_string(),
             "event_type".to_string(),
             true,
@@ -389,7 +397,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
             Ok(mut f) => f.remove(0),
             Err(code) => return Ok(code),
         },
-        None if format == LogFormat::Csv => auto_flow(&args.log, &args.csv.columns())?,
+        None if format == LogFormat::Csv => auto_flow(&args.log, &args.csv.columns()?)?,
         None => {
             eprintln!("error: a JSONL stream needs --flow FILE");
             return Ok(ExitCode::Usage);
@@ -403,7 +411,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let stream = match format {
-        LogFormat::Csv => log::read_csv(&args.log, &args.csv.columns())?,
+        LogFormat::Csv => log::read_csv(&args.log, &args.csv.columns()?)?,
         LogFormat::Jsonl => {
             let keys = flow.keys.clone();
             let (s, skipped) = log::read_jsonl(&args.log, |m| {
