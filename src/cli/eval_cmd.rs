@@ -491,7 +491,12 @@ fn eval_suite(args: &EvalArgs, logs: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     let bar = progress(logs.len(), "eval");
     for path in logs {
-        bar.set_message(path.display().to_string());
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("log")
+            .to_string();
+        bar.set_message(name.clone());
         let flow = auto_flow(path, &cols)?;
         let stream = log::read_csv(path, &cols)?;
         let default = grid(&defaults, &flow, true)?.remove(0);
@@ -508,6 +513,7 @@ fn eval_suite(args: &EvalArgs, logs: &[PathBuf]) -> anyhow::Result<ExitCode> {
                 Some(i) => index.push(i),
                 None => {
                     index.push(reports.len());
+                    bar.set_message(format!("{name}: {}", cfg.label()));
                     reports.push(evaluate::evaluate(&flow, &stream, cfg, None)?);
                 }
             }
@@ -518,6 +524,7 @@ fn eval_suite(args: &EvalArgs, logs: &[PathBuf]) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|&i| reports[i].clone())
                 .collect();
+            bar.set_message(format!("{name}: choosing on validation"));
             select_on_validation(&flow, &stream, &mut candidates)?;
             selected = candidates
                 .iter()
@@ -531,11 +538,6 @@ fn eval_suite(args: &EvalArgs, logs: &[PathBuf]) -> anyhow::Result<ExitCode> {
                 })
                 .map(suite::Figure::of);
         }
-        let name = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("log")
-            .to_string();
         rows.push(suite::SuiteRow {
             log: name,
             cases: stream.cases.len(),
