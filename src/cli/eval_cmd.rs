@@ -6,6 +6,7 @@ use crate::eval::discover::{self, RenderOptions};
 use crate::eval::evaluate::{self, EvalConfig};
 use crate::eval::log::{self, CsvColumns};
 use crate::eval::simulate::{self, SimOptions};
+use crate::eval::suite;
 use crate::model::{self, cond::FieldPath, CompiledFlow};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,7 +30,7 @@ fn format_of(path: &Path, given: Option<LogFormat>) -> LogFormat {
     )
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct CsvArgs {
     /// CSV column of the case id.
     #[arg(long = "case", default_value = "CaseID")]
@@ -37,18 +38,26 @@ pub struct CsvArgs {
     /// CSV column of the activity.
     #[arg(long = "activity", default_value = "ActivityID")]
     pub activity_col: String,
-    /// CSV column of the time.
-    #[arg(long = "time", default_value = "CompleteTimestamp")]
-    pub time_col: String,
+    /// CSV column of the time, or two columns (`Date,Time`) joined with a space.
+    #[arg(
+        long = "time",
+        default_value = "CompleteTimestamp",
+        value_delimiter = ','
+    )]
+    pub time_cols: Vec<String>,
+    /// CSV: the character between fields (`;`, `tab`, ...).
+    #[arg(long, default_value = ",")]
+    pub delimiter: String,
 }
 
 impl CsvArgs {
-    fn columns(&self) -> CsvColumns {
-        CsvColumns {
+    fn columns(&self) -> anyhow::Result<CsvColumns> {
+        Ok(CsvColumns {
             case: self.case_col.clone(),
             activity: self.activity_col.clone(),
-            time: self.time_col.clone(),
-        }
+            time: self.time_cols.clone(),
+            delimiter: log::parse_delimiter(&self.delimiter)?,
+        })
     }
 }
 
@@ -96,7 +105,7 @@ pub fn discover(args: DiscoverArgs) -> anyhow::Result<ExitCode> {
         std::fs::read(&args.log).map_err(|e| anyhow::anyhow!("{}: {e}", args.log.display()))?;
     let (dfg, key, field, repeats) = match format {
         LogFormat::Csv => (
-            discover::dfg_from_csv(&bytes, &args.csv.columns(), true)?,
+            discover::dfg_from_csv(&bytes, &args.csv.columns()?, true)?,
             "payload.case".to_string(),
             "event_type".to_string(),
             true,
@@ -280,10 +289,12 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::Ok)
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct EvalArgs {
-    /// A CSV process log or a JSONL stream.
-    pub log: PathBuf,
+    /// A CSV process log or a JSONL stream; several logs, or a folder of CSV logs, make a
+    /// suite: one table, a row per log (Markov-1, Markov-2, the default, `--select`).
+    #[arg(required = true)]
+    pub logs: Vec<PathBuf>,
     /// The flow to evaluate (required for JSONL; for CSV the default is one state per activity).
     #[arg(long)]
     pub flow: Option<PathBuf>,
@@ -382,46 +393,202 @@ pub fn auto_flow(path: &Path, cols: &CsvColumns) -> anyhow::Result<CompiledFlow>
         .ok_or_else(|| anyhow::anyhow!("no flow discovered"))
 }
 
-pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
-    let format = format_of(&args.log, args.format);
-    let flow = match &args.flow {
-        Some(p) => match load_flows(std::slice::from_ref(p), args.flow_name.as_deref())? {
-            Ok(mut f) => f.remove(0),
-            Err(code) => return Ok(code),
-        },
-        None if format == LogFormat::Csv => auto_flow(&args.log, &args.csv.columns())?,
-        None => {
-            eprintln!("error: a JSONL stream needs --flow FILE");
-            return Ok(ExitCode::Usage);
-        }
-    };
-    let truth = match &args.truth {
-        Some(p) => match load_flows(std::slice::from_ref(p), args.flow_name.as_deref())? {
-            Ok(mut f) => Some(f.remove(0)),
-            Err(code) => return Ok(code),
-        },
-        None => None,
-    };
-    let stream = match format {
-        LogFormat::Csv => log::read_csv(&args.log, &args.csv.columns())?,
-        LogFormat::Jsonl => {
-            let keys = flow.keys.clone();
-            let (s, skipped) = log::read_jsonl(&args.log, |m| {
-                keys.iter()
-                    .find_map(|k| {
-                        k.get(&m.value)
-                            .and_then(crate::engine::key::ObjectKey::from_value)
-                    })
-                    .map(|k| k.to_string())
-            })?;
-            if skipped > 0 {
-                eprintln!("eval: {skipped} messages have no key for flow `{}` and are not part of any case", flow.name);
+/// A bar on stderr for a long run, when stderr is a terminal; nothing otherwise.
+fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if len < 2 || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {pos}/{len} {wide_msg} ({elapsed})",
+    )
+    .map(|s| s.progress_chars("=> "));
+    if let Ok(style) = style {
+        bar.set_style(style);
+    }
+    bar.set_prefix(what.to_string());
+    bar
+}
+
+/// The logs named on the command line, a folder standing for its `.csv` files in name order.
+fn expand_logs(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut logs = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| {
+                    f.is_file() && f.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+                })
+                .collect();
+            if found.is_empty() {
+                anyhow::bail!("{}: no .csv logs in this folder", p.display());
             }
-            s
+            found.sort();
+            logs.extend(found);
+        } else {
+            logs.push(p.clone());
         }
-    };
-    // The flow's own settings, or for a CSV log without a flow the first-order Markov chain.
-    let auto = args.flow.is_none();
+    }
+    Ok(logs)
+}
+
+pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    let logs = expand_logs(&args.logs)?;
+    if args.logs.len() == 1 && logs.len() == 1 && !args.logs[0].is_dir() {
+        return eval_one(&args, &logs[0]);
+    }
+    eval_suite(&args, &logs)
+}
+
+/// Whether any option of the grid was given.
+fn grid_given(args: &EvalArgs) -> bool {
+    !(args.history.is_empty()
+        && args.half_life.is_empty()
+        && args.prior_weight.is_empty()
+        && args.min_obs.is_empty()
+        && args.dwell.is_empty()
+        && args.calendar.is_empty()
+        && args.features.is_empty()
+        && args.mode.is_empty()
+        && !args.online)
+}
+
+/// Every log of a suite through the same protocol: the reference chains, the default
+/// configuration, and with `--select` the grid's choice on validation.
+fn eval_suite(args: &EvalArgs, logs: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    if args.flow.is_some() || args.truth.is_some() {
+        eprintln!("error: a suite of logs takes neither --flow nor --truth (one flow per log is discovered)");
+        return Ok(ExitCode::Usage);
+    }
+    if grid_given(args) && !args.select {
+        eprintln!("error: a suite compares a grid through --select (add --select)");
+        return Ok(ExitCode::Usage);
+    }
+    if let Some(p) = logs
+        .iter()
+        .find(|p| format_of(p, args.format) != LogFormat::Csv)
+    {
+        eprintln!(
+            "error: {}: a suite reads CSV process logs only",
+            p.display()
+        );
+        return Ok(ExitCode::Usage);
+    }
+    let mut defaults = args.clone();
+    defaults.history.clear();
+    defaults.half_life.clear();
+    defaults.prior_weight.clear();
+    defaults.min_obs.clear();
+    defaults.dwell.clear();
+    defaults.calendar.clear();
+    defaults.features.clear();
+    defaults.mode.clear();
+    defaults.online = false;
+    let cols = args.csv.columns()?;
+    let mut rows = Vec::new();
+    let bar = progress(logs.len(), "eval");
+    for path in logs {
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("log")
+            .to_string();
+        bar.set_message(name.clone());
+        let flow = auto_flow(path, &cols)?;
+        let stream = log::read_csv(path, &cols)?;
+        let default = grid(&defaults, &flow, true)?.remove(0);
+        let mut todo = vec![suite::markov(1), suite::markov(2), default];
+        let first_grid = todo.len();
+        if args.select {
+            todo.extend(grid(args, &flow, true)?);
+        }
+        // Identical configurations run once.
+        let mut reports: Vec<evaluate::Report> = Vec::new();
+        let mut index = Vec::new();
+        for cfg in &todo {
+            match reports.iter().position(|r| r.config == *cfg) {
+                Some(i) => index.push(i),
+                None => {
+                    index.push(reports.len());
+                    bar.set_message(format!("{name}: {}", cfg.label()));
+                    reports.push(evaluate::evaluate(&flow, &stream, cfg, None)?);
+                }
+            }
+        }
+        let (mut selected, mut grid_best) = (None, None);
+        if args.select {
+            let mut candidates: Vec<evaluate::Report> = index[first_grid..]
+                .iter()
+                .map(|&i| reports[i].clone())
+                .collect();
+            bar.set_message(format!("{name}: choosing on validation"));
+            select_on_validation(&flow, &stream, &mut candidates)?;
+            selected = candidates
+                .iter()
+                .find(|r| r.selected)
+                .map(suite::Figure::of);
+            grid_best = candidates
+                .iter()
+                .fold(None::<&evaluate::Report>, |b, r| match b {
+                    Some(b) if b.next_state.accuracy >= r.next_state.accuracy => Some(b),
+                    _ => Some(r),
+                })
+                .map(suite::Figure::of);
+        }
+        rows.push(suite::SuiteRow {
+            log: name,
+            cases: stream.cases.len(),
+            train_cases: reports[0].train_cases,
+            test_cases: reports[0].test_cases,
+            markov_1: suite::Figure::of(&reports[index[0]]),
+            markov_2: suite::Figure::of(&reports[index[1]]),
+            default: suite::Figure::of(&reports[index[2]]),
+            selected,
+            grid_best,
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    match args.output {
+        super::model_cmd::TableFormat::Table => print!("{}", suite::render(&rows)),
+        super::model_cmd::TableFormat::Json => {
+            println!("{}", serde_json::to_string_pretty(&rows)?)
+        }
+    }
+    Ok(ExitCode::Ok)
+}
+
+/// Marks the configuration with the best accuracy on a validation split carved from the
+/// training cases; the first configuration listed wins a tie.
+fn select_on_validation(
+    flow: &CompiledFlow,
+    stream: &log::Stream,
+    reports: &mut [evaluate::Report],
+) -> anyhow::Result<()> {
+    let part = evaluate::training_part(stream);
+    for r in reports.iter_mut() {
+        let v = evaluate::evaluate(flow, &part, &r.config, None)?;
+        r.validation = Some(v.next_state);
+    }
+    let mut best: Option<(usize, f64)> = None;
+    for (i, r) in reports.iter().enumerate() {
+        let a = r.validation.as_ref().map_or(0.0, |v| v.accuracy);
+        if best.is_none_or(|(_, b)| a > b) {
+            best = Some((i, a));
+        }
+    }
+    if let Some((i, _)) = best {
+        reports[i].selected = true;
+    }
+    Ok(())
+}
+
+/// The configurations the options name (their product), or the flow's own settings, or for a
+/// CSV log without a flow (`auto`) the plain first-order chain.
+fn grid(args: &EvalArgs, flow: &CompiledFlow, auto: bool) -> anyhow::Result<Vec<EvalConfig>> {
     let l = &flow.learning;
     let histories = if args.history.is_empty() {
         vec![l.history]
@@ -512,33 +679,65 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    Ok(configs)
+}
+
+fn eval_one(args: &EvalArgs, path: &Path) -> anyhow::Result<ExitCode> {
+    let format = format_of(path, args.format);
+    let flow = match &args.flow {
+        Some(p) => match load_flows(std::slice::from_ref(p), args.flow_name.as_deref())? {
+            Ok(mut f) => f.remove(0),
+            Err(code) => return Ok(code),
+        },
+        None if format == LogFormat::Csv => auto_flow(path, &args.csv.columns()?)?,
+        None => {
+            eprintln!("error: a JSONL stream needs --flow FILE");
+            return Ok(ExitCode::Usage);
+        }
+    };
+    let truth = match &args.truth {
+        Some(p) => match load_flows(std::slice::from_ref(p), args.flow_name.as_deref())? {
+            Ok(mut f) => Some(f.remove(0)),
+            Err(code) => return Ok(code),
+        },
+        None => None,
+    };
+    let stream = match format {
+        LogFormat::Csv => log::read_csv(path, &args.csv.columns()?)?,
+        LogFormat::Jsonl => {
+            let keys = flow.keys.clone();
+            let (s, skipped) = log::read_jsonl(path, |m| {
+                keys.iter()
+                    .find_map(|k| {
+                        k.get(&m.value)
+                            .and_then(crate::engine::key::ObjectKey::from_value)
+                    })
+                    .map(|k| k.to_string())
+            })?;
+            if skipped > 0 {
+                eprintln!("eval: {skipped} messages have no key for flow `{}` and are not part of any case", flow.name);
+            }
+            s
+        }
+    };
+    let auto = args.flow.is_none();
+    let configs = grid(args, &flow, auto)?;
+    let bar = progress(configs.len(), "eval");
     let mut reports = Vec::new();
     for cfg in &configs {
+        bar.set_message(cfg.label());
         reports.push(evaluate::evaluate(&flow, &stream, cfg, truth.as_ref())?);
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     if args.select {
-        let part = evaluate::training_part(&stream);
-        for r in reports.iter_mut() {
-            let v = evaluate::evaluate(&flow, &part, &r.config, None)?;
-            r.validation = Some(v.next_state);
-        }
-        // The best on validation; the first configuration listed wins a tie.
-        let mut best: Option<(usize, f64)> = None;
-        for (i, r) in reports.iter().enumerate() {
-            let a = r.validation.as_ref().map_or(0.0, |v| v.accuracy);
-            if best.is_none_or(|(_, b)| a > b) {
-                best = Some((i, a));
-            }
-        }
-        if let Some((i, _)) = best {
-            reports[i].selected = true;
-        }
+        select_on_validation(&flow, &stream, &mut reports)?;
     }
     match args.output {
         super::model_cmd::TableFormat::Table => {
             println!(
                 "{}: {} cases ({} train, {} test), flow `{}`\n",
-                args.log.display(),
+                path.display(),
                 stream.cases.len(),
                 reports[0].train_cases,
                 reports[0].test_cases,

@@ -107,9 +107,10 @@ impl<'a> DfgBuilder<'a> {
 }
 
 /// The DFG of a CSV process log, read from its bytes. Falls back to the general CSV reader for
-/// files with quoted fields.
+/// files with quoted fields, another delimiter, a time in several columns, or a header without
+/// the columns (its message says more).
 pub fn dfg_from_csv(bytes: &[u8], cols: &CsvColumns, count_repeats: bool) -> anyhow::Result<Dfg> {
-    if bytes.contains(&b'"') {
+    let general = || -> anyhow::Result<Dfg> {
         let text = std::str::from_utf8(bytes)?;
         let mut rows = Vec::new();
         super::log::for_each_row(text, cols, |r| {
@@ -119,7 +120,13 @@ pub fn dfg_from_csv(bytes: &[u8], cols: &CsvColumns, count_repeats: bool) -> any
         for (c, a, t) in &rows {
             b.event(c.as_bytes(), a.as_bytes(), *t, false);
         }
-        return Ok(b.finish());
+        Ok(b.finish())
+    };
+    let [time_col] = cols.time.as_slice() else {
+        return general();
+    };
+    if bytes.contains(&b'"') || cols.delimiter != ',' {
+        return general();
     }
     let mut lines = bytes.split(|b| *b == b'\n');
     let header = lines
@@ -129,12 +136,11 @@ pub fn dfg_from_csv(bytes: &[u8], cols: &CsvColumns, count_repeats: bool) -> any
         .trim_start_matches('\u{feff}')
         .trim_end();
     let names: Vec<&str> = header.split(',').map(str::trim).collect();
-    let find = |want: &str| {
-        names.iter().position(|n| *n == want).ok_or_else(|| {
-            anyhow::anyhow!("no column `{want}` (the header has: {})", names.join(", "))
-        })
+    let find = |want: &str| names.iter().position(|n| *n == want);
+    let (Some(ci), Some(ai), Some(ti)) = (find(&cols.case), find(&cols.activity), find(time_col))
+    else {
+        return general();
     };
-    let (ci, ai, ti) = (find(&cols.case)?, find(&cols.activity)?, find(&cols.time)?);
     let width = ci.max(ai).max(ti) + 1;
     let mut b = DfgBuilder::new(count_repeats);
     let mut fields: [&[u8]; 64] = [&[]; 64];

@@ -15,11 +15,16 @@ use std::path::Path;
 /// The event type that marks the end of a case in a process log.
 pub const CASE_END: &str = "flowcast.case_end";
 
+/// Where a CSV process log keeps what `eval` and `discover` read: columns by header name, and
+/// the character between fields.
 #[derive(Debug, Clone)]
 pub struct CsvColumns {
     pub case: String,
     pub activity: String,
-    pub time: String,
+    /// One column with date and time, or several (date, then time) joined with a space, as
+    /// tools export them (`Date,Time`).
+    pub time: Vec<String>,
+    pub delimiter: char,
 }
 
 impl Default for CsvColumns {
@@ -27,8 +32,21 @@ impl Default for CsvColumns {
         CsvColumns {
             case: "CaseID".into(),
             activity: "ActivityID".into(),
-            time: "CompleteTimestamp".into(),
+            time: vec!["CompleteTimestamp".into()],
+            delimiter: ',',
         }
+    }
+}
+
+/// A `--delimiter` as the user wrote it: one character, or `tab` / `\t`.
+pub fn parse_delimiter(text: &str) -> anyhow::Result<char> {
+    let mut chars = text.chars();
+    match (text, chars.next(), chars.next()) {
+        ("tab" | "\\t", _, _) => Ok('\t'),
+        (_, Some(c), None) if c != '"' && c != '\n' && c != '\r' => Ok(c),
+        _ => anyhow::bail!(
+            "--delimiter `{text}`: one character other than a quote or a line end (or `tab`)"
+        ),
     }
 }
 
@@ -53,6 +71,7 @@ pub fn split_csv(line: &str, out: &mut Vec<String>) {
 /// ends. A quoted field may span lines, so a record is not a line.
 pub struct Records<'a> {
     text: &'a str,
+    delimiter: char,
     pos: usize,
     /// The line the next record starts on (1-based), for messages.
     line: usize,
@@ -60,8 +79,14 @@ pub struct Records<'a> {
 
 impl<'a> Records<'a> {
     pub fn new(text: &'a str) -> Records<'a> {
+        Records::with_delimiter(text, ',')
+    }
+
+    /// Records whose fields are separated by `delimiter` (`;` and tabs are common in exports).
+    pub fn with_delimiter(text: &'a str, delimiter: char) -> Records<'a> {
         Records {
             text,
+            delimiter,
             pos: 0,
             line: 1,
         }
@@ -92,7 +117,7 @@ impl<'a> Records<'a> {
                     chars.next();
                 }
                 ('"', true) => quoted = false,
-                (',', false) => {
+                (c, false) if c == self.delimiter => {
                     out.push(std::mem::take(&mut field));
                     at_field_start = true;
                 }
@@ -117,36 +142,43 @@ impl<'a> Records<'a> {
     }
 }
 
-/// A time in a process log: what `parse_str` reads, and also single-digit months, days and
-/// hours (`2011-11-05 1:05:01`), which some public logs hold and the reference tools read.
+/// A time in a process log: what `parse_str` reads, and also what tools export: single-digit
+/// months, days and hours (`2011-11-05 1:05:01`), slashes in the date (`2011/11/05`), no
+/// seconds (`2011-11-05 01:05`), or a date alone (midnight).
 pub fn parse_log_time(text: &str) -> Option<i64> {
-    parse_str(text).or_else(|| parse_str(&pad_log_time(text)?))
+    parse_str(text).or_else(|| parse_str(&normalize_log_time(text)?))
 }
 
-/// `2011-1-5 1:05:01` as `2011-01-05 01:05:01`; `None` when nothing needs padding.
-fn pad_log_time(text: &str) -> Option<String> {
-    let sep = text.find([' ', 'T', 't'])?;
-    let (date, rest) = text.split_at(sep);
-    let (time, tail) = rest[1..].split_at(rest[1..].find(':')?);
-    let mut parts = date.split('-');
+/// `2011/1/5 1:05` as `2011-01-05 01:05:00`; `None` when the text is not of that shape.
+fn normalize_log_time(text: &str) -> Option<String> {
+    let (date, sep, rest) = match text.find([' ', 'T', 't']) {
+        Some(i) => (&text[..i], &text[i..i + 1], &text[i + 1..]),
+        None => (text, " ", "00:00:00"),
+    };
+    let digits =
+        |p: &str, max: usize| (1..=max).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit());
+    let pad = |p: &str| format!("{p:0>2}");
+    let mut parts = date.split(['-', '/']);
     let (y, m, d) = (parts.next()?, parts.next()?, parts.next()?);
-    let short = |p: &str| p.len() == 1 && p.as_bytes()[0].is_ascii_digit();
-    if parts.next().is_some() || !(short(m) || short(d) || short(time)) {
+    if parts.next().is_some() || y.len() != 4 || !digits(y, 4) || !digits(m, 2) || !digits(d, 2) {
         return None;
     }
-    let pad = |p: &str| {
-        if short(p) {
-            format!("0{p}")
-        } else {
-            p.to_string()
-        }
-    };
+    // The clock is the leading run of digits and colons; a fraction or a zone may follow.
+    let clock_len = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == ':'))
+        .unwrap_or(rest.len());
+    let (clock, tail) = rest.split_at(clock_len);
+    let clock: Vec<&str> = clock.split(':').collect();
+    if !(2..=3).contains(&clock.len()) || !clock.iter().all(|p| digits(p, 2)) {
+        return None;
+    }
+    let sec = clock.get(2).map_or("00".to_string(), |s| pad(s));
     Some(format!(
-        "{y}-{}-{}{}{}{tail}",
+        "{y}-{}-{}{sep}{}:{}:{sec}{tail}",
         pad(m),
         pad(d),
-        &rest[..1],
-        pad(time)
+        pad(clock[0]),
+        pad(clock[1]),
     ))
 }
 
@@ -156,18 +188,47 @@ pub fn for_each_row(
     cols: &CsvColumns,
     mut f: impl FnMut(Row<'_>),
 ) -> anyhow::Result<usize> {
-    let mut records = Records::new(text.trim_start_matches('\u{feff}'));
+    let mut records = Records::with_delimiter(text.trim_start_matches('\u{feff}'), cols.delimiter);
     let mut names = Vec::new();
     if records.next_record(&mut names).is_none() {
         anyhow::bail!("the file is empty");
     }
     let find = |want: &str| {
         names.iter().position(|n| n.trim() == want).ok_or_else(|| {
-            anyhow::anyhow!("no column `{want}` (the header has: {})", names.join(", "))
+            let mut msg = format!(
+                "line 1: no column `{want}` (the header has: {})",
+                names.join(", ")
+            );
+            // One column holding another common delimiter: say which option reads it.
+            if names.len() == 1 {
+                if let Some(d) = [';', '\t', ',', '|']
+                    .into_iter()
+                    .find(|d| names[0].contains(*d))
+                {
+                    let shown = if d == '\t' {
+                        "tab".to_string()
+                    } else {
+                        format!("'{d}'")
+                    };
+                    msg.push_str(&format!(
+                        "; the header looks separated by {shown}: try --delimiter {shown}"
+                    ));
+                }
+            }
+            anyhow::anyhow!(msg)
         })
     };
-    let (ci, ai, ti) = (find(&cols.case)?, find(&cols.activity)?, find(&cols.time)?);
+    let (ci, ai) = (find(&cols.case)?, find(&cols.activity)?);
+    if cols.time.is_empty() {
+        anyhow::bail!("no time column given");
+    }
+    let tis: Vec<usize> = cols
+        .time
+        .iter()
+        .map(|t| find(t))
+        .collect::<anyhow::Result<_>>()?;
     let mut fields = Vec::new();
+    let mut time = String::new();
     let mut rows = 0;
     while let Some((line, open)) = records.next_record(&mut fields) {
         if open {
@@ -182,9 +243,16 @@ pub fn for_each_row(
                 .map(String::as_str)
                 .ok_or_else(|| anyhow::anyhow!("line {line}: too few fields"))
         };
-        let (case, activity, t) = (get(ci)?, get(ai)?, get(ti)?);
-        let time_ms = parse_log_time(t.trim())
-            .ok_or_else(|| anyhow::anyhow!("line {line}: unreadable time `{t}`"))?;
+        let (case, activity) = (get(ci)?, get(ai)?);
+        time.clear();
+        for (k, &ti) in tis.iter().enumerate() {
+            if k > 0 {
+                time.push(' ');
+            }
+            time.push_str(get(ti)?.trim());
+        }
+        let time_ms = parse_log_time(&time)
+            .ok_or_else(|| anyhow::anyhow!("line {line}: unreadable time `{time}`"))?;
         f(Row {
             case,
             activity,
@@ -321,7 +389,18 @@ mod tests {
             t("2011-11-05 11:05:01").as_deref(),
             Some("2011-11-05T11:05:01.000Z")
         );
+        assert_eq!(
+            t("2011/11/5 1:05").as_deref(),
+            Some("2011-11-05T01:05:00.000Z")
+        );
+        assert_eq!(t("2011-11-05").as_deref(), Some("2011-11-05T00:00:00.000Z"));
+        assert_eq!(
+            t("2011-11-05 01:05:01.250+01:00").as_deref(),
+            Some("2011-11-05T00:05:01.250Z")
+        );
         for bad in [
+            "05/11/2011 01:05",
+            "2011-11-05 1:5:1:2",
             "2011-11-05 :05:01",
             "2011-11-05 1",
             "1:05:01",

@@ -6,3 +6,4 @@ pub mod discover;
 pub mod evaluate;
 pub mod log;
 pub mod simulate;
+pub mod suite;
