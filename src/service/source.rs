@@ -572,12 +572,7 @@ impl JetStreamSource {
                             to,
                             "Deliveries from JetStream were lost on the way; reading the stream again from the last one handed over."
                         );
-                        if !batch.is_empty()
-                            && tx
-                                .send(SourceEvent::Batch(std::mem::take(&mut batch)))
-                                .await
-                                .is_err()
-                        {
+                        if !hand_over(tx, &mut batch).await {
                             return Ok(Detached::Closed);
                         }
                         if !self
@@ -608,12 +603,7 @@ impl JetStreamSource {
                     None => break,
                 };
             }
-            if !batch.is_empty()
-                && tx
-                    .send(SourceEvent::Batch(std::mem::take(&mut batch)))
-                    .await
-                    .is_err()
-            {
+            if !hand_over(tx, &mut batch).await {
                 return Ok(Detached::Closed);
             }
         }
@@ -706,12 +696,7 @@ impl JetStreamSource {
                 if let Some(s) = batch.last().and_then(|d| d.seq) {
                     *sent = s;
                 }
-                if !batch.is_empty()
-                    && tx
-                        .send(SourceEvent::Batch(std::mem::take(&mut batch)))
-                        .await
-                        .is_err()
-                {
+                if !hand_over(tx, &mut batch).await {
                     return Ok(false);
                 }
             }
@@ -741,6 +726,15 @@ async fn later<T>(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Sends what `batch` holds (if anything) to the engine task; false when it stopped listening.
+async fn hand_over(tx: &mpsc::Sender<SourceEvent>, batch: &mut Vec<Delivery>) -> bool {
+    batch.is_empty()
+        || tx
+            .send(SourceEvent::Batch(std::mem::take(batch)))
+            .await
+            .is_ok()
 }
 
 /// Waits before attaching again: 200 ms more each attempt, at most 5 s.
