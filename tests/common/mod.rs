@@ -241,27 +241,35 @@ pub struct Service {
 }
 
 impl Service {
-    /// Writes `config` (YAML; `http.listen` is added) into `dir` and starts the service. The
-    /// HTTP server binds port 0; its address is read back from the log.
-    pub fn start(dir: &Path, config: &str) -> Service {
+    /// Writes `config` (adding `http.listen` on port 0 unless it has an `http:` section) into
+    /// `dir`, starts `flowcast run` with its stdout and stderr in files, and reads the HTTP
+    /// address back from the log.
+    fn spawn(
+        dir: &Path,
+        config: &str,
+        stdin: Stdio,
+    ) -> (Service, Option<std::process::ChildStdin>) {
         let conf = dir.join("flowcast.yaml");
-        std::fs::write(
-            &conf,
-            format!("{config}\nhttp: {{ listen: \"127.0.0.1:0\" }}\n"),
-        )
-        .unwrap();
+        let http = if config.lines().any(|l| l.starts_with("http:")) {
+            ""
+        } else {
+            "\nhttp: { listen: \"127.0.0.1:0\" }\n"
+        };
+        std::fs::write(&conf, format!("{config}{http}")).unwrap();
         let n = std::fs::read_dir(dir).unwrap().count();
         let stdout = dir.join(format!("stdout-{n}.jsonl"));
         let stderr = dir.join(format!("stderr-{n}.log"));
-        let child = flowcast()
+        let mut child = flowcast()
             .arg("run")
             .arg("--config")
             .arg(&conf)
             .env("RUST_LOG", "info")
+            .stdin(stdin)
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
+        let input = child.stdin.take();
         let mut s = Service {
             child: Some(child),
             http_port: 0,
@@ -272,6 +280,13 @@ impl Service {
             s_port(&s.stderr).is_some()
         });
         s.http_port = s_port(&s.stderr).unwrap_or(0);
+        (s, input)
+    }
+
+    /// Writes `config` (YAML; `http.listen` is added) into `dir` and starts the service. The
+    /// HTTP server binds port 0; its address is read back from the log.
+    pub fn start(dir: &Path, config: &str) -> Service {
+        let (s, _) = Service::spawn(dir, config, Stdio::inherit());
         let port = s.http_port;
         s.wait_until("ready", || http(port, "GET", "/readyz").0 == 200);
         s
@@ -537,38 +552,8 @@ pub fn run_ok(cmd: &mut Command) -> std::process::Output {
 /// (`source` should be `{ kind: file, path: "-" }`): the service lives as long as the pipe.
 /// A config with its own `http:` section must listen on `127.0.0.1:0`.
 pub fn start_with_stdin(dir: &Path, config: &str) -> (Service, std::process::ChildStdin) {
-    let conf = dir.join("flowcast.yaml");
-    let http = if config.lines().any(|l| l.starts_with("http:")) {
-        ""
-    } else {
-        "\nhttp: { listen: \"127.0.0.1:0\" }\n"
-    };
-    std::fs::write(&conf, format!("{config}{http}")).unwrap();
-    let n = std::fs::read_dir(dir).unwrap().count();
-    let stdout = dir.join(format!("stdout-{n}.jsonl"));
-    let stderr = dir.join(format!("stderr-{n}.log"));
-    let mut child = flowcast()
-        .arg("run")
-        .arg("--config")
-        .arg(&conf)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::piped())
-        .stdout(std::fs::File::create(&stdout).unwrap())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
-    let stdin = child.stdin.take().unwrap();
-    let mut s = Service {
-        child: Some(child),
-        http_port: 0,
-        stdout,
-        stderr,
-    };
-    s.wait_until("the HTTP address in the log", || {
-        s_port(&s.stderr).is_some()
-    });
-    s.http_port = s_port(&s.stderr).unwrap_or(0);
-    (s, stdin)
+    let (s, stdin) = Service::spawn(dir, config, Stdio::piped());
+    (s, stdin.unwrap())
 }
 
 /// The seed of the property tests: fixed, so that a run is repeatable and a failure replays;
