@@ -103,7 +103,7 @@ fn several_logs_with_select_make_one_table_with_the_choice_per_log() {
         assert!(line.starts_with(log), "{text}");
     }
     assert!(lines[4].starts_with("mean"), "{text}");
-    assert!(text.contains("default: history=1"), "{text}");
+    assert!(text.contains("default: model=auto"), "{text}");
 }
 
 #[test]

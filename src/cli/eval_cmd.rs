@@ -642,6 +642,12 @@ fn grid(args: &EvalArgs, flow: &CompiledFlow, auto: bool) -> anyhow::Result<Vec<
     } else {
         args.features.iter().map(|f| *f == OnOff::On).collect()
     };
+    // A setting of the model pins one member; otherwise the flow's own choice (auto).
+    let auto = l.auto
+        && args.history.is_empty()
+        && args.min_obs.is_empty()
+        && args.calendar.is_empty()
+        && args.features.is_empty();
     let mut modes = args.mode.clone();
     if args.online {
         modes.push(evaluate::Mode::Online);
@@ -669,6 +675,7 @@ fn grid(args: &EvalArgs, flow: &CompiledFlow, auto: bool) -> anyhow::Result<Vec<
                                         dwell: d == OnOff::On,
                                         calendar,
                                         features: feat,
+                                        auto,
                                         mode,
                                     });
                                 }

@@ -14,6 +14,7 @@
 
 use super::dwell::DwellHist;
 use super::features::{Example, FeatureModel};
+use super::mixture::{Mixture, Rows};
 use crate::model::{Calendar, CompiledFlow, Kind, StateId, Unlisted};
 use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
@@ -128,6 +129,8 @@ pub struct FlowModel {
     calendar: Calendar,
     /// The log-linear feature model, when `learn { features on }`.
     pub features: Option<FeatureModel>,
+    /// The self-tuning family of predictors and their weights (`learn { model auto }`).
+    pub mixture: Option<Mixture>,
     /// Refit the feature model as transitions arrive (off while `eval` trains a frozen model,
     /// which is fitted once at the end).
     pub auto_fit: bool,
@@ -184,9 +187,15 @@ impl FlowModel {
             calendar_contexts: HashMap::default(),
             calendar: flow.learning.calendar,
             features: flow.learning.features.then(FeatureModel::default),
+            mixture: flow.learning.auto.then(|| Mixture::new(n)),
             auto_fit: true,
             background_fit: false,
-            history: flow.learning.history,
+            // The self-tuning model keeps the contexts its deepest member reads.
+            history: if flow.learning.auto {
+                flow.learning.history.max(4)
+            } else {
+                flow.learning.history
+            },
             min_observations: flow.learning.min_observations,
             use_dwell: flow.learning.use_dwell,
             half_life_ms: flow.learning.half_life_ms,
@@ -265,6 +274,12 @@ impl FlowModel {
 
     /// Learns one transition. `history` holds the states before `from`, oldest first.
     pub fn observe(&mut self, past: Past<'_>, from: StateId, to: StateId, dwell_ms: i64) {
+        if let Some(mut mx) = self.mixture.take() {
+            // Scored before it is learned: each member is judged on what it did not know.
+            let rows = self.rows(self.solution.as_ref(), past, from);
+            mx.score(&rows, from, to);
+            self.mixture = Some(mx);
+        }
         let history = past.history;
         let w = self.obs_weight();
         let n = self.n;
@@ -308,15 +323,17 @@ impl FlowModel {
 
     /// The calendar context of an object in `state` with this past, if calendars are used.
     fn calendar_key(&self, past: Past<'_>, state: StateId) -> Option<CalendarKey> {
-        if self.calendar == Calendar::Off || past.entered_ms == 0 {
+        // The self-tuning family keeps the week's classes with the dwell class.
+        let (calendar, use_dwell) = if self.mixture.is_some() {
+            (Calendar::Week, true)
+        } else {
+            (self.calendar, self.use_dwell)
+        };
+        if calendar == Calendar::Off || past.entered_ms == 0 {
             return None;
         }
-        let dwell = if self.use_dwell {
-            past.last_dwell
-        } else {
-            NO_DWELL
-        };
-        Some((state, dwell, self.calendar.class(past.entered_ms)))
+        let dwell = if use_dwell { past.last_dwell } else { NO_DWELL };
+        Some((state, dwell, calendar.class(past.entered_ms)))
     }
 
     /// Effective (decayed) observed count of one transition.
@@ -514,6 +531,12 @@ impl FlowModel {
                 return;
             }
         }
+        if let Some(mx) = &self.mixture {
+            let rows = self.rows(Some(sol), past, state);
+            let mut weights = Vec::with_capacity(mx.members.len());
+            mx.predict(&rows, state, &mut weights, out);
+            return;
+        }
         let f = self.decay_factor();
         let k = self.min_observations.max(0.0);
         let history = past.history;
@@ -561,6 +584,58 @@ impl FlowModel {
             }
             out.retain(|(_, p)| *p > 0.0);
         }
+    }
+
+    /// The members that carry predictions for an object in `state`, with their weights
+    /// (empty for a fixed model).
+    pub fn leading_members(&self, state: StateId) -> std::collections::BTreeMap<String, f64> {
+        self.mixture
+            .as_ref()
+            .map(|mx| {
+                mx.leading(state)
+                    .into_iter()
+                    .map(|(m, w)| (m, super::round6(w)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The rows the self-tuning family reads for an object in `state` with `past`: the base
+    /// row of the solution (when there is one), the dwell context, the history contexts.
+    pub fn rows<'a>(
+        &'a self,
+        sol: Option<&'a Solution>,
+        past: Past<'_>,
+        state: StateId,
+    ) -> Rows<'a> {
+        let f = self.decay_factor();
+        let weight = |row: &[(StateId, f64)]| row.iter().map(|(_, w)| w).sum::<f64>() * f;
+        let mut rows = Rows::default();
+        if let Some(sol) = sol {
+            let s = state as usize;
+            rows.rows[0] = Some((&sol.succ[s][..], sol.row_weight[s]));
+        }
+        if past.last_dwell != NO_DWELL {
+            if let Some(row) = self.dwell_contexts.get(&(state, past.last_dwell)) {
+                rows.rows[1] = Some((&row[..], weight(row)));
+            }
+        }
+        let history = past.history;
+        for len in 2..=self.history.min(history.len() + 1).min(4) {
+            if let Some(row) = self
+                .contexts
+                .get(&context_key(&history[history.len() + 1 - len..], state))
+            {
+                rows.rows[len] = Some((&row[..], weight(row)));
+            }
+        }
+        if let Some(row) = self
+            .calendar_key(past, state)
+            .and_then(|key| self.calendar_contexts.get(&key))
+        {
+            rows.rows[super::mixture::CALENDAR] = Some((&row[..], weight(row)));
+        }
+        rows
     }
 
     /// Whether the time already spent in `state` can change its predictions: dwell times are
@@ -956,6 +1031,9 @@ pub struct LearnedCounts {
     /// The transitions the feature model is fitted on (`learn { features on }`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub feature_examples: Vec<super::features::LearnedExample>,
+    /// The self-tuning model's losses per member (`learn { model auto }`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixture: Option<super::mixture::LearnedMixture>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1076,6 +1154,7 @@ impl FlowModel {
                 .as_ref()
                 .map(|f| f.export(names))
                 .unwrap_or_default(),
+            mixture: self.mixture.as_ref().map(|m| m.export(names)),
         }
     }
 
@@ -1127,6 +1206,9 @@ impl FlowModel {
         }
         if let Some(fm) = self.features.as_mut() {
             fm.import(&learned.feature_examples, &id_of);
+        }
+        if let (Some(mx), Some(l)) = (self.mixture.as_mut(), learned.mixture.as_ref()) {
+            mx.import(l, &id_of);
         }
         dropped
     }

@@ -12,6 +12,7 @@ pub mod features;
 pub mod key;
 pub mod markov;
 pub mod message;
+pub mod mixture;
 pub mod output;
 pub mod projection;
 pub mod snapshot;
@@ -376,6 +377,10 @@ pub struct Prediction {
     pub expected_remaining_ms: f64,
     pub alerting: bool,
     pub model_version: u64,
+    /// With the self-tuning model: the members that carry this prediction, by weight
+    /// (at least 5% of it, at most three).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub members: BTreeMap<String, f64>,
 }
 
 pub struct Engine {
@@ -1158,6 +1163,7 @@ impl Engine {
             expected_remaining_ms: expected.round(),
             alerting: obj.alerting,
             model_version: sol.version,
+            members: rt.model.leading_members(obj.state),
         })
     }
 

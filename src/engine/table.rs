@@ -13,6 +13,11 @@ pub struct ModelTable {
     pub flow: String,
     pub model_version: u64,
     pub observed_total: f64,
+    /// `auto` (the self-tuning family) or `fixed`.
+    pub model: &'static str,
+    /// The self-tuning model's members: flow-wide weight and recent log-loss.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<super::mixture::MemberSummary>,
     pub transitions: Vec<TransitionRow>,
     pub states: Vec<StateRow>,
 }
@@ -98,6 +103,25 @@ pub fn build(rt: &mut FlowRuntime) -> ModelTable {
         flow: flow.name.clone(),
         model_version: sol.version,
         observed_total: round6(model.total_observed()),
+        model: if model.mixture.is_some() {
+            "auto"
+        } else {
+            "fixed"
+        },
+        members: model
+            .mixture
+            .as_ref()
+            .map(|m| {
+                m.summary()
+                    .into_iter()
+                    .map(|mut s| {
+                        s.weight = round6(s.weight);
+                        s.recent_log_loss = round6(s.recent_log_loss);
+                        s
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         transitions,
         states,
     }
@@ -188,6 +212,35 @@ pub fn render(t: &ModelTable) -> String {
             _ => next.join(", "),
         };
         let _ = writeln!(o, "{line}  {tail}");
+    }
+    if !t.members.is_empty() {
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "Model (auto): what each member of the family is trusted with, flow-wide"
+        );
+        let _ = writeln!(
+            o,
+            "  {:18}  {:>8}  {:>15}",
+            "member", "weight", "recent log-loss"
+        );
+        let mut rows: Vec<&super::mixture::MemberSummary> = t.members.iter().collect();
+        rows.sort_by(|a, b| b.weight.total_cmp(&a.weight));
+        for m in rows.iter().take(8) {
+            let _ = writeln!(
+                o,
+                "  {:18}  {:>8.4}  {:>15.4}",
+                m.member, m.weight, m.recent_log_loss
+            );
+        }
+        if rows.len() > 8 {
+            let _ = writeln!(
+                o,
+                "  ({} more, each below {:.4})",
+                rows.len() - 8,
+                rows[8].weight.max(rows[7].weight)
+            );
+        }
     }
     o
 }

@@ -4,7 +4,7 @@
 //! Three ways to run the same split (`Mode`):
 //! - `frozen` (the reference protocol): the training cases' messages go to an `Engine` in time
 //!   order, then learning is turned off and each test case is replayed on its own, shifted in
-//!   time to start at the engine's clock (by whole weeks when calendar contexts or features
+//!   time to start at the engine's clock (by whole weeks when calendar contexts, features or the self-tuning model
 //!   are used): with learning off the cases cannot influence each
 //!   other, and their dwell times are kept exactly. Every prediction sees every training case,
 //!   including those that happened after it.
@@ -43,6 +43,10 @@ pub struct EvalConfig {
     pub calendar: Calendar,
     /// The log-linear feature model (`learn { features on }`).
     pub features: bool,
+    /// The self-tuning model (`learn { model auto }`): `history` and `min_observations` only
+    /// bound and seed it.
+    #[serde(default)]
+    pub auto: bool,
     pub mode: Mode,
 }
 
@@ -69,6 +73,21 @@ impl Mode {
 
 impl EvalConfig {
     pub fn label(&self) -> String {
+        if self.auto {
+            return format!(
+                "model=auto half_life={} prior_weight={} dwell={}{}",
+                self.half_life_ms
+                    .map(crate::syntax::format_duration_ms)
+                    .unwrap_or_else(|| "off".into()),
+                self.prior_weight,
+                if self.dwell { "on" } else { "off" },
+                if self.mode == Mode::Frozen {
+                    String::new()
+                } else {
+                    format!(" {}", self.mode.name())
+                }
+            );
+        }
         format!(
             "history={} half_life={} prior_weight={} min_obs={} dwell={}{}{}{}",
             self.history,
@@ -102,6 +121,7 @@ impl EvalConfig {
         f.learning.use_dwell = self.dwell;
         f.learning.calendar = self.calendar;
         f.learning.features = self.features;
+        f.learning.auto = self.auto;
         // Nothing is evicted during an evaluation: cases end by their outcome.
         f.learning.expire_ms = i64::MAX / 4;
         f
@@ -316,7 +336,7 @@ pub fn evaluate(
                 .min()
                 .unwrap_or(0);
             let mut offset = (engine.clock_ms() - start).max(0);
-            if cfg.calendar != Calendar::Off || cfg.features {
+            if cfg.calendar != Calendar::Off || cfg.features || cfg.auto {
                 // Whole weeks, so that each time keeps its time of day and day of the week.
                 const WEEK: i64 = 7 * 86_400_000;
                 offset = (offset + WEEK - 1) / WEEK * WEEK;

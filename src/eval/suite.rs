@@ -18,6 +18,7 @@ pub fn markov(history: usize) -> EvalConfig {
         dwell: false,
         calendar: Calendar::Off,
         features: false,
+        auto: false,
         mode: Mode::Frozen,
     }
 }

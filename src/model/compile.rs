@@ -583,7 +583,16 @@ impl FlowCompiler<'_> {
 
     fn learn(&mut self, settings: &[ast::Setting], l: &mut Learning) {
         let mut seen: HashMap<&str, Span> = HashMap::new();
+        // `model` given explicitly, and whether a setting pins one member of the family.
+        let mut model: Option<bool> = None;
+        let mut pinned = false;
         for s in settings {
+            if matches!(
+                s.name.name.as_str(),
+                "history" | "min_observations" | "calendar" | "features"
+            ) {
+                pinned = true;
+            }
             if self.duplicate_setting(&mut seen, s) {
                 continue;
             }
@@ -644,10 +653,15 @@ impl FlowCompiler<'_> {
                         l.features = b;
                     }
                 }
+                "model" => {
+                    model = self.keyword(v, "model", &[("auto", true), ("fixed", false)],
+                        "`auto` (the default): weigh a family of predictors (history 1 to 4, with and without dwell classes) by how well each has predicted; `fixed`: the one model `history` and `min_observations` describe");
+                }
                 other => self.unknown_setting(
                     &s.name,
                     other,
                     &[
+                        "model",
                         "half_life",
                         "prior_weight",
                         "history",
@@ -661,6 +675,7 @@ impl FlowCompiler<'_> {
                 ),
             }
         }
+        l.auto = model.unwrap_or(!pinned);
     }
 
     fn alert_level(

@@ -91,6 +91,11 @@ pub struct Learning {
     /// Weigh every signal of an object's past at once with a per-state log-linear model
     /// (`learn { features on }`, see engine::features) instead of interpolated contexts.
     pub features: bool,
+    /// The self-tuning model (`learn { model auto }`, the default): a family of predictors
+    /// weighed by how well each has predicted (engine::mixture). Off (`model fixed`, or any
+    /// of `history`, `min_observations`, `calendar`, `features` set) the one model those
+    /// settings describe.
+    pub auto: bool,
 }
 
 /// Classes of the time an object entered its state, for `learn { calendar ... }`.
@@ -148,6 +153,7 @@ impl Default for Learning {
             use_dwell: true,
             calendar: Calendar::Off,
             features: false,
+            auto: true,
         }
     }
 }

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub in_flight: Mutex<BTreeMap<String, u64>>,
     /// Per flow with `learn { features on }`: (transitions kept, states with fitted weights).
     pub feature_models: Mutex<BTreeMap<String, (u64, u64)>>,
+    /// Per flow with the self-tuning model, per member: (weight, recent log-loss).
+    pub model_members: Mutex<BTreeMap<(String, String), (f64, f64)>>,
     pub reload_success: AtomicI64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
@@ -205,6 +207,41 @@ impl Metrics {
                 "flow",
                 features.iter().map(|(f, (_, k))| (f.as_str(), *k)),
             );
+        }
+        let members = self
+            .model_members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if !members.is_empty() {
+            family(
+                &mut o,
+                "flowcast_model_member_weight",
+                "gauge",
+                "Flow-wide weight of each member of the self-tuning model (learn { model auto }).",
+            );
+            for ((flow, member), (w, _)) in &members {
+                let _ = writeln!(
+                    o,
+                    "flowcast_model_member_weight{{flow=\"{}\",member=\"{}\"}} {w}",
+                    escape(flow),
+                    escape(member)
+                );
+            }
+            family(
+                &mut o,
+                "flowcast_model_member_log_loss",
+                "gauge",
+                "Mean log-loss (natural log) of each member over its recent predictions.",
+            );
+            for ((flow, member), (_, l)) in &members {
+                let _ = writeln!(
+                    o,
+                    "flowcast_model_member_log_loss{{flow=\"{}\",member=\"{}\"}} {l}",
+                    escape(flow),
+                    escape(member)
+                );
+            }
         }
         family(
             &mut o,

@@ -543,6 +543,22 @@ fn publish_metrics(engine: &Engine, metrics: &Metrics) {
             );
         }
     }
+    drop(f);
+    let mut mm = metrics
+        .model_members
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    mm.clear();
+    for rt in &engine.flows {
+        if let Some(mx) = &rt.model.mixture {
+            for m in mx.summary() {
+                mm.insert(
+                    (rt.flow.name.clone(), m.member),
+                    (m.weight, m.recent_log_loss),
+                );
+            }
+        }
+    }
 }
 
 /// How long a snapshot waits for the sinks to send the records it covers.

@@ -1,0 +1,468 @@
+//! The self-tuning model (`learn { model auto }`, the default): a family of next-state
+//! predictors over the same learned counts, weighed online by how well each has predicted.
+//!
+//! Every member is one way of reading the counts a flow keeps anyway: the first-order row
+//! (priors and observations), refined by the context of the dwell class of the previous
+//! state ([0102]) and by history contexts of length 2..=4 (claim 3), each interpolated with
+//! what comes before it at a strength `k` (the `min_observations` of a fixed model). The
+//! members differ in the history order, `k` and whether the dwell context is used: the grid
+//! an analyst would search, without the test data.
+//!
+//! Each member's distribution is a linear combination of at most five normalised rows (the
+//! base row and the four context rows an object can have), so a member is just five
+//! coefficients, computed in a few multiplications. Before a transition is learned, the
+//! probability each member gave it is scored (log-loss, past only: prequential), per state
+//! the object left. A state's weights are the Bayesian posterior over the members given the
+//! losses on its own transitions, the flow-wide losses acting as its prior (worth
+//! `PRIOR_STRENGTH` of the state's own observations), both discounted so that a member that
+//! starts to predict better takes over within about `WINDOW` transitions. The prediction is
+//! the weighted mixture of the members' distributions.
+
+use crate::model::StateId;
+use serde::{Deserialize, Serialize};
+
+/// One member of the family.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Member {
+    /// History order (1 = the state alone).
+    pub history: u8,
+    /// Interpolation strength: the observed weight a context needs to count as much as the
+    /// shorter one it refines.
+    pub k: f64,
+    /// Refine by the dwell class of the previous state.
+    pub dwell: bool,
+    /// Refine by the calendar context: that dwell class and the UTC time of the week (3-hour
+    /// classes, weekends apart) the object entered its state.
+    pub calendar: bool,
+}
+
+impl Member {
+    pub fn label(&self) -> String {
+        let mut s = format!("h{}", self.history);
+        if self.history > 1 || self.dwell {
+            s.push_str(&format!(" k{}", self.k));
+        }
+        if self.dwell {
+            s.push_str(" dwell");
+        }
+        if self.calendar {
+            s.push_str(" week");
+        }
+        s
+    }
+
+    /// The row slots this member reads after the base, in order: 1 = the dwell context,
+    /// 5 = the calendar context, 2..=4 = the history contexts of that length.
+    fn slots(&self) -> impl Iterator<Item = usize> + '_ {
+        self.dwell
+            .then_some(1)
+            .into_iter()
+            .chain(self.calendar.then_some(CALENDAR))
+            .chain(2..=self.history as usize)
+    }
+}
+
+/// The slot of the calendar context row.
+pub const CALENDAR: usize = 5;
+/// Row slots: the base, the dwell context, three history contexts, the calendar context.
+pub const SLOTS: usize = 6;
+
+/// The family: history 1 to 4, `k` 0, 1 and 10, with and without the dwell context (the
+/// first-order chain alone once: `k` changes nothing there); and history 1 to 3 with the
+/// dwell and calendar contexts, `k` 1 and 10 (a calendar context is sparse: never alone).
+pub fn family() -> Vec<Member> {
+    let mut out = vec![Member {
+        history: 1,
+        k: 10.0,
+        dwell: false,
+        calendar: false,
+    }];
+    for history in 1..=4u8 {
+        for dwell in [false, true] {
+            if history == 1 && !dwell {
+                continue;
+            }
+            for k in [0.0, 1.0, 10.0] {
+                out.push(Member {
+                    history,
+                    k,
+                    dwell,
+                    calendar: false,
+                });
+            }
+        }
+    }
+    for history in 1..=3u8 {
+        for k in [1.0, 10.0] {
+            out.push(Member {
+                history,
+                k,
+                dwell: true,
+                calendar: true,
+            });
+        }
+    }
+    out
+}
+
+/// Transitions over which a state's losses are discounted (their effective memory).
+pub const WINDOW: f64 = 2000.0;
+/// How many of a state's own observations the flow-wide losses count for, as its prior.
+pub const PRIOR_STRENGTH: f64 = 20.0;
+/// Probability mixed into every member's prediction so that no loss is infinite: a member
+/// sure of the wrong successor is charged -ln(EPSILON / n), not infinity.
+pub const EPSILON: f64 = 0.01;
+/// Members whose weight falls below this share are left out of a prediction.
+const NEGLIGIBLE: f64 = 1e-4;
+
+/// The rows an object's prediction reads, slot 0 the base row (already probabilities), slots
+/// 1..=5 the dwell, history and calendar context rows (stored weights), each with its
+/// effective weight.
+#[derive(Default)]
+pub struct Rows<'a> {
+    pub rows: [Option<Row<'a>>; SLOTS],
+}
+
+/// A row of (successor, weight) and its effective total weight.
+pub type Row<'a> = (&'a [(StateId, f64)], f64);
+
+impl<'a> Rows<'a> {
+    /// `row`'s share for `to` (0 when absent).
+    fn q(&self, slot: usize, to: StateId) -> f64 {
+        let Some((row, _)) = self.rows[slot] else {
+            return 0.0;
+        };
+        let mut total = 0.0;
+        let mut hit = 0.0;
+        for &(s, w) in row {
+            total += w;
+            if s == to {
+                hit = w;
+            }
+        }
+        if total > 0.0 {
+            hit / total
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The coefficients of each slot in `member`'s distribution.
+fn coefficients(member: &Member, rows: &Rows<'_>) -> [f64; SLOTS] {
+    let mut a = [0.0; SLOTS];
+    let mut nonempty = false;
+    if let Some((row, _)) = rows.rows[0] {
+        if !row.is_empty() {
+            a[0] = 1.0;
+            nonempty = true;
+        }
+    }
+    for slot in member.slots() {
+        let Some((row, n)) = rows.rows[slot] else {
+            continue;
+        };
+        if n <= 0.0 || row.is_empty() {
+            continue;
+        }
+        if nonempty && member.k > 0.0 {
+            let (wc, wb) = (n / (n + member.k), member.k / (n + member.k));
+            for x in a.iter_mut() {
+                *x *= wb;
+            }
+            a[slot] += wc;
+        } else {
+            a = [0.0; SLOTS];
+            a[slot] = 1.0;
+        }
+        nonempty = true;
+    }
+    a
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Mixture {
+    #[serde(skip, default = "family")]
+    pub members: Vec<Member>,
+    /// Number of states.
+    n: usize,
+    /// Discounted log-loss of each member on each state's transitions, n x members.
+    state_loss: Vec<f64>,
+    /// Discounted number of transitions scored per state.
+    state_seen: Vec<f64>,
+    /// Discounted log-loss of each member over the whole flow, and the transitions behind it.
+    loss: Vec<f64>,
+    seen: f64,
+    /// Mean log-loss of each member over about the last `WINDOW` transitions (for people).
+    pub recent: Vec<f64>,
+    /// Transitions scored.
+    pub scored: u64,
+}
+
+/// One member as people see it (`flowcast model`, the API, `/metrics`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemberSummary {
+    pub member: String,
+    pub weight: f64,
+    /// Mean log-loss (natural log) over about the last `WINDOW` transitions.
+    pub recent_log_loss: f64,
+}
+
+/// A mixture's state as stored in a state directory, by state names.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LearnedMixture {
+    /// Member labels, in order (a family that changed is started afresh).
+    pub members: Vec<String>,
+    pub loss: Vec<f64>,
+    pub seen: f64,
+    pub recent: Vec<f64>,
+    pub scored: u64,
+    pub states: Vec<LearnedStateLoss>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LearnedStateLoss {
+    pub state: String,
+    pub seen: f64,
+    pub loss: Vec<f64>,
+}
+
+impl Mixture {
+    pub fn new(n: usize) -> Mixture {
+        let members = family();
+        let m = members.len();
+        Mixture {
+            members,
+            n,
+            state_loss: vec![0.0; n * m],
+            state_seen: vec![0.0; n],
+            loss: vec![0.0; m],
+            seen: 0.0,
+            recent: vec![0.0; m],
+            scored: 0,
+        }
+    }
+
+    /// The deepest history any member reads.
+    pub fn max_history(&self) -> usize {
+        self.members
+            .iter()
+            .map(|m| m.history as usize)
+            .max()
+            .unwrap_or(1)
+    }
+
+    /// The members' weights for an object in `state`, normalised, into `out`.
+    pub fn weights(&self, state: StateId, out: &mut Vec<f64>) {
+        let m = self.members.len();
+        out.clear();
+        let s = state as usize;
+        let own = &self.state_loss[s * m..(s + 1) * m];
+        // The flow-wide losses per transition, as worth PRIOR_STRENGTH of this state's own.
+        let scale = if self.seen > 0.0 {
+            PRIOR_STRENGTH / self.seen
+        } else {
+            0.0
+        };
+        out.extend(own.iter().zip(&self.loss).map(|(o, g)| o + g * scale));
+        let best = out.iter().copied().fold(f64::INFINITY, f64::min);
+        let mut total = 0.0;
+        for x in out.iter_mut() {
+            *x = (-(*x - best)).exp();
+            total += *x;
+        }
+        for x in out.iter_mut() {
+            *x /= total;
+        }
+    }
+
+    /// Scores every member on the transition `from -> to` before it is learned.
+    pub fn score(&mut self, rows: &Rows<'_>, from: StateId, to: StateId) {
+        let m = self.members.len();
+        let q: [f64; SLOTS] = std::array::from_fn(|slot| rows.q(slot, to));
+        let uniform = EPSILON / self.n.max(1) as f64;
+        let decay = 1.0 - 1.0 / WINDOW;
+        let s = from as usize;
+        self.state_seen[s] = self.state_seen[s] * decay + 1.0;
+        self.seen = self.seen * decay + 1.0;
+        for (i, member) in self.members.iter().enumerate() {
+            let a = coefficients(member, rows);
+            let p: f64 = a.iter().zip(&q).map(|(a, q)| a * q).sum();
+            let loss = -((1.0 - EPSILON) * p + uniform).ln();
+            let own = &mut self.state_loss[s * m + i];
+            *own = *own * decay + loss;
+            self.loss[i] = self.loss[i] * decay + loss;
+            // A running mean with the same memory.
+            let r = &mut self.recent[i];
+            *r = if self.scored == 0 {
+                loss
+            } else {
+                *r + (loss - *r) / WINDOW.min(self.scored as f64 + 1.0)
+            };
+        }
+        self.scored += 1;
+    }
+
+    /// The mixture's first-step distribution for an object in `state` into `out`, and the
+    /// members' weights into `weights`.
+    pub fn predict(
+        &self,
+        rows: &Rows<'_>,
+        state: StateId,
+        weights: &mut Vec<f64>,
+        out: &mut Vec<(StateId, f64)>,
+    ) {
+        out.clear();
+        self.weights(state, weights);
+        let mut slot_weight = [0.0; SLOTS];
+        for (member, &w) in self.members.iter().zip(weights.iter()) {
+            if w < NEGLIGIBLE {
+                continue;
+            }
+            let a = coefficients(member, rows);
+            for (s, x) in slot_weight.iter_mut().zip(a) {
+                *s += w * x;
+            }
+        }
+        for (slot, &sw) in slot_weight.iter().enumerate() {
+            if sw <= 0.0 {
+                continue;
+            }
+            let Some((row, _)) = rows.rows[slot] else {
+                continue;
+            };
+            let total: f64 = row.iter().map(|(_, w)| w).sum();
+            if total <= 0.0 {
+                continue;
+            }
+            for &(s, w) in row {
+                let add = sw * w / total;
+                match out.iter_mut().find(|(t, _)| *t == s) {
+                    Some((_, p)) => *p += add,
+                    None => out.push((s, add)),
+                }
+            }
+        }
+        let total: f64 = out.iter().map(|(_, p)| p).sum();
+        if total > 0.0 {
+            for (_, p) in out.iter_mut() {
+                *p /= total;
+            }
+        }
+        out.retain(|(_, p)| *p > 0.0);
+    }
+
+    /// Each member's flow-wide weight (the posterior given the losses on every state) and its
+    /// recent mean log-loss, in family order.
+    pub fn summary(&self) -> Vec<MemberSummary> {
+        let best = self.loss.iter().copied().fold(f64::INFINITY, f64::min);
+        let raw: Vec<f64> = self.loss.iter().map(|l| (-(l - best)).exp()).collect();
+        let total: f64 = raw.iter().sum();
+        self.members
+            .iter()
+            .zip(raw)
+            .zip(&self.recent)
+            .map(|((m, w), r)| MemberSummary {
+                member: m.label(),
+                weight: if total > 0.0 { w / total } else { 0.0 },
+                recent_log_loss: *r,
+            })
+            .collect()
+    }
+
+    /// The members that carry a prediction for an object in `state`: those with at least 5%
+    /// of the weight, at most three, by weight.
+    pub fn leading(&self, state: StateId) -> Vec<(String, f64)> {
+        let mut w = Vec::with_capacity(self.members.len());
+        self.weights(state, &mut w);
+        let mut idx: Vec<usize> = (0..w.len()).filter(|&i| w[i] >= 0.05).collect();
+        idx.sort_by(|&a, &b| w[b].total_cmp(&w[a]).then(a.cmp(&b)));
+        idx.truncate(3);
+        idx.into_iter()
+            .map(|i| (self.members[i].label(), w[i]))
+            .collect()
+    }
+
+    pub fn export(&self, names: &[String]) -> LearnedMixture {
+        let m = self.members.len();
+        LearnedMixture {
+            members: self.members.iter().map(Member::label).collect(),
+            loss: self.loss.clone(),
+            seen: self.seen,
+            recent: self.recent.clone(),
+            scored: self.scored,
+            states: (0..self.n)
+                .filter(|&s| self.state_seen[s] > 0.0)
+                .map(|s| LearnedStateLoss {
+                    state: names[s].clone(),
+                    seen: self.state_seen[s],
+                    loss: self.state_loss[s * m..(s + 1) * m].to_vec(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Loads stored weights, when they are for the same family; states that no longer exist
+    /// are left out. Returns whether anything was loaded.
+    pub fn import(
+        &mut self,
+        learned: &LearnedMixture,
+        id_of: impl Fn(&str) -> Option<StateId>,
+    ) -> bool {
+        let m = self.members.len();
+        let labels: Vec<String> = self.members.iter().map(Member::label).collect();
+        if learned.members != labels
+            || learned.loss.len() != m
+            || learned.recent.len() != m
+            || !learned.seen.is_finite()
+        {
+            return false;
+        }
+        self.loss.clone_from(&learned.loss);
+        self.recent.clone_from(&learned.recent);
+        self.seen = learned.seen;
+        self.scored = learned.scored;
+        for st in &learned.states {
+            let Some(s) = id_of(&st.state) else { continue };
+            if st.loss.len() != m || (s as usize) >= self.n {
+                continue;
+            }
+            let s = s as usize;
+            self.state_seen[s] = st.seen;
+            self.state_loss[s * m..(s + 1) * m].copy_from_slice(&st.loss);
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_family_covers_the_grid_once() {
+        let f = family();
+        assert_eq!(f.len(), 1 + 3 + 3 * 2 * 3 + 3 * 2);
+        let labels: std::collections::HashSet<String> = f.iter().map(Member::label).collect();
+        assert_eq!(labels.len(), f.len());
+    }
+
+    #[test]
+    fn coefficients_interpolate_like_the_fixed_model() {
+        let base = [(1, 0.5), (2, 0.5)];
+        let ctx = [(1, 3.0)];
+        let mut rows = Rows::default();
+        rows.rows[0] = Some((&base, 10.0));
+        rows.rows[2] = Some((&ctx, 3.0));
+        let m = Member {
+            history: 2,
+            k: 1.0,
+            dwell: false,
+            calendar: false,
+        };
+        let a = coefficients(&m, &rows);
+        assert!((a[0] - 0.25).abs() < 1e-12 && (a[2] - 0.75).abs() < 1e-12);
+        let m0 = Member { k: 0.0, ..m };
+        assert_eq!(coefficients(&m0, &rows), [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
+    }
+}
