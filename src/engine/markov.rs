@@ -149,6 +149,8 @@ pub struct FlowModel {
     solved_at_ms: i64,
     solution: Option<Solution>,
     version: u64,
+    /// Its clock no longer moves (`freeze`).
+    frozen: bool,
 }
 
 impl FlowModel {
@@ -198,6 +200,7 @@ impl FlowModel {
             solved_at_ms: 0,
             solution: None,
             version: 0,
+            frozen: false,
         }
     }
 
@@ -210,12 +213,22 @@ impl FlowModel {
         self.unlisted == Unlisted::Learn || self.is_listed(from, to)
     }
 
-    /// Moves the model's clock; never backwards.
+    /// Moves the model's clock; never backwards, and not at all once frozen.
     pub fn set_now(&mut self, now_ms: i64) {
+        if self.frozen {
+            return;
+        }
         if self.now_ms == 0 && self.epoch_ms == 0 {
             self.epoch_ms = now_ms;
         }
         self.now_ms = self.now_ms.max(now_ms);
+    }
+
+    /// Solves the chain at the current clock and stops the clock: decay no longer moves the
+    /// weights, so the solution stays valid (`Engine::freeze`).
+    pub fn freeze(&mut self) {
+        self.refresh();
+        self.frozen = true;
     }
 
     /// The stored weight of one observation at `now`, rebasing first if it would grow large.

@@ -5,11 +5,13 @@
 //! - `frozen` (the reference protocol): the training cases' messages go to an `Engine` in time
 //!   order, then learning is turned off and each test case is replayed on its own, shifted in
 //!   time to start at the engine's clock (by whole weeks when calendar contexts or features
-//!   are used): with learning off the cases cannot influence each
-//!   other, and their dwell times are kept exactly. Every prediction sees every training case,
-//!   including those that happened after it.
+//!   are used): the model is frozen (`Engine::freeze`: no learning, and its decay clock
+//!   stopped), so the cases cannot influence each other, and their dwell times are kept
+//!   exactly. Every prediction sees every training case, including those that happened after it.
 //! - `live` (as deployed): every message of every case in time order; the engine learns from
-//!   the training cases' messages as they happen and never from the test cases'. A prediction
+//!   the training cases' objects as they move and never from the test cases' (an object
+//!   teaches or not for its whole life, so a test object's timeout that falls due while a
+//!   training message is handled is not learned either). A prediction
 //!   sees only the training cases' past, as a monitor on a live bus does, and recency weighting
 //!   ([0099]) can follow a process that changes.
 //! - `online` (prequential): the same, learning from the test cases' messages too.
@@ -214,16 +216,38 @@ impl Frequent {
     }
 }
 
-pub fn evaluate(
+/// Tax et al.'s split: three folds of round(n/3) cases, the first two for training.
+fn train_cases(n_cases: usize) -> usize {
+    (2 * ((n_cases as f64 / 3.0).round() as usize)).min(n_cases)
+}
+
+/// The predictions traced for each test case, in the order of the cases (empty for a case
+/// the flow never tracked): exactly what `evaluate` scores. For tests that prove the protocol
+/// cannot leak: a test case's predictions must not depend on the other test cases, nor on its
+/// own future.
+pub fn test_predictions(
     flow: &CompiledFlow,
     stream: &Stream,
     cfg: &EvalConfig,
-    truth: Option<&CompiledFlow>,
-) -> anyhow::Result<Report> {
+) -> Vec<Vec<crate::engine::Prediction>> {
     let flow = cfg.apply(flow);
+    let n_train = train_cases(stream.cases.len());
+    let mut traces = trace(&flow, stream, cfg, n_train);
+    stream.cases[n_train..]
+        .iter()
+        .map(|c| traces.remove(c).map(|t| t.predictions).unwrap_or_default())
+        .collect()
+}
+
+/// Runs the engine over the split by the configuration's mode (`flow` already configured)
+/// and collects what it says about each test case.
+fn trace(
+    flow: &CompiledFlow,
+    stream: &Stream,
+    cfg: &EvalConfig,
+    n_train: usize,
+) -> HashMap<String, CaseTrace> {
     let n_cases = stream.cases.len();
-    // Tax et al.'s split: three folds of round(n/3) cases, the first two for training.
-    let n_train = (2 * ((n_cases as f64 / 3.0).round() as usize)).min(n_cases);
     let is_test = |c: u32| (c as usize) >= n_train;
     let mut engine = Engine::new(vec![flow.clone()]);
     let mut records = Vec::new();
@@ -305,9 +329,10 @@ pub fn evaluate(
             records.clear();
         }
         let fallback = freq.best.clone();
-        // The frozen model is the one trained on every training case.
+        // The frozen model is the one trained on every training case, and stays that model
+        // while the test cases are replayed: no learning, and no decay as their times pass.
         engine.refit_features();
-        engine.learn = false;
+        engine.freeze();
         engine.trace = true;
         for idx in &by_case[n_train..] {
             let start = idx
@@ -329,6 +354,20 @@ pub fn evaluate(
             }
         }
     }
+
+    traces
+}
+
+pub fn evaluate(
+    flow: &CompiledFlow,
+    stream: &Stream,
+    cfg: &EvalConfig,
+    truth: Option<&CompiledFlow>,
+) -> anyhow::Result<Report> {
+    let flow = cfg.apply(flow);
+    let n_cases = stream.cases.len();
+    let n_train = train_cases(n_cases);
+    let traces = trace(&flow, stream, cfg, n_train);
 
     // State name -> the activity label it stands for (the rule's event type), for scoring.
     let label_of = |state: &str| -> String {
@@ -429,8 +468,7 @@ pub fn evaluate(
 /// The training cases alone, as a stream of their own: evaluated, their first 2/3 fit and the
 /// last 1/3 validate.
 pub fn training_part(stream: &Stream) -> Stream {
-    let n_cases = stream.cases.len();
-    let n_train = (2 * ((n_cases as f64 / 3.0).round() as usize)).min(n_cases);
+    let n_train = train_cases(stream.cases.len());
     let keep: Vec<usize> = (0..stream.messages.len())
         .filter(|&i| (stream.case_of[i] as usize) < n_train)
         .collect();
