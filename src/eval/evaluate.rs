@@ -123,6 +123,9 @@ pub struct Report {
     pub truth: Option<Truth>,
     /// Next-state accuracy on the validation split (training cases only), when selecting.
     pub validation: Option<NextState>,
+    /// Outcomes on the validation split, when selecting on a flow with artifacts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation_outcome: Option<OutcomeReport>,
     /// Chosen on the validation split among the configurations compared.
     pub selected: bool,
 }
@@ -132,6 +135,60 @@ pub struct NextState {
     pub prefixes: usize,
     pub correct: usize,
     pub accuracy: f64,
+    /// Mean negative natural log of the probability given to the actual next activity, a
+    /// zero probability counted as `LOG_LOSS_FLOOR` (an activity never seen there, or a state
+    /// never seen at all).
+    pub log_loss: f64,
+}
+
+/// The probability a zero is counted as in the log-loss: one wrong certainty costs
+/// -ln(1e-6) = 13.8, not infinity, so that one surprise does not decide a comparison.
+pub const LOG_LOSS_FLOOR: f64 = 1e-6;
+
+/// What `--select` compares configurations by, on the validation split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Metric {
+    /// Next-state accuracy (higher is better).
+    #[default]
+    Accuracy,
+    /// Next-state log-loss (lower is better).
+    LogLoss,
+    /// ROC AUC of the artifact probability against the outcome (flows with artifacts).
+    RocAuc,
+    /// Brier score of the artifact probability (lower is better; flows with artifacts).
+    Brier,
+    /// F1 of the alerts: harmonic mean of precision and recall (flows with artifacts).
+    AlertF1,
+}
+
+impl Metric {
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Accuracy => "accuracy",
+            Metric::LogLoss => "log-loss",
+            Metric::RocAuc => "roc-auc",
+            Metric::Brier => "brier",
+            Metric::AlertF1 => "alert-f1",
+        }
+    }
+
+    /// Whether the metric needs outcomes: a flow with artifacts.
+    pub fn needs_artifacts(self) -> bool {
+        matches!(self, Metric::RocAuc | Metric::Brier | Metric::AlertF1)
+    }
+
+    /// The figure, oriented so that higher is better (losses negated); None where it does
+    /// not exist (no outcomes, or a ROC AUC with one class only).
+    pub fn score(self, next: &NextState, outcome: Option<&OutcomeReport>) -> Option<f64> {
+        match self {
+            Metric::Accuracy => Some(next.accuracy),
+            Metric::LogLoss => Some(-next.log_loss),
+            Metric::RocAuc => outcome.and_then(|o| o.roc_auc),
+            Metric::Brier => outcome.map(|o| -o.brier),
+            Metric::AlertF1 => outcome.map(OutcomeReport::alert_f1),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -156,6 +213,18 @@ pub struct OutcomeReport {
     pub precision: Option<f64>,
     pub recall: Option<f64>,
     pub median_lead_time_ms: Option<i64>,
+}
+
+impl OutcomeReport {
+    /// 2 x true alerts / (alerted cases + artifact cases): 0 when no alert was right.
+    pub fn alert_f1(&self) -> f64 {
+        let d = self.alerted_cases + self.artifact_cases;
+        if self.true_alerts == 0 || d == 0 {
+            0.0
+        } else {
+            2.0 * self.true_alerts as f64 / d as f64
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -384,6 +453,7 @@ pub fn evaluate(
 
     // Next state and remaining time.
     let (mut prefixes, mut correct) = (0, 0);
+    let mut loss = 0.0f64;
     let (mut rem_n, mut rem_abs) = (0usize, 0.0f64);
     for c in n_train..n_cases {
         let Some(t) = traces.get(&stream.cases[c]) else {
@@ -420,6 +490,13 @@ pub fn evaluate(
             if predicted.as_deref() == Some(actual.as_str()) {
                 correct += 1;
             }
+            let p_actual: f64 = p
+                .next
+                .iter()
+                .filter(|(s, _)| activity_state(s) && label_of(s) == actual)
+                .map(|(_, pr)| *pr)
+                .sum();
+            loss -= p_actual.max(LOG_LOSS_FLOOR).ln();
             rem_n += 1;
             let actual_rem = (last_time - t.times[k - 1]) as f64;
             rem_abs += (p.expected_remaining_ms - actual_rem).abs();
@@ -430,6 +507,11 @@ pub fn evaluate(
         correct,
         accuracy: if prefixes > 0 {
             correct as f64 / prefixes as f64
+        } else {
+            0.0
+        },
+        log_loss: if prefixes > 0 {
+            loss / prefixes as f64
         } else {
             0.0
         },
@@ -461,6 +543,7 @@ pub fn evaluate(
         outcome,
         truth,
         validation: None,
+        validation_outcome: None,
         selected: false,
     })
 }
@@ -678,7 +761,12 @@ pub fn render(reports: &[Report]) -> String {
             f(r.outcome.as_ref().and_then(|o| o.recall)),
         );
     }
-    if let Some(r) = reports.iter().find(|r| r.outcome.is_some()) {
+    // The outcomes of the chosen configuration when there is one, else of the first.
+    let detailed = reports
+        .iter()
+        .find(|r| r.selected && r.outcome.is_some())
+        .or_else(|| reports.iter().find(|r| r.outcome.is_some()));
+    if let Some(r) = detailed {
         let oc = r.outcome.as_ref().expect("found");
         let _ = writeln!(o);
         let _ = writeln!(
