@@ -61,8 +61,9 @@ fn eval_reproduces_the_published_markov_figures_exactly() {
 }
 
 #[test]
-fn the_best_configurations_beat_the_lstm_and_the_markov_chain() {
-    // EVALUATION.md explains the choice; here the figures must hold.
+fn dwell_on_helpdesk_and_history_3_on_bpi_beat_the_first_order_chain() {
+    // EVALUATION.md explains the choice; here the figures must hold. (The LSTM's 0.7123 and
+    // 0.7600 are below the first-order chain's 0.7265 and 0.7871 on these logs.)
     let h = &eval_json(&[HELPDESK, "--dwell", "on", "--min-obs", "5"])[0];
     assert!(
         h["next_state"]["accuracy"].as_f64().unwrap() > 0.7265,

@@ -340,6 +340,11 @@ pub struct EvalArgs {
     /// (their first 2/3 fit, the last 1/3 validate); the test cases play no part in the choice.
     #[arg(long)]
     pub select: bool,
+    /// What `--select` compares on the validation split: next-state `accuracy` or `log-loss`,
+    /// or for a flow with artifacts the artifact probability's `roc-auc` or `brier`, or the
+    /// alerts' `alert-f1`.
+    #[arg(long, value_enum, default_value = "accuracy")]
+    pub select_by: evaluate::Metric,
     /// The flow that generated a simulated stream: report the Brier score against its true
     /// probabilities.
     #[arg(long)]
@@ -467,6 +472,13 @@ fn eval_suite(args: &EvalArgs, logs: &[PathBuf]) -> anyhow::Result<ExitCode> {
         eprintln!("error: a suite compares a grid through --select (add --select)");
         return Ok(ExitCode::Usage);
     }
+    if args.select_by.needs_artifacts() {
+        eprintln!(
+            "error: --select-by {}: a suite's logs are evaluated with discovered flows, which have no artifacts (no outcomes to score); use accuracy or log-loss",
+            args.select_by.name()
+        );
+        return Ok(ExitCode::Usage);
+    }
     if let Some(p) = logs
         .iter()
         .find(|p| format_of(p, args.format) != LogFormat::Csv)
@@ -525,7 +537,7 @@ fn eval_suite(args: &EvalArgs, logs: &[PathBuf]) -> anyhow::Result<ExitCode> {
                 .map(|&i| reports[i].clone())
                 .collect();
             bar.set_message(format!("{name}: choosing on validation"));
-            select_on_validation(&flow, &stream, &mut candidates)?;
+            select_on_validation(&flow, &stream, &mut candidates, args.select_by)?;
             selected = candidates
                 .iter()
                 .find(|r| r.selected)
@@ -561,21 +573,29 @@ fn eval_suite(args: &EvalArgs, logs: &[PathBuf]) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::Ok)
 }
 
-/// Marks the configuration with the best accuracy on a validation split carved from the
-/// training cases; the first configuration listed wins a tie.
+/// Marks the configuration with the best `metric` on a validation split carved from the
+/// training cases; the first configuration listed wins a tie, and one without the figure
+/// (a ROC AUC where validation has one class only) is never chosen over one with it.
 fn select_on_validation(
     flow: &CompiledFlow,
     stream: &log::Stream,
     reports: &mut [evaluate::Report],
+    metric: evaluate::Metric,
 ) -> anyhow::Result<()> {
     let part = evaluate::training_part(stream);
     for r in reports.iter_mut() {
         let v = evaluate::evaluate(flow, &part, &r.config, None)?;
         r.validation = Some(v.next_state);
+        r.validation_outcome = v.outcome;
     }
     let mut best: Option<(usize, f64)> = None;
     for (i, r) in reports.iter().enumerate() {
-        let a = r.validation.as_ref().map_or(0.0, |v| v.accuracy);
+        let Some(v) = r.validation.as_ref() else {
+            continue;
+        };
+        let a = metric
+            .score(v, r.validation_outcome.as_ref())
+            .unwrap_or(f64::NEG_INFINITY);
         if best.is_none_or(|(_, b)| a > b) {
             best = Some((i, a));
         }
@@ -667,7 +687,7 @@ fn grid(args: &EvalArgs, flow: &CompiledFlow, auto: bool) -> anyhow::Result<Vec<
                         for &calendar in &calendars {
                             for &feat in &features {
                                 for &mode in &modes {
-                                    configs.push(EvalConfig {
+                                    let c = EvalConfig {
                                         history,
                                         half_life_ms,
                                         prior_weight,
@@ -677,7 +697,12 @@ fn grid(args: &EvalArgs, flow: &CompiledFlow, auto: bool) -> anyhow::Result<Vec<
                                         features: feat,
                                         auto,
                                         mode,
-                                    });
+                                    };
+                                    // A value given twice (`--history 1,1`, `--online` with
+                                    // `--mode online`) is run once.
+                                    if !configs.contains(&c) {
+                                        configs.push(c);
+                                    }
                                 }
                             }
                         }
@@ -727,6 +752,14 @@ fn eval_one(args: &EvalArgs, path: &Path) -> anyhow::Result<ExitCode> {
             s
         }
     };
+    if args.select_by.needs_artifacts() && flow.artifacts().next().is_none() {
+        eprintln!(
+            "error: --select-by {}: flow `{}` has no artifacts, so there are no outcomes to score; use accuracy or log-loss, or a flow with artifacts",
+            args.select_by.name(),
+            flow.name
+        );
+        return Ok(ExitCode::Usage);
+    }
     let auto = args.flow.is_none();
     let configs = grid(args, &flow, auto)?;
     let bar = progress(configs.len(), "eval");
@@ -738,7 +771,7 @@ fn eval_one(args: &EvalArgs, path: &Path) -> anyhow::Result<ExitCode> {
     }
     bar.finish_and_clear();
     if args.select {
-        select_on_validation(&flow, &stream, &mut reports)?;
+        select_on_validation(&flow, &stream, &mut reports, args.select_by)?;
     }
     match args.output {
         super::model_cmd::TableFormat::Table => {

@@ -131,6 +131,8 @@ pub struct FlowModel {
     pub features: Option<FeatureModel>,
     /// The self-tuning family of predictors and their weights (`learn { model auto }`).
     pub mixture: Option<Mixture>,
+    /// `learn { model auto }` (kept apart from `mixture`, which is taken out while it scores).
+    auto: bool,
     /// Refit the feature model as transitions arrive (off while `eval` trains a frozen model,
     /// which is fitted once at the end).
     pub auto_fit: bool,
@@ -152,6 +154,8 @@ pub struct FlowModel {
     solved_at_ms: i64,
     solution: Option<Solution>,
     version: u64,
+    /// Its clock no longer moves (`freeze`).
+    frozen: bool,
 }
 
 impl FlowModel {
@@ -188,6 +192,7 @@ impl FlowModel {
             calendar: flow.learning.calendar,
             features: flow.learning.features.then(FeatureModel::default),
             mixture: flow.learning.auto.then(|| Mixture::new(n)),
+            auto: flow.learning.auto,
             auto_fit: true,
             background_fit: false,
             // The self-tuning model keeps the contexts its deepest member reads.
@@ -207,6 +212,7 @@ impl FlowModel {
             solved_at_ms: 0,
             solution: None,
             version: 0,
+            frozen: false,
         }
     }
 
@@ -219,12 +225,22 @@ impl FlowModel {
         self.unlisted == Unlisted::Learn || self.is_listed(from, to)
     }
 
-    /// Moves the model's clock; never backwards.
+    /// Moves the model's clock; never backwards, and not at all once frozen.
     pub fn set_now(&mut self, now_ms: i64) {
+        if self.frozen {
+            return;
+        }
         if self.now_ms == 0 && self.epoch_ms == 0 {
             self.epoch_ms = now_ms;
         }
         self.now_ms = self.now_ms.max(now_ms);
+    }
+
+    /// Solves the chain at the current clock and stops the clock: decay no longer moves the
+    /// weights, so the solution stays valid (`Engine::freeze`).
+    pub fn freeze(&mut self) {
+        self.refresh();
+        self.frozen = true;
     }
 
     /// The stored weight of one observation at `now`, rebasing first if it would grow large.
@@ -324,7 +340,7 @@ impl FlowModel {
     /// The calendar context of an object in `state` with this past, if calendars are used.
     fn calendar_key(&self, past: Past<'_>, state: StateId) -> Option<CalendarKey> {
         // The self-tuning family keeps the week's classes with the dwell class.
-        let (calendar, use_dwell) = if self.mixture.is_some() {
+        let (calendar, use_dwell) = if self.auto {
             (Calendar::Week, true)
         } else {
             (self.calendar, self.use_dwell)

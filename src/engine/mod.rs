@@ -86,6 +86,11 @@ pub struct ObjectState {
     pub history: [StateId; 3],
     /// An alert is firing for (this object, `state`).
     pub alerting: bool,
+    /// Its transitions are learned: `Engine::learn` was on when it was first seen. Fixed for
+    /// the object's life, so a timer that fires while another object's message is handled
+    /// follows the object's own rule, not that message's (evaluation: test objects never
+    /// teach, even when their timeout falls due as a training message arrives).
+    pub teaches: bool,
     /// `markov::dwell_bucket` of the time spent in the previous state.
     pub last_dwell: u8,
     /// The same for the state before it.
@@ -398,7 +403,9 @@ pub struct Engine {
     risk: Vec<f64>,
     /// No timer or sweep of any flow is due before this time.
     next_due_ms: i64,
-    /// Learn from what is observed (the default). Evaluation turns it off for test cases.
+    /// Objects first seen while this is on teach the model (the default); each keeps the
+    /// setting for its life (`ObjectState::teaches`). Evaluation turns it off while a test
+    /// case's messages are handled, and `freeze` stops all learning.
     pub learn: bool,
     /// Emit a `prediction` record every time an object enters a state.
     pub trace: bool,
@@ -758,6 +765,7 @@ impl Engine {
                     state: target,
                     history: [markov::NONE; 3],
                     alerting: false,
+                    teaches: self.learn,
                     last_dwell: markov::NO_DWELL,
                     prev_dwell: markov::NO_DWELL,
                     generation: 0,
@@ -782,7 +790,7 @@ impl Engine {
             None => now - obj.entered_ms,
         };
         let before = *obj;
-        let learn = self.learn;
+        let learn = before.teaches;
         if !rt.model.learns(from, target) {
             self.stats.unexpected += 1;
             out.push(Record::Unexpected(Unexpected {
@@ -848,7 +856,7 @@ impl Engine {
         let flow = rt.flow.clone();
         let (outcome, kind) = match &end {
             Some((t, dwell)) => {
-                if self.learn && rt.model.learns(obj.state, *t) {
+                if obj.teaches && rt.model.learns(obj.state, *t) {
                     rt.model.observe(obj.past(), obj.state, *t, *dwell);
                 }
                 let k = if flow.state(*t).kind == Kind::Artifact {
@@ -1187,6 +1195,19 @@ impl Engine {
     pub fn refit_features(&mut self) {
         for rt in &mut self.flows {
             rt.model.fit_features();
+        }
+    }
+
+    /// Stops learning for good: no object teaches any more, and every flow's model is solved
+    /// once more and its clock stopped, so that decay no longer moves it. Every prediction
+    /// after this sees the same model, whatever came before it (frozen evaluation).
+    pub fn freeze(&mut self) {
+        self.learn = false;
+        for rt in &mut self.flows {
+            for o in rt.objects.values_mut() {
+                o.teaches = false;
+            }
+            rt.model.freeze();
         }
     }
 

@@ -305,6 +305,7 @@ impl Engine {
                     state,
                     history,
                     alerting: o.alerting,
+                    teaches: true,
                     last_dwell: o.last_dwell.unwrap_or(markov::NO_DWELL),
                     prev_dwell: o.prev_dwell.unwrap_or(markov::NO_DWELL),
                     first_seen_ms: o.first_seen_ms.unwrap_or(o.entered_ms),

@@ -4,12 +4,15 @@
 //! Three ways to run the same split (`Mode`):
 //! - `frozen` (the reference protocol): the training cases' messages go to an `Engine` in time
 //!   order, then learning is turned off and each test case is replayed on its own, shifted in
-//!   time to start at the engine's clock (by whole weeks when calendar contexts, features or the self-tuning model
-//!   are used): with learning off the cases cannot influence each
-//!   other, and their dwell times are kept exactly. Every prediction sees every training case,
-//!   including those that happened after it.
+//!   time to start at the engine's clock (by whole weeks when calendar contexts, features or
+//!   the self-tuning model are used): the model is frozen (`Engine::freeze`: no learning, and
+//!   its decay clock stopped), so the cases cannot influence each other, and their dwell times
+//!   are kept exactly. Every prediction sees every training case, including those that
+//!   happened after it.
 //! - `live` (as deployed): every message of every case in time order; the engine learns from
-//!   the training cases' messages as they happen and never from the test cases'. A prediction
+//!   the training cases' objects as they move and never from the test cases' (an object
+//!   teaches or not for its whole life, so a test object's timeout that falls due while a
+//!   training message is handled is not learned either). A prediction
 //!   sees only the training cases' past, as a monitor on a live bus does, and recency weighting
 //!   ([0099]) can follow a process that changes.
 //! - `online` (prequential): the same, learning from the test cases' messages too.
@@ -141,6 +144,9 @@ pub struct Report {
     pub truth: Option<Truth>,
     /// Next-state accuracy on the validation split (training cases only), when selecting.
     pub validation: Option<NextState>,
+    /// Outcomes on the validation split, when selecting on a flow with artifacts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation_outcome: Option<OutcomeReport>,
     /// Chosen on the validation split among the configurations compared.
     pub selected: bool,
 }
@@ -150,6 +156,60 @@ pub struct NextState {
     pub prefixes: usize,
     pub correct: usize,
     pub accuracy: f64,
+    /// Mean negative natural log of the probability given to the actual next activity, a
+    /// zero probability counted as `LOG_LOSS_FLOOR` (an activity never seen there, or a state
+    /// never seen at all).
+    pub log_loss: f64,
+}
+
+/// The probability a zero is counted as in the log-loss: one wrong certainty costs
+/// -ln(1e-6) = 13.8, not infinity, so that one surprise does not decide a comparison.
+pub const LOG_LOSS_FLOOR: f64 = 1e-6;
+
+/// What `--select` compares configurations by, on the validation split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Metric {
+    /// Next-state accuracy (higher is better).
+    #[default]
+    Accuracy,
+    /// Next-state log-loss (lower is better).
+    LogLoss,
+    /// ROC AUC of the artifact probability against the outcome (flows with artifacts).
+    RocAuc,
+    /// Brier score of the artifact probability (lower is better; flows with artifacts).
+    Brier,
+    /// F1 of the alerts: harmonic mean of precision and recall (flows with artifacts).
+    AlertF1,
+}
+
+impl Metric {
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Accuracy => "accuracy",
+            Metric::LogLoss => "log-loss",
+            Metric::RocAuc => "roc-auc",
+            Metric::Brier => "brier",
+            Metric::AlertF1 => "alert-f1",
+        }
+    }
+
+    /// Whether the metric needs outcomes: a flow with artifacts.
+    pub fn needs_artifacts(self) -> bool {
+        matches!(self, Metric::RocAuc | Metric::Brier | Metric::AlertF1)
+    }
+
+    /// The figure, oriented so that higher is better (losses negated); None where it does
+    /// not exist (no outcomes, or a ROC AUC with one class only).
+    pub fn score(self, next: &NextState, outcome: Option<&OutcomeReport>) -> Option<f64> {
+        match self {
+            Metric::Accuracy => Some(next.accuracy),
+            Metric::LogLoss => Some(-next.log_loss),
+            Metric::RocAuc => outcome.and_then(|o| o.roc_auc),
+            Metric::Brier => outcome.map(|o| -o.brier),
+            Metric::AlertF1 => outcome.map(OutcomeReport::alert_f1),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -174,6 +234,18 @@ pub struct OutcomeReport {
     pub precision: Option<f64>,
     pub recall: Option<f64>,
     pub median_lead_time_ms: Option<i64>,
+}
+
+impl OutcomeReport {
+    /// 2 x true alerts / (alerted cases + artifact cases): 0 when no alert was right.
+    pub fn alert_f1(&self) -> f64 {
+        let d = self.alerted_cases + self.artifact_cases;
+        if self.true_alerts == 0 || d == 0 {
+            0.0
+        } else {
+            2.0 * self.true_alerts as f64 / d as f64
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -234,16 +306,38 @@ impl Frequent {
     }
 }
 
-pub fn evaluate(
+/// Tax et al.'s split: three folds of round(n/3) cases, the first two for training.
+fn train_cases(n_cases: usize) -> usize {
+    (2 * ((n_cases as f64 / 3.0).round() as usize)).min(n_cases)
+}
+
+/// The predictions traced for each test case, in the order of the cases (empty for a case
+/// the flow never tracked): exactly what `evaluate` scores. For tests that prove the protocol
+/// cannot leak: a test case's predictions must not depend on the other test cases, nor on its
+/// own future.
+pub fn test_predictions(
     flow: &CompiledFlow,
     stream: &Stream,
     cfg: &EvalConfig,
-    truth: Option<&CompiledFlow>,
-) -> anyhow::Result<Report> {
+) -> Vec<Vec<crate::engine::Prediction>> {
     let flow = cfg.apply(flow);
+    let n_train = train_cases(stream.cases.len());
+    let mut traces = trace(&flow, stream, cfg, n_train);
+    stream.cases[n_train..]
+        .iter()
+        .map(|c| traces.remove(c).map(|t| t.predictions).unwrap_or_default())
+        .collect()
+}
+
+/// Runs the engine over the split by the configuration's mode (`flow` already configured)
+/// and collects what it says about each test case.
+fn trace(
+    flow: &CompiledFlow,
+    stream: &Stream,
+    cfg: &EvalConfig,
+    n_train: usize,
+) -> HashMap<String, CaseTrace> {
     let n_cases = stream.cases.len();
-    // Tax et al.'s split: three folds of round(n/3) cases, the first two for training.
-    let n_train = (2 * ((n_cases as f64 / 3.0).round() as usize)).min(n_cases);
     let is_test = |c: u32| (c as usize) >= n_train;
     let mut engine = Engine::new(vec![flow.clone()]);
     let mut records = Vec::new();
@@ -325,9 +419,10 @@ pub fn evaluate(
             records.clear();
         }
         let fallback = freq.best.clone();
-        // The frozen model is the one trained on every training case.
+        // The frozen model is the one trained on every training case, and stays that model
+        // while the test cases are replayed: no learning, and no decay as their times pass.
         engine.refit_features();
-        engine.learn = false;
+        engine.freeze();
         engine.trace = true;
         for idx in &by_case[n_train..] {
             let start = idx
@@ -350,6 +445,20 @@ pub fn evaluate(
         }
     }
 
+    traces
+}
+
+pub fn evaluate(
+    flow: &CompiledFlow,
+    stream: &Stream,
+    cfg: &EvalConfig,
+    truth: Option<&CompiledFlow>,
+) -> anyhow::Result<Report> {
+    let flow = cfg.apply(flow);
+    let n_cases = stream.cases.len();
+    let n_train = train_cases(n_cases);
+    let traces = trace(&flow, stream, cfg, n_train);
+
     // State name -> the activity label it stands for (the rule's event type), for scoring.
     let label_of = |state: &str| -> String {
         let id = flow.state_id(state);
@@ -365,6 +474,7 @@ pub fn evaluate(
 
     // Next state and remaining time.
     let (mut prefixes, mut correct) = (0, 0);
+    let mut loss = 0.0f64;
     let (mut rem_n, mut rem_abs) = (0usize, 0.0f64);
     for c in n_train..n_cases {
         let Some(t) = traces.get(&stream.cases[c]) else {
@@ -401,6 +511,13 @@ pub fn evaluate(
             if predicted.as_deref() == Some(actual.as_str()) {
                 correct += 1;
             }
+            let p_actual: f64 = p
+                .next
+                .iter()
+                .filter(|(s, _)| activity_state(s) && label_of(s) == actual)
+                .map(|(_, pr)| *pr)
+                .sum();
+            loss -= p_actual.max(LOG_LOSS_FLOOR).ln();
             rem_n += 1;
             let actual_rem = (last_time - t.times[k - 1]) as f64;
             rem_abs += (p.expected_remaining_ms - actual_rem).abs();
@@ -411,6 +528,11 @@ pub fn evaluate(
         correct,
         accuracy: if prefixes > 0 {
             correct as f64 / prefixes as f64
+        } else {
+            0.0
+        },
+        log_loss: if prefixes > 0 {
+            loss / prefixes as f64
         } else {
             0.0
         },
@@ -442,6 +564,7 @@ pub fn evaluate(
         outcome,
         truth,
         validation: None,
+        validation_outcome: None,
         selected: false,
     })
 }
@@ -449,8 +572,7 @@ pub fn evaluate(
 /// The training cases alone, as a stream of their own: evaluated, their first 2/3 fit and the
 /// last 1/3 validate.
 pub fn training_part(stream: &Stream) -> Stream {
-    let n_cases = stream.cases.len();
-    let n_train = (2 * ((n_cases as f64 / 3.0).round() as usize)).min(n_cases);
+    let n_train = train_cases(stream.cases.len());
     let keep: Vec<usize> = (0..stream.messages.len())
         .filter(|&i| (stream.case_of[i] as usize) < n_train)
         .collect();
@@ -660,7 +782,12 @@ pub fn render(reports: &[Report]) -> String {
             f(r.outcome.as_ref().and_then(|o| o.recall)),
         );
     }
-    if let Some(r) = reports.iter().find(|r| r.outcome.is_some()) {
+    // The outcomes of the chosen configuration when there is one, else of the first.
+    let detailed = reports
+        .iter()
+        .find(|r| r.selected && r.outcome.is_some())
+        .or_else(|| reports.iter().find(|r| r.outcome.is_some()));
+    if let Some(r) = detailed {
         let oc = r.outcome.as_ref().expect("found");
         let _ = writeln!(o);
         let _ = writeln!(

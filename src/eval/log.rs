@@ -264,7 +264,7 @@ pub fn for_each_row(
 }
 
 /// Messages of a log, each with the index of its case; cases in order of first appearance.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Stream {
     pub messages: Vec<Message>,
     pub case_of: Vec<u32>,
