@@ -85,6 +85,8 @@ pub struct Solution {
     pub expected_ms: Vec<f64>,
     /// Increments every refresh; predictions carry it.
     pub version: u64,
+    /// Sampled times to absorption per state, filled when a prediction asks (remaining.rs).
+    pub remaining: super::remaining::RemainingCache,
 }
 
 impl Solution {
@@ -483,6 +485,7 @@ impl FlowModel {
             absorb,
             expected_ms,
             version: self.version,
+            remaining: super::remaining::RemainingCache::new(n),
         });
         self.changed = 0.0;
         self.solve_work = work;

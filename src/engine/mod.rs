@@ -14,6 +14,7 @@ pub mod markov;
 pub mod message;
 pub mod output;
 pub mod projection;
+pub mod remaining;
 pub mod snapshot;
 pub mod table;
 pub mod time;
@@ -374,6 +375,10 @@ pub struct Prediction {
     pub next: BTreeMap<String, f64>,
     pub risk: BTreeMap<String, f64>,
     pub expected_remaining_ms: f64,
+    /// The median of the remaining time (remaining.rs): the estimate with the least absolute
+    /// error, where the expectation has the least squared error.
+    #[serde(default)]
+    pub median_remaining_ms: f64,
     pub alerting: bool,
     pub model_version: u64,
 }
@@ -1135,6 +1140,9 @@ impl Engine {
         let expected = rt
             .model
             .expected_remaining(sol, obj.state, elapsed, &self.scratch);
+        let median = rt
+            .model
+            .median_remaining(sol, obj.state, elapsed, &self.scratch);
         let flow = &rt.flow;
         let mut next = Vec::new();
         rt.model
@@ -1156,6 +1164,7 @@ impl Engine {
                 .collect(),
             risk: artifact_risks(flow, sol, &self.risk),
             expected_remaining_ms: expected.round(),
+            median_remaining_ms: median.round(),
             alerting: obj.alerting,
             model_version: sol.version,
         })
