@@ -476,6 +476,11 @@ impl FlowModel {
             })
             .collect();
         self.version += 1;
+        let remaining = super::remaining::RemainingCache::carry(
+            self.solution.take().map(|s| s.remaining),
+            n,
+            self.obs_long.iter().sum(),
+        );
         self.solution = Some(Solution {
             n,
             p,
@@ -485,7 +490,7 @@ impl FlowModel {
             absorb,
             expected_ms,
             version: self.version,
-            remaining: super::remaining::RemainingCache::new(n),
+            remaining,
         });
         self.changed = 0.0;
         self.solve_work = work;

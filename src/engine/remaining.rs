@@ -26,7 +26,7 @@ use std::sync::OnceLock;
 pub const SAMPLES: usize = 2048;
 /// Steps one walk may take before it is cut (a chain that almost never ends): its time so far
 /// is kept, an underestimate of a case that is in any event far from its end.
-pub const MAX_STEPS: usize = 1000;
+pub const MAX_STEPS: usize = 200;
 /// Quantiles of the current state's residual dwell mixed with each successor's samples.
 const RESIDUAL_POINTS: usize = 32;
 
@@ -41,13 +41,27 @@ type BySuccessor = Vec<(StateId, Box<[f64]>)>;
 pub struct RemainingCache {
     states: Vec<OnceLock<Box<[f64]>>>,
     by_successor: Vec<OnceLock<BySuccessor>>,
+    /// Transitions observed (without decay) when the cache was started.
+    built_at: f64,
 }
 
 impl RemainingCache {
-    pub fn new(n: usize) -> RemainingCache {
+    pub fn new(n: usize, observed: f64) -> RemainingCache {
         RemainingCache {
             states: (0..n).map(|_| OnceLock::new()).collect(),
             by_successor: (0..n).map(|_| OnceLock::new()).collect(),
+            built_at: observed,
+        }
+    }
+
+    /// The cache a new solve starts with: the previous one while the flow has seen fewer than
+    /// a quarter more transitions since it was started (and at least 100), else an empty one.
+    /// Walks cost thousands of steps per state; a solve comes every 1% of change, and in
+    /// `live` replays with recency weighting every few hours of event time.
+    pub fn carry(old: Option<RemainingCache>, n: usize, observed: f64) -> RemainingCache {
+        match old {
+            Some(c) if c.states.len() == n && observed <= 1.25 * c.built_at.max(100.0) => c,
+            _ => RemainingCache::new(n, observed),
         }
     }
 }
