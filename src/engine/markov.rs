@@ -86,6 +86,8 @@ pub struct Solution {
     pub expected_ms: Vec<f64>,
     /// Increments every refresh; predictions carry it.
     pub version: u64,
+    /// Sampled times to absorption per state, filled when a prediction asks (remaining.rs).
+    pub remaining: super::remaining::RemainingCache,
 }
 
 impl Solution {
@@ -507,6 +509,11 @@ impl FlowModel {
             })
             .collect();
         self.version += 1;
+        let remaining = super::remaining::RemainingCache::carry(
+            self.solution.take().map(|s| s.remaining),
+            n,
+            self.obs_long.iter().sum(),
+        );
         self.solution = Some(Solution {
             n,
             p,
@@ -516,6 +523,7 @@ impl FlowModel {
             absorb,
             expected_ms,
             version: self.version,
+            remaining,
         });
         self.changed = 0.0;
         self.solve_work = work;

@@ -15,6 +15,7 @@ pub mod message;
 pub mod mixture;
 pub mod output;
 pub mod projection;
+pub mod remaining;
 pub mod snapshot;
 pub mod table;
 pub mod time;
@@ -380,6 +381,10 @@ pub struct Prediction {
     pub next: BTreeMap<String, f64>,
     pub risk: BTreeMap<String, f64>,
     pub expected_remaining_ms: f64,
+    /// The median of the remaining time (remaining.rs): the estimate with the least absolute
+    /// error, where the expectation has the least squared error.
+    #[serde(default)]
+    pub median_remaining_ms: f64,
     pub alerting: bool,
     pub model_version: u64,
     /// With the self-tuning model: the members that carry this prediction, by weight
@@ -1148,6 +1153,9 @@ impl Engine {
         let expected = rt
             .model
             .expected_remaining(sol, obj.state, elapsed, &self.scratch);
+        let median = rt
+            .model
+            .median_remaining(sol, obj.state, elapsed, &self.scratch);
         let flow = &rt.flow;
         let mut next = Vec::new();
         rt.model
@@ -1169,6 +1177,7 @@ impl Engine {
                 .collect(),
             risk: artifact_risks(flow, sol, &self.risk),
             expected_remaining_ms: expected.round(),
+            median_remaining_ms: median.round(),
             alerting: obj.alerting,
             model_version: sol.version,
             members: rt.model.leading_members(obj.state),

@@ -215,7 +215,10 @@ impl Metric {
 #[derive(Debug, Clone, Serialize)]
 pub struct Remaining {
     pub prefixes: usize,
+    /// Of the expected remaining time (`expected_remaining_ms`).
     pub mae_days: f64,
+    /// Of the median remaining time (`median_remaining_ms`), the estimate for this error.
+    pub median_mae_days: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -475,7 +478,7 @@ pub fn evaluate(
     // Next state and remaining time.
     let (mut prefixes, mut correct) = (0, 0);
     let mut loss = 0.0f64;
-    let (mut rem_n, mut rem_abs) = (0usize, 0.0f64);
+    let (mut rem_n, mut rem_abs, mut rem_abs_median) = (0usize, 0.0f64, 0.0f64);
     for c in n_train..n_cases {
         let Some(t) = traces.get(&stream.cases[c]) else {
             continue;
@@ -521,6 +524,7 @@ pub fn evaluate(
             rem_n += 1;
             let actual_rem = (last_time - t.times[k - 1]) as f64;
             rem_abs += (p.expected_remaining_ms - actual_rem).abs();
+            rem_abs_median += (p.median_remaining_ms - actual_rem).abs();
         }
     }
     let next_state = NextState {
@@ -541,6 +545,7 @@ pub fn evaluate(
         (rem_n > 0 && flow.states.iter().any(|s| s.kind.is_final())).then(|| Remaining {
             prefixes: rem_n,
             mae_days: rem_abs / rem_n as f64 / 86_400_000.0,
+            median_mae_days: rem_abs_median / rem_n as f64 / 86_400_000.0,
         });
 
     // Outcomes.
@@ -740,12 +745,13 @@ pub fn render(reports: &[Report]) -> String {
     let validated = reports.iter().any(|r| r.validation.is_some());
     let _ = writeln!(
         o,
-        "{:<86} {:>9} {}{:>8} {:>10} {:>8} {:>7} {:>9} {:>9}",
+        "{:<86} {:>9} {}{:>8} {:>10} {:>8} {:>8} {:>7} {:>9} {:>9}",
         "configuration",
         "prefixes",
         if validated { " val acc " } else { "" },
         "next acc",
         "MAE days",
+        "MAE med",
         "ROC AUC",
         "Brier",
         "precision",
@@ -771,11 +777,12 @@ pub fn render(reports: &[Report]) -> String {
         };
         let _ = writeln!(
             o,
-            "{:<86} {:>9} {val}{:>8.4} {:>10} {:>8} {:>7} {:>9} {:>9}{mark}",
+            "{:<86} {:>9} {val}{:>8.4} {:>10} {:>8} {:>8} {:>7} {:>9} {:>9}{mark}",
             r.label,
             r.next_state.prefixes,
             r.next_state.accuracy,
             f(r.remaining_time.as_ref().map(|m| m.mae_days)),
+            f(r.remaining_time.as_ref().map(|m| m.median_mae_days)),
             f(r.outcome.as_ref().and_then(|o| o.roc_auc)),
             f(r.outcome.as_ref().map(|o| o.brier)),
             f(r.outcome.as_ref().and_then(|o| o.precision)),

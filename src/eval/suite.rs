@@ -2,7 +2,7 @@
 //! flowcast under the same protocol, the default configuration, and what `--select` chose on a
 //! validation split. The figures come from `evaluate`; this module only names and lays them out.
 
-use super::evaluate::{EvalConfig, Mode, NextState, Report};
+use super::evaluate::{EvalConfig, Mode, NextState, Remaining, Report};
 use crate::model::Calendar;
 use serde::Serialize;
 
@@ -31,6 +31,9 @@ pub struct Figure {
     /// Next-state accuracy on the validation split, for the selected configuration.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub validation_accuracy: Option<f64>,
+    /// The remaining-time errors (expectation and median), when the flow has a final state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remaining_time: Option<Remaining>,
 }
 
 impl Figure {
@@ -39,6 +42,7 @@ impl Figure {
             configuration: r.label.clone(),
             next_state: r.next_state.clone(),
             validation_accuracy: r.validation.as_ref().map(|v| v.accuracy),
+            remaining_time: r.remaining_time.clone(),
         }
     }
 }
