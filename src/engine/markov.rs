@@ -111,6 +111,8 @@ pub struct FlowModel {
     unlisted: Unlisted,
     pub prior: Vec<f64>,
     prior_weight: f64,
+    /// Each state's a priori counts, sparse, and their total (for the self-tuning family).
+    prior_rows: Vec<(Vec<(StateId, f64)>, f64)>,
     /// Stored (scaled) observed counts, n x n.
     pub obs: Vec<f64>,
     /// Their sum, kept up to date so that the refresh test costs nothing.
@@ -181,6 +183,16 @@ impl FlowModel {
             timeout_target: flow.timeouts.iter().map(|t| t.map(|(_, a)| a)).collect(),
             listed,
             unlisted: flow.unlisted,
+            prior_rows: (0..n)
+                .map(|s| {
+                    let row: Vec<(StateId, f64)> = (0..n)
+                        .filter(|&t| prior[s * n + t] > 0.0)
+                        .map(|t| (t as StateId, prior[s * n + t]))
+                        .collect();
+                    let total = row.iter().map(|(_, c)| c).sum();
+                    (row, total)
+                })
+                .collect(),
             prior,
             prior_weight: flow.learning.prior_weight,
             obs: vec![0.0; n * n],
@@ -241,6 +253,11 @@ impl FlowModel {
     /// Solves the chain at the current clock and stops the clock: decay no longer moves the
     /// weights, so the solution stays valid (`Engine::freeze`).
     pub fn freeze(&mut self) {
+        // The walks behind the median remaining time start afresh from the final model (a
+        // learning model reuses them until a quarter more transitions are seen).
+        if let Some(sol) = self.solution.as_mut() {
+            sol.remaining = Default::default();
+        }
         self.refresh();
         self.frozen = true;
     }
@@ -498,7 +515,7 @@ impl FlowModel {
             .map(|s| s as StateId)
             .collect();
         let (absorb, expected_ms, work) = solve_absorbing_counted(n, &p, &finals, &mean_dwell);
-        let succ = (0..n)
+        let succ: Vec<Vec<(StateId, f64)>> = (0..n)
             .map(|s| {
                 p[s * n..(s + 1) * n]
                     .iter()
@@ -509,11 +526,17 @@ impl FlowModel {
             })
             .collect();
         self.version += 1;
-        let remaining = super::remaining::RemainingCache::carry(
-            self.solution.take().map(|s| s.remaining),
-            n,
-            self.obs_long.iter().sum(),
-        );
+        let observed: f64 = self.obs_long.iter().sum();
+        let old = self.solution.take().map(|s| s.remaining);
+        let remaining = match old {
+            Some(c) if c.still_serves(n, observed) => c,
+            _ => super::remaining::RemainingCache::new(
+                observed,
+                succ.clone(),
+                self.dwell.clone(),
+                self.dwell_state.clone(),
+            ),
+        };
         self.solution = Some(Solution {
             n,
             p,
@@ -658,6 +681,10 @@ impl FlowModel {
             .and_then(|key| self.calendar_contexts.get(&key))
         {
             rows.rows[super::mixture::CALENDAR] = Some((&row[..], weight(row)));
+        }
+        let (prior, total) = &self.prior_rows[state as usize];
+        if *total > 0.0 && self.prior_weight > 0.0 {
+            rows.rows[super::mixture::PRIOR] = Some((&prior[..], total * self.prior_weight));
         }
         rows
     }

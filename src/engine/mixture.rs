@@ -64,8 +64,11 @@ impl Member {
 
 /// The slot of the calendar context row.
 pub const CALENDAR: usize = 5;
-/// Row slots: the base, the dwell context, three history contexts, the calendar context.
-pub const SLOTS: usize = 6;
+/// The slot of the state's a priori row (claim 4), with the weight of its counts.
+pub const PRIOR: usize = 6;
+/// Row slots: the base, the dwell context, three history contexts, the calendar context, the
+/// a priori row.
+pub const SLOTS: usize = 7;
 
 /// The family: history 1 to 4, `k` 0, 1 and 10, with and without the dwell context (the
 /// first-order chain alone once: `k` changes nothing there); and history 1 to 3 with the
@@ -116,8 +119,8 @@ pub const EPSILON: f64 = 0.01;
 const NEGLIGIBLE: f64 = 1e-4;
 
 /// The rows an object's prediction reads, slot 0 the base row (already probabilities), slots
-/// 1..=5 the dwell, history and calendar context rows (stored weights), each with its
-/// effective weight.
+/// 1..=5 the dwell, history and calendar context rows (stored weights), slot 6 the a priori
+/// row (counts), each with its effective weight.
 #[derive(Default)]
 pub struct Rows<'a> {
     pub rows: [Option<Row<'a>>; SLOTS],
@@ -165,15 +168,22 @@ fn coefficients(member: &Member, rows: &Rows<'_>) -> [f64; SLOTS] {
         if n <= 0.0 || row.is_empty() {
             continue;
         }
+        // The operator's a priori counts hold in every context (claim 4): a context row is
+        // its observations plus the state's prior counts at the flow's prior weight, so that
+        // contexts seen only in healthy times do not forget the failures the operator expects.
+        let prior = rows.rows[PRIOR].map_or(0.0, |(_, w)| w);
+        let own = n / (n + prior);
         if nonempty && member.k > 0.0 {
             let (wc, wb) = (n / (n + member.k), member.k / (n + member.k));
             for x in a.iter_mut() {
                 *x *= wb;
             }
-            a[slot] += wc;
+            a[slot] += wc * own;
+            a[PRIOR] += wc * (1.0 - own);
         } else {
             a = [0.0; SLOTS];
-            a[slot] = 1.0;
+            a[slot] = own;
+            a[PRIOR] = 1.0 - own;
         }
         nonempty = true;
     }
@@ -463,6 +473,14 @@ mod tests {
         let a = coefficients(&m, &rows);
         assert!((a[0] - 0.25).abs() < 1e-12 && (a[2] - 0.75).abs() < 1e-12);
         let m0 = Member { k: 0.0, ..m };
-        assert_eq!(coefficients(&m0, &rows), [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
+        assert_eq!(
+            coefficients(&m0, &rows),
+            [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+        );
+        // With a priori counts worth 3 observations, a context is half its own, half them.
+        let prior = [(2, 3.0)];
+        rows.rows[PRIOR] = Some((&prior, 3.0));
+        let a = coefficients(&m0, &rows);
+        assert!((a[2] - 0.5).abs() < 1e-12 && (a[PRIOR] - 0.5).abs() < 1e-12);
     }
 }

@@ -43,25 +43,45 @@ pub struct RemainingCache {
     by_successor: Vec<OnceLock<BySuccessor>>,
     /// Transitions observed (without decay) when the cache was started.
     built_at: f64,
+    /// What the walks read, as it was when the cache was started: the first-order rows and
+    /// the dwell histograms. Walks are sampled on first use; reading the model as it is then
+    /// would make a prediction depend on when some other object was first predicted (in
+    /// `eval --mode live`, on the test cases: a leak, tests/eval_leaks.rs).
+    succ: Vec<Vec<(StateId, f64)>>,
+    dwell: foldhash::HashMap<(StateId, StateId), DwellHist>,
+    dwell_state: Vec<DwellHist>,
 }
 
 impl RemainingCache {
-    pub fn new(n: usize, observed: f64) -> RemainingCache {
+    pub fn new(
+        observed: f64,
+        succ: Vec<Vec<(StateId, f64)>>,
+        dwell: foldhash::HashMap<(StateId, StateId), DwellHist>,
+        dwell_state: Vec<DwellHist>,
+    ) -> RemainingCache {
+        let n = succ.len();
         RemainingCache {
             states: (0..n).map(|_| OnceLock::new()).collect(),
             by_successor: (0..n).map(|_| OnceLock::new()).collect(),
             built_at: observed,
+            succ,
+            dwell,
+            dwell_state,
         }
     }
 
-    /// The cache a new solve starts with: the previous one while the flow has seen fewer than
-    /// a quarter more transitions since it was started (and at least 100), else an empty one.
-    /// Walks cost thousands of steps per state; a solve comes every 1% of change, and in
-    /// `live` replays with recency weighting every few hours of event time.
-    pub fn carry(old: Option<RemainingCache>, n: usize, observed: f64) -> RemainingCache {
-        match old {
-            Some(c) if c.states.len() == n && observed <= 1.25 * c.built_at.max(100.0) => c,
-            _ => RemainingCache::new(n, observed),
+    /// Whether a cache started at `built_at` still serves a new solve: the flow has seen
+    /// fewer than a quarter more transitions since (and at least 100). Walks cost thousands of
+    /// steps per state; a solve comes every 1% of change, and in `live` replays with recency
+    /// weighting every few hours of event time.
+    pub fn still_serves(&self, n: usize, observed: f64) -> bool {
+        self.states.len() == n && observed <= 1.25 * self.built_at.max(100.0)
+    }
+
+    fn dwell_of(&self, from: StateId, to: StateId) -> &DwellHist {
+        match self.dwell.get(&(from, to)) {
+            Some(h) if h.total > 0.0 => h,
+            _ => &self.dwell_state[from as usize],
         }
     }
 }
@@ -155,7 +175,7 @@ impl FlowModel {
     }
 
     /// Sorted sampled times to absorption from entering `state`, ms (all 0 for a final state).
-    fn sample_remaining(&self, sol: &Solution, state: StateId) -> Box<[f64]> {
+    fn sample_remaining(&self, cache: &RemainingCache, state: StateId) -> Box<[f64]> {
         let mut rng = SplitMix(0x5EED_0000_0000_0000 ^ state as u64);
         let mut out: Vec<f64> = (0..SAMPLES)
             .map(|_| {
@@ -164,7 +184,7 @@ impl FlowModel {
                     if self.kind(at).is_final() {
                         break;
                     }
-                    let row = &sol.succ[at as usize];
+                    let row = &cache.succ[at as usize];
                     let mut u = rng.unit();
                     // The last successor takes what rounding leaves; a row of zeros (nothing
                     // known) ends the walk where it is.
@@ -178,7 +198,7 @@ impl FlowModel {
                         }
                         u -= p;
                     }
-                    total += draw(self.dwell_of(at, next), &mut rng);
+                    total += draw(cache.dwell_of(at, next), &mut rng);
                     at = next;
                 }
                 total
@@ -191,7 +211,7 @@ impl FlowModel {
     /// The sorted samples of `state`, from the solution's cache (sampled on first use).
     fn remaining_samples<'s>(&self, sol: &'s Solution, state: StateId) -> &'s [f64] {
         match sol.remaining.states.get(state as usize) {
-            Some(cell) => cell.get_or_init(|| self.sample_remaining(sol, state)),
+            Some(cell) => cell.get_or_init(|| self.sample_remaining(&sol.remaining, state)),
             None => &[],
         }
     }
@@ -208,10 +228,11 @@ impl FlowModel {
         };
         cell.get_or_init(|| {
             let mut rng = SplitMix(0xD3E1_0000_0000_0000 ^ state as u64);
-            sol.succ[state as usize]
+            let cache = &sol.remaining;
+            cache.succ[state as usize]
                 .iter()
                 .map(|&(to, _)| {
-                    let h = self.dwell_of(state, to);
+                    let h = cache.dwell_of(state, to);
                     let mut v: Vec<f64> = self
                         .remaining_samples(sol, to)
                         .iter()
