@@ -92,6 +92,12 @@ sed 's/learn { expire 30d }/learn { expire 30d  features on }/' bench/flows/five
 read -r T_FEAT _ < <(measure $FC replay --models "$OUT/five_features.flow" "$OUT/small.jsonl")
 row "replay, ${BYTES}-byte events, 5-state flow, features on (one core) | $(rate "$N_SMALL" "$T_FEAT") events/s | features off: $(rate "$N_SMALL" "$T_REPLAY")/s | $(ratio "$T_REPLAY" "$T_FEAT") of that rate | -"
 
+# The same stream with one fixed first-order model (`learn { model fixed }`): what the
+# self-tuning family (the default) costs.
+sed 's/learn { expire 30d }/learn { expire 30d  model fixed }/' bench/flows/five_state.flow > "$OUT/five_fixed.flow"
+read -r T_FIXED _ < <(measure $FC replay --models "$OUT/five_fixed.flow" "$OUT/small.jsonl")
+row "replay, ${BYTES}-byte events, 5-state flow, model fixed (one core) | $(rate "$N_SMALL" "$T_FIXED") events/s | the default (model auto): $(rate "$N_SMALL" "$T_REPLAY")/s | auto at $(ratio "$T_FIXED" "$T_REPLAY") of the fixed rate | -"
+
 N_NOVA=$(wc -l < "$OUT/nova.jsonl")
 NOVA_BYTES=$(( $(wc -c < "$OUT/nova.jsonl") / N_NOVA ))
 read -r T_REPLAY _ < <(measure $FC replay --models models "$OUT/nova.jsonl")

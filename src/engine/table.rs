@@ -18,6 +18,9 @@ pub struct ModelTable {
     /// The self-tuning model's members: flow-wide weight and recent log-loss.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<super::mixture::MemberSummary>,
+    /// Transitions the self-tuning model has scored its members on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transitions_scored: Option<u64>,
     pub transitions: Vec<TransitionRow>,
     pub states: Vec<StateRow>,
 }
@@ -122,6 +125,7 @@ pub fn build(rt: &mut FlowRuntime) -> ModelTable {
                     .collect()
             })
             .unwrap_or_default(),
+        transitions_scored: model.mixture.as_ref().map(|m| m.scored),
         transitions,
         states,
     }
@@ -213,11 +217,19 @@ pub fn render(t: &ModelTable) -> String {
         };
         let _ = writeln!(o, "{line}  {tail}");
     }
-    if !t.members.is_empty() {
+    if t.transitions_scored == Some(0) {
         let _ = writeln!(o);
         let _ = writeln!(
             o,
-            "Model (auto): what each member of the family is trusted with, flow-wide"
+            "Model (auto): no transition scored yet; the {} members weigh alike",
+            t.members.len()
+        );
+    } else if !t.members.is_empty() {
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "Model (auto): what each member of the family is trusted with, flow-wide ({} transitions scored)",
+            t.transitions_scored.unwrap_or(0)
         );
         let _ = writeln!(
             o,

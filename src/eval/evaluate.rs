@@ -28,6 +28,7 @@
 //! lead time).
 
 use super::log::{Stream, CASE_END};
+use crate::engine::mixture::MemberSummary;
 use crate::engine::output::Record;
 use crate::engine::Engine;
 use crate::model::{Calendar, CompiledFlow, Kind};
@@ -149,6 +150,10 @@ pub struct Report {
     pub validation_outcome: Option<OutcomeReport>,
     /// Chosen on the validation split among the configurations compared.
     pub selected: bool,
+    /// With the self-tuning model: the three members it trusted most at the end of training
+    /// (flow-wide weight, recent log-loss).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberSummary>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -325,7 +330,7 @@ pub fn test_predictions(
 ) -> Vec<Vec<crate::engine::Prediction>> {
     let flow = cfg.apply(flow);
     let n_train = train_cases(stream.cases.len());
-    let mut traces = trace(&flow, stream, cfg, n_train);
+    let (mut traces, _) = trace(&flow, stream, cfg, n_train);
     stream.cases[n_train..]
         .iter()
         .map(|c| traces.remove(c).map(|t| t.predictions).unwrap_or_default())
@@ -333,13 +338,14 @@ pub fn test_predictions(
 }
 
 /// Runs the engine over the split by the configuration's mode (`flow` already configured)
-/// and collects what it says about each test case.
+/// and collects what it says about each test case, and (with the self-tuning model) the
+/// members it trusted at the end, by weight.
 fn trace(
     flow: &CompiledFlow,
     stream: &Stream,
     cfg: &EvalConfig,
     n_train: usize,
-) -> HashMap<String, CaseTrace> {
+) -> (HashMap<String, CaseTrace>, Vec<MemberSummary>) {
     let n_cases = stream.cases.len();
     let is_test = |c: u32| (c as usize) >= n_train;
     let mut engine = Engine::new(vec![flow.clone()]);
@@ -447,8 +453,15 @@ fn trace(
             }
         }
     }
-
-    traces
+    let mut members = engine.flows[0]
+        .model
+        .mixture
+        .as_ref()
+        .map(|m| m.summary())
+        .unwrap_or_default();
+    members.sort_by(|a, b| b.weight.total_cmp(&a.weight));
+    members.truncate(3);
+    (traces, members)
 }
 
 pub fn evaluate(
@@ -460,7 +473,7 @@ pub fn evaluate(
     let flow = cfg.apply(flow);
     let n_cases = stream.cases.len();
     let n_train = train_cases(n_cases);
-    let traces = trace(&flow, stream, cfg, n_train);
+    let (traces, members) = trace(&flow, stream, cfg, n_train);
 
     // State name -> the activity label it stands for (the rule's event type), for scoring.
     let label_of = |state: &str| -> String {
@@ -571,6 +584,7 @@ pub fn evaluate(
         validation: None,
         validation_outcome: None,
         selected: false,
+        members,
     })
 }
 
@@ -788,6 +802,14 @@ pub fn render(reports: &[Report]) -> String {
             f(r.outcome.as_ref().and_then(|o| o.precision)),
             f(r.outcome.as_ref().and_then(|o| o.recall)),
         );
+    }
+    for r in reports.iter().filter(|r| !r.members.is_empty()) {
+        let trusted: Vec<String> = r
+            .members
+            .iter()
+            .map(|m| format!("{} {:.2}", m.member, m.weight))
+            .collect();
+        let _ = writeln!(o, "trusted most ({}): {}", r.label, trusted.join(", "));
     }
     // The outcomes of the chosen configuration when there is one, else of the first.
     let detailed = reports

@@ -34,6 +34,9 @@ pub struct Figure {
     /// The remaining-time errors (expectation and median), when the flow has a final state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remaining_time: Option<Remaining>,
+    /// With the self-tuning model: the members it trusted most at the end of training.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<crate::engine::mixture::MemberSummary>,
 }
 
 impl Figure {
@@ -43,6 +46,7 @@ impl Figure {
             next_state: r.next_state.clone(),
             validation_accuracy: r.validation.as_ref().map(|v| v.accuracy),
             remaining_time: r.remaining_time.clone(),
+            members: r.members.clone(),
         }
     }
 }
