@@ -580,8 +580,7 @@ impl FlowModel {
         }
         if let Some(mx) = &self.mixture {
             let rows = self.rows(Some(sol), past, state);
-            let mut weights = Vec::with_capacity(mx.members.len());
-            mx.predict(&rows, state, &mut weights, out);
+            mx.predict(&rows, state, out);
             return;
         }
         let f = self.decay_factor();

@@ -51,6 +51,15 @@ impl Member {
         s
     }
 
+    /// `slots()` as a small array (no iterator chain in the hot path).
+    fn slot_list(&self) -> arrayvec_lite::Slots {
+        let mut out = arrayvec_lite::Slots::default();
+        for s in self.slots() {
+            out.push(s);
+        }
+        out
+    }
+
     /// The row slots this member reads after the base, in order: 1 = the dwell context,
     /// 5 = the calendar context, 2..=4 = the history contexts of that length.
     fn slots(&self) -> impl Iterator<Item = usize> + '_ {
@@ -59,6 +68,28 @@ impl Member {
             .into_iter()
             .chain(self.calendar.then_some(CALENDAR))
             .chain(2..=self.history as usize)
+    }
+}
+
+/// A fixed-capacity list of slots.
+mod arrayvec_lite {
+    #[derive(Default, Clone, Copy)]
+    pub struct Slots {
+        items: [usize; 6],
+        len: usize,
+    }
+
+    impl Slots {
+        pub fn push(&mut self, s: usize) {
+            if self.len < self.items.len() {
+                self.items[self.len] = s;
+                self.len += 1;
+            }
+        }
+
+        pub fn iter(&self) -> std::slice::Iter<'_, usize> {
+            self.items[..self.len].iter()
+        }
     }
 }
 
@@ -115,6 +146,9 @@ pub const PRIOR_STRENGTH: f64 = 20.0;
 /// Probability mixed into every member's prediction so that no loss is infinite: a member
 /// sure of the wrong successor is charged -ln(EPSILON / n), not infinity.
 pub const EPSILON: f64 = 0.01;
+/// Scored transitions between two refreshes of every state's weights from the flow-wide
+/// losses (in between, only the state a transition left is reweighed).
+const REFRESH_EVERY: u64 = 256;
 /// Members whose weight falls below this share are left out of a prediction.
 const NEGLIGIBLE: f64 = 1e-4;
 
@@ -151,7 +185,9 @@ impl<'a> Rows<'a> {
     }
 }
 
-/// The coefficients of each slot in `member`'s distribution.
+/// The coefficients of each slot in `member`'s distribution, step by step as the fixed model
+/// interpolates (the reference `Prepared::coefficients` is checked against).
+#[cfg(test)]
 fn coefficients(member: &Member, rows: &Rows<'_>) -> [f64; SLOTS] {
     let mut a = [0.0; SLOTS];
     let mut nonempty = false;
@@ -190,10 +226,130 @@ fn coefficients(member: &Member, rows: &Rows<'_>) -> [f64; SLOTS] {
     a
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The values of one object's rows every member reads, computed once per prediction: which
+/// slots are present, each slot's interpolation weight n / (n + k) for the family's three
+/// `k`, and its own share n / (n + prior) against the a priori counts.
+struct Prepared {
+    base: bool,
+    present: [bool; SLOTS],
+    wc: [[f64; KS.len()]; SLOTS],
+    own: [f64; SLOTS],
+}
+
+/// The most members a family has (`family()` has 28).
+const MAX_MEMBERS: usize = 32;
+
+/// Groups of members with the same distribution for one object's rows (`Mixture::groups`):
+/// (key, a member of the group, summed weight).
+struct Groups {
+    items: [(u16, usize, f64); MAX_MEMBERS],
+    len: usize,
+    /// The group of each member (members left out: unspecified).
+    of_member: [u8; MAX_MEMBERS],
+}
+
+impl Default for Groups {
+    fn default() -> Groups {
+        Groups {
+            items: [(0, 0, 0.0); MAX_MEMBERS],
+            len: 0,
+            of_member: [0; MAX_MEMBERS],
+        }
+    }
+}
+
+/// The interpolation strengths of the family, by index (`Member::k`).
+const KS: [f64; 3] = [0.0, 1.0, 10.0];
+
+impl Prepared {
+    fn new(rows: &Rows<'_>) -> Prepared {
+        let prior = rows.rows[PRIOR].map_or(0.0, |(_, w)| w);
+        let mut p = Prepared {
+            base: rows.rows[0].is_some_and(|(row, _)| !row.is_empty()),
+            present: [false; SLOTS],
+            wc: [[0.0; KS.len()]; SLOTS],
+            own: [1.0; SLOTS],
+        };
+        for slot in 1..SLOTS {
+            if slot == PRIOR {
+                continue;
+            }
+            if let Some((row, n)) = rows.rows[slot] {
+                if n > 0.0 && !row.is_empty() {
+                    p.present[slot] = true;
+                    for (i, k) in KS.iter().enumerate() {
+                        p.wc[slot][i] = n / (n + k);
+                    }
+                    p.own[slot] = n / (n + prior);
+                }
+            }
+        }
+        p
+    }
+
+    /// The present context slots, a bit each.
+    fn present_mask(&self) -> u8 {
+        (0..SLOTS)
+            .filter(|&s| self.present[s])
+            .fold(0u8, |a, s| a | 1 << s)
+    }
+
+    /// `coefficients`, from the prepared values: walking the member's slots backwards, each
+    /// present slot takes its weight times what the later ones left (the running product of
+    /// their k / (n + k)), the base what is left at the end; a slot where the forward walk
+    /// starts afresh (k = 0, or nothing before it) ends the walk.
+    fn coefficients(&self, member: &Member) -> [f64; SLOTS] {
+        let mut a = [0.0; SLOTS];
+        let ki = KS.iter().position(|&k| k == member.k).unwrap_or(2);
+        let slots = member.slot_list();
+        let mut first_present = None;
+        for &s in slots.iter() {
+            if self.present[s] {
+                first_present = Some(s);
+                break;
+            }
+        }
+        let mut mult = 1.0;
+        let mut reset = false;
+        for &s in slots.iter().rev() {
+            if !self.present[s] {
+                continue;
+            }
+            if member.k <= 0.0 || (!self.base && Some(s) == first_present) {
+                a[s] = mult;
+                reset = true;
+                break;
+            }
+            let wc = self.wc[s][ki];
+            a[s] = mult * wc;
+            mult *= 1.0 - wc;
+        }
+        if !reset && self.base {
+            a[0] = mult;
+        }
+        for s in 1..SLOTS {
+            if s != PRIOR && a[s] > 0.0 {
+                a[PRIOR] += a[s] * (1.0 - self.own[s]);
+                a[s] *= self.own[s];
+            }
+        }
+        a
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct Mixture {
-    #[serde(skip, default = "family")]
     pub members: Vec<Member>,
+    /// Each state's normalised weights, n x members, kept up to date as transitions are
+    /// scored (a prediction reads them; it never computes them: what it sees depends only on
+    /// what was learned, not on when something else was predicted).
+    cached: Vec<f64>,
+    /// The flow-wide losses, scaled as a prior, as of the last full refresh (every
+    /// `REFRESH_EVERY` scored transitions).
+    prior_loss: Vec<f64>,
+    /// Per member: the slots it reads (a bit per slot), and the index of its `k` in `KS`.
+    masks: Vec<u8>,
+    kis: Vec<u16>,
     /// Number of states.
     n: usize,
     /// Discounted log-loss of each member on each state's transitions, n x members.
@@ -228,6 +384,9 @@ pub struct LearnedMixture {
     pub recent: Vec<f64>,
     pub scored: u64,
     pub states: Vec<LearnedStateLoss>,
+    /// The flow-wide prior of every state's weights as of the last full refresh.
+    #[serde(default)]
+    pub prior_loss: Vec<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -242,7 +401,17 @@ impl Mixture {
         let members = family();
         let m = members.len();
         Mixture {
+            masks: members
+                .iter()
+                .map(|mb| mb.slots().fold(0u8, |a, s| a | 1 << s))
+                .collect(),
+            kis: members
+                .iter()
+                .map(|mb| KS.iter().position(|&k| k == mb.k).unwrap_or(2) as u16)
+                .collect(),
             members,
+            cached: vec![1.0 / m as f64; n * m],
+            prior_loss: vec![0.0; m],
             n,
             state_loss: vec![0.0; n * m],
             state_seen: vec![0.0; n],
@@ -265,16 +434,20 @@ impl Mixture {
     /// The members' weights for an object in `state`, normalised, into `out`.
     pub fn weights(&self, state: StateId, out: &mut Vec<f64>) {
         let m = self.members.len();
-        out.clear();
         let s = state as usize;
+        out.clear();
+        out.extend_from_slice(&self.cached[s * m..(s + 1) * m]);
+    }
+
+    /// Recomputes a state's weights: the posterior from its own losses, the flow-wide ones
+    /// (as of the last full refresh) as its prior.
+    fn reweigh(&mut self, s: usize) {
+        let m = self.members.len();
         let own = &self.state_loss[s * m..(s + 1) * m];
-        // The flow-wide losses per transition, as worth PRIOR_STRENGTH of this state's own.
-        let scale = if self.seen > 0.0 {
-            PRIOR_STRENGTH / self.seen
-        } else {
-            0.0
-        };
-        out.extend(own.iter().zip(&self.loss).map(|(o, g)| o + g * scale));
+        let out = &mut self.cached[s * m..(s + 1) * m];
+        for ((x, o), g) in out.iter_mut().zip(own).zip(&self.prior_loss) {
+            *x = o + g;
+        }
         let best = out.iter().copied().fold(f64::INFINITY, f64::min);
         let mut total = 0.0;
         for x in out.iter_mut() {
@@ -286,19 +459,71 @@ impl Mixture {
         }
     }
 
+    /// Takes the flow-wide losses as every state's prior anew (worth PRIOR_STRENGTH of a
+    /// state's own transitions) and recomputes every state's weights.
+    fn refresh_all(&mut self) {
+        let scale = if self.seen > 0.0 {
+            PRIOR_STRENGTH / self.seen
+        } else {
+            0.0
+        };
+        for (p, g) in self.prior_loss.iter_mut().zip(&self.loss) {
+            *p = g * scale;
+        }
+        for s in 0..self.n {
+            self.reweigh(s);
+        }
+    }
+
+    /// The members as groups that give the same distribution for these rows: a member's
+    /// slots that are absent change nothing, so members that differ only there (and share
+    /// `k`) share their coefficients. Each group: its key, a member standing for it, and the
+    /// summed `weights` of its members (those from `NEGLIGIBLE` up; all when `weights` is
+    /// None). Usually a handful of groups for the 28 members.
+    fn groups(&self, prep: &Prepared, weights: Option<&[f64]>, out: &mut Groups) {
+        out.len = 0;
+        let present = prep.present_mask();
+        for (i, (&mask, &ki)) in self.masks.iter().zip(&self.kis).enumerate() {
+            let w = weights.map_or(1.0, |w| w[i]);
+            if w < NEGLIGIBLE {
+                continue;
+            }
+            let key = u16::from(mask & present) | ki << 8;
+            match out.items[..out.len].iter().position(|g| g.0 == key) {
+                Some(g) => {
+                    out.items[g].2 += w;
+                    out.of_member[i] = g as u8;
+                }
+                None => {
+                    out.items[out.len] = (key, i, w);
+                    out.of_member[i] = out.len as u8;
+                    out.len += 1;
+                }
+            }
+        }
+    }
+
     /// Scores every member on the transition `from -> to` before it is learned.
     pub fn score(&mut self, rows: &Rows<'_>, from: StateId, to: StateId) {
         let m = self.members.len();
         let q: [f64; SLOTS] = std::array::from_fn(|slot| rows.q(slot, to));
         let uniform = EPSILON / self.n.max(1) as f64;
         let decay = 1.0 - 1.0 / WINDOW;
+        let prep = Prepared::new(rows);
+        let mut groups = Groups::default();
+        self.groups(&prep, None, &mut groups);
+        // The loss of each group, once.
+        let mut group_loss = [0.0; MAX_MEMBERS];
+        for (g, l) in groups.items[..groups.len].iter().zip(group_loss.iter_mut()) {
+            let a = prep.coefficients(&self.members[g.1]);
+            let p: f64 = a.iter().zip(&q).map(|(a, q)| a * q).sum();
+            *l = -((1.0 - EPSILON) * p + uniform).ln();
+        }
         let s = from as usize;
         self.state_seen[s] = self.state_seen[s] * decay + 1.0;
         self.seen = self.seen * decay + 1.0;
-        for (i, member) in self.members.iter().enumerate() {
-            let a = coefficients(member, rows);
-            let p: f64 = a.iter().zip(&q).map(|(a, q)| a * q).sum();
-            let loss = -((1.0 - EPSILON) * p + uniform).ln();
+        for i in 0..m {
+            let loss = group_loss[groups.of_member[i] as usize];
             let own = &mut self.state_loss[s * m + i];
             *own = *own * decay + loss;
             self.loss[i] = self.loss[i] * decay + loss;
@@ -311,27 +536,27 @@ impl Mixture {
             };
         }
         self.scored += 1;
+        if self.scored < REFRESH_EVERY || self.scored % REFRESH_EVERY == 0 {
+            self.refresh_all();
+        } else {
+            self.reweigh(s);
+        }
     }
 
-    /// The mixture's first-step distribution for an object in `state` into `out`, and the
-    /// members' weights into `weights`.
-    pub fn predict(
-        &self,
-        rows: &Rows<'_>,
-        state: StateId,
-        weights: &mut Vec<f64>,
-        out: &mut Vec<(StateId, f64)>,
-    ) {
+    /// The mixture's first-step distribution for an object in `state` into `out`.
+    pub fn predict(&self, rows: &Rows<'_>, state: StateId, out: &mut Vec<(StateId, f64)>) {
         out.clear();
-        self.weights(state, weights);
+        let m = self.members.len();
+        let s = state as usize;
+        let weights = &self.cached[s * m..(s + 1) * m];
+        let prep = Prepared::new(rows);
+        let mut groups = Groups::default();
+        self.groups(&prep, Some(weights), &mut groups);
         let mut slot_weight = [0.0; SLOTS];
-        for (member, &w) in self.members.iter().zip(weights.iter()) {
-            if w < NEGLIGIBLE {
-                continue;
-            }
-            let a = coefficients(member, rows);
+        for g in &groups.items[..groups.len] {
+            let a = prep.coefficients(&self.members[g.1]);
             for (s, x) in slot_weight.iter_mut().zip(a) {
-                *s += w * x;
+                *s += g.2 * x;
             }
         }
         for (slot, &sw) in slot_weight.iter().enumerate() {
@@ -401,6 +626,7 @@ impl Mixture {
             seen: self.seen,
             recent: self.recent.clone(),
             scored: self.scored,
+            prior_loss: self.prior_loss.clone(),
             states: (0..self.n)
                 .filter(|&s| self.state_seen[s] > 0.0)
                 .map(|s| LearnedStateLoss {
@@ -441,6 +667,14 @@ impl Mixture {
             self.state_seen[s] = st.seen;
             self.state_loss[s * m..(s + 1) * m].copy_from_slice(&st.loss);
         }
+        if learned.prior_loss.len() == m && learned.prior_loss.iter().all(|x| x.is_finite()) {
+            self.prior_loss.clone_from(&learned.prior_loss);
+            for s in 0..self.n {
+                self.reweigh(s);
+            }
+        } else {
+            self.refresh_all();
+        }
         true
     }
 }
@@ -452,9 +686,44 @@ mod tests {
     #[test]
     fn the_family_covers_the_grid_once() {
         let f = family();
+        assert!(f.len() <= MAX_MEMBERS);
         assert_eq!(f.len(), 1 + 3 + 3 * 2 * 3 + 3 * 2);
         let labels: std::collections::HashSet<String> = f.iter().map(Member::label).collect();
         assert_eq!(labels.len(), f.len());
+    }
+
+    #[test]
+    fn prepared_coefficients_equal_the_step_by_step_ones() {
+        // Every member, on every combination of present rows, with and without a base row and
+        // a priori counts.
+        let base = [(1, 0.5), (2, 0.5)];
+        let ctx = [(1, 3.0), (3, 1.0)];
+        let prior = [(2, 5.0)];
+        for mask in 0u32..(1 << 7) {
+            let mut rows = Rows::default();
+            if mask & 1 != 0 {
+                rows.rows[0] = Some((&base, 10.0));
+            }
+            for (bit, slot) in [(1, 1), (2, 2), (3, 3), (4, 4), (5, CALENDAR)] {
+                if mask & (1 << bit) != 0 {
+                    rows.rows[slot] = Some((&ctx, 0.5 + slot as f64 * 3.0));
+                }
+            }
+            if mask & (1 << 6) != 0 {
+                rows.rows[PRIOR] = Some((&prior, 5.0));
+            }
+            let prep = Prepared::new(&rows);
+            for m in family() {
+                let (x, y) = (coefficients(&m, &rows), prep.coefficients(&m));
+                for (a, b) in x.iter().zip(&y) {
+                    assert!(
+                        (a - b).abs() < 1e-12,
+                        "{} mask {mask:b}: {x:?} vs {y:?}",
+                        m.label()
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -1099,8 +1099,15 @@ impl Engine {
         // at every boundary in one pass: each time tried is then a few multiplications.
         let mut base = std::mem::take(&mut self.base);
         let mut curves = std::mem::take(&mut self.curves);
-        rt.model
-            .next_distribution(sol, obj.past(), state, &mut base);
+        if elapsed <= 0.0 {
+            // At entry `evaluate` has just predicted for this object: with no time spent, its
+            // first step is the unconditioned distribution (`predict` re-weights only e > 0).
+            base.clear();
+            base.extend_from_slice(&self.scratch);
+        } else {
+            rt.model
+                .next_distribution(sol, obj.past(), state, &mut base);
+        }
         curves.resize(base.len(), [1.0; dwell::BUCKETS]);
         for (curve, (to, _)) in curves.iter_mut().zip(base.iter()) {
             rt.model.survival_curve(state, *to, curve);
