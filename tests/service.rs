@@ -137,6 +137,12 @@ fn kill_9_mid_stream_counts_every_message_exactly_once() {
         "GET",
         "/api/flows/nova_instance_create/model",
     );
+    let (_, metrics) = http(svc.http_port, "GET", "/metrics");
+    assert!(
+        metrics
+            .contains("flowcast_model_member_weight{flow=\"nova_instance_create\",member=\"h1\"}"),
+        "{metrics}"
+    );
     svc.stop();
     // The learned counts are those of one uninterrupted replay.
     let learned = dir.path().join("replayed");
@@ -162,6 +168,12 @@ fn kill_9_mid_stream_counts_every_message_exactly_once() {
     let live: serde_json::Value = serde_json::from_str(&model).unwrap();
     assert_eq!(learned_transitions(&live), learned_transitions(&expected));
     assert!(learned_transitions(&live).iter().map(|t| t.2).sum::<f64>() > 400.0);
+    // The self-tuning model's weights too: restored from the snapshot, then learned on, they
+    // are those of the uninterrupted replay.
+    assert_eq!(live["model"], "auto");
+    assert_eq!(live["transitions_scored"], expected["transitions_scored"]);
+    assert!(live["transitions_scored"].as_u64().unwrap() > 400);
+    assert_eq!(live["members"], expected["members"]);
 }
 
 #[test]

@@ -137,6 +137,8 @@ pub struct FlowModel {
     pub mixture: Option<Mixture>,
     /// `learn { model auto }` (kept apart from `mixture`, which is taken out while it scores).
     auto: bool,
+    /// A reusable dense row for scoring.
+    row_buf: Vec<f64>,
     /// Refit the feature model as transitions arrive (off while `eval` trains a frozen model,
     /// which is fitted once at the end).
     pub auto_fit: bool,
@@ -207,6 +209,7 @@ impl FlowModel {
             features: flow.learning.features.then(FeatureModel::default),
             mixture: flow.learning.auto.then(|| Mixture::new(n)),
             auto: flow.learning.auto,
+            row_buf: Vec::new(),
             auto_fit: true,
             background_fit: false,
             // The self-tuning model keeps the contexts its deepest member reads.
@@ -310,10 +313,29 @@ impl FlowModel {
     /// Learns one transition. `history` holds the states before `from`, oldest first.
     pub fn observe(&mut self, past: Past<'_>, from: StateId, to: StateId, dwell_ms: i64) {
         if let Some(mut mx) = self.mixture.take() {
-            // Scored before it is learned: each member is judged on what it did not know.
-            let rows = self.rows(self.solution.as_ref(), past, from);
+            // Scored before it is learned: each member is judged on what it did not know. The
+            // base row is computed from the counts as they are, not read from the cached
+            // solution: which solution is cached depends on when predictions were asked for
+            // (and a restart starts with none), so scores would differ between a replay and a
+            // service restored from its snapshot (tests/service.rs's kill -9 test).
+            let mut dense = std::mem::take(&mut self.row_buf);
+            dense.clear();
+            dense.resize(self.n, 0.0);
+            let weight = if self.kinds[from as usize].is_final() {
+                0.0
+            } else {
+                self.first_order_row(from as usize, self.decay_factor(), &mut dense)
+            };
+            let base: Vec<(StateId, f64)> = dense
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| **p > 0.0)
+                .map(|(t, p)| (t as StateId, *p))
+                .collect();
+            let rows = self.rows(Some((&base[..], weight)), past, from);
             mx.score(&rows, from, to);
             self.mixture = Some(mx);
+            self.row_buf = dense;
         }
         let history = past.history;
         let w = self.obs_weight();
@@ -466,38 +488,7 @@ impl FlowModel {
             if self.kinds[s].is_final() {
                 continue;
             }
-            let row = &mut p[s * n..(s + 1) * n];
-            let mut total = 0.0;
-            let mut recent = 0.0;
-            for (t, x) in row.iter_mut().enumerate() {
-                let o = self.obs[s * n + t] * f;
-                *x = self.prior[s * n + t] * self.prior_weight + o;
-                total += *x;
-                recent += o;
-            }
-            // Recency weighting must not erase what a row knows: when decay has left a row
-            // less than `min_observations` of weight (a rare state, a quiet period), its
-            // long-run counts fill the gap (up to what decay took), so a state seen only
-            // looping lately does not forget that it has exits.
-            let floor = self.min_observations.max(1.0);
-            if self.half_life_ms.is_some() && recent < floor {
-                let long = &self.obs_long[s * n..(s + 1) * n];
-                let long_total: f64 = long.iter().sum();
-                // Never more than decay took away: a young row is left as it is.
-                let k = floor.min(long_total) - recent;
-                if k > 1e-9 {
-                    for (x, l) in row.iter_mut().zip(long) {
-                        *x += k * l / long_total;
-                    }
-                    total += k;
-                }
-            }
-            if total > 0.0 {
-                for x in row.iter_mut() {
-                    *x /= total;
-                }
-            }
-            row_weight[s] = total;
+            row_weight[s] = self.first_order_row(s, f, &mut p[s * n..(s + 1) * n]);
         }
         let mean_dwell: Vec<f64> = (0..n)
             .map(|s| {
@@ -554,6 +545,43 @@ impl FlowModel {
         self.solved_at_ms = self.now_ms;
     }
 
+    /// The first-order row of state `s` as probabilities into `row` (n wide), from the counts
+    /// as they are now (`f` the decay factor); returns its effective weight.
+    fn first_order_row(&self, s: usize, f: f64, row: &mut [f64]) -> f64 {
+        let n = self.n;
+        let mut total = 0.0;
+        let mut recent = 0.0;
+        for (t, x) in row.iter_mut().enumerate() {
+            let o = self.obs[s * n + t] * f;
+            *x = self.prior[s * n + t] * self.prior_weight + o;
+            total += *x;
+            recent += o;
+        }
+        // Recency weighting must not erase what a row knows: when decay has left a row
+        // less than `min_observations` of weight (a rare state, a quiet period), its
+        // long-run counts fill the gap (up to what decay took), so a state seen only
+        // looping lately does not forget that it has exits.
+        let floor = self.min_observations.max(1.0);
+        if self.half_life_ms.is_some() && recent < floor {
+            let long = &self.obs_long[s * n..(s + 1) * n];
+            let long_total: f64 = long.iter().sum();
+            // Never more than decay took away: a young row is left as it is.
+            let k = floor.min(long_total) - recent;
+            if k > 1e-9 {
+                for (x, l) in row.iter_mut().zip(long) {
+                    *x += k * l / long_total;
+                }
+                total += k;
+            }
+        }
+        if total > 0.0 {
+            for x in row.iter_mut() {
+                *x /= total;
+            }
+        }
+        total
+    }
+
     /// First-step distribution for an object in `state` with its `past`. The first-order row
     /// (priors and observations) is the base; the context of the time spent in the state before
     /// (when dwell times are used), then the calendar context (that dwell class and the time of
@@ -579,7 +607,8 @@ impl FlowModel {
             }
         }
         if let Some(mx) = &self.mixture {
-            let rows = self.rows(Some(sol), past, state);
+            let s = state as usize;
+            let rows = self.rows(Some((&sol.succ[s][..], sol.row_weight[s])), past, state);
             mx.predict(&rows, state, out);
             return;
         }
@@ -650,17 +679,14 @@ impl FlowModel {
     /// row of the solution (when there is one), the dwell context, the history contexts.
     pub fn rows<'a>(
         &'a self,
-        sol: Option<&'a Solution>,
+        base: Option<super::mixture::Row<'a>>,
         past: Past<'_>,
         state: StateId,
     ) -> Rows<'a> {
         let f = self.decay_factor();
         let weight = |row: &[(StateId, f64)]| row.iter().map(|(_, w)| w).sum::<f64>() * f;
         let mut rows = Rows::default();
-        if let Some(sol) = sol {
-            let s = state as usize;
-            rows.rows[0] = Some((&sol.succ[s][..], sol.row_weight[s]));
-        }
+        rows.rows[0] = base;
         if past.last_dwell != NO_DWELL {
             if let Some(row) = self.dwell_contexts.get(&(state, past.last_dwell)) {
                 rows.rows[1] = Some((&row[..], weight(row)));
