@@ -313,6 +313,54 @@ impl Mixture {
         self.scored += 1;
     }
 
+    /// The probability `predict` gives `to`, without building the distribution: surprise
+    /// scoring needs one number per step (`engine::surprise`).
+    pub fn probability(
+        &self,
+        rows: &Rows<'_>,
+        state: StateId,
+        to: StateId,
+        weights: &mut Vec<f64>,
+    ) -> f64 {
+        self.weights(state, weights);
+        let mut slot_weight = [0.0; SLOTS];
+        for (member, &w) in self.members.iter().zip(weights.iter()) {
+            if w < NEGLIGIBLE {
+                continue;
+            }
+            let a = coefficients(member, rows);
+            for (s, x) in slot_weight.iter_mut().zip(a) {
+                *s += w * x;
+            }
+        }
+        // `predict` normalises by the sum of the slot weights of the rows it reads.
+        let (mut hit, mut total) = (0.0, 0.0);
+        for (slot, &sw) in slot_weight.iter().enumerate() {
+            if sw <= 0.0 {
+                continue;
+            }
+            let Some((row, _)) = rows.rows[slot] else {
+                continue;
+            };
+            let (mut t, mut h) = (0.0, 0.0);
+            for &(s, w) in row {
+                t += w;
+                if s == to {
+                    h = w;
+                }
+            }
+            if t > 0.0 {
+                total += sw;
+                hit += sw * h / t;
+            }
+        }
+        if total > 0.0 {
+            hit / total
+        } else {
+            0.0
+        }
+    }
+
     /// The mixture's first-step distribution for an object in `state` into `out`, and the
     /// members' weights into `weights`.
     pub fn predict(
