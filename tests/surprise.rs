@@ -327,3 +327,42 @@ fn the_step_probability_is_the_one_the_full_distribution_gives() {
         "{dist:?}"
     );
 }
+
+#[test]
+fn an_unknown_event_for_a_tracked_object_is_an_anomaly_when_asked_for() {
+    let src = BRANCHES.replace(
+        "learn { half_life off }",
+        "learn { half_life off }\n    anomaly { unknown_events on }",
+    );
+    for (flow, asked) in [(src.as_str(), true), (BRANCHES, false)] {
+        let mut e = Engine::new(compile(flow));
+        let msgs = [
+            msg("start", "a", 0.0),
+            msg("check", "a", 1.0),
+            msg("job.weird", "a", 2.0),
+            msg("job.weird", "a", 3.0),
+            msg("job.weird", "nobody", 4.0),
+            msg("ok", "a", 5.0),
+            msg("done", "a", 6.0),
+        ];
+        let out = feed(&mut e, &msgs);
+        let found = anomalies(&out);
+        assert_eq!(e.stats.unmatched, 3);
+        if !asked {
+            assert!(found.is_empty(), "{found:?}");
+            continue;
+        }
+        // Once for the object in flight (not again, not for an object it does not track).
+        assert_eq!(found.len(), 1, "{found:?}");
+        let a = found[0];
+        assert_eq!((a.object.as_str(), a.state.as_str()), ("a", "check"));
+        assert_eq!(a.threshold, "unknown_event");
+        assert_eq!(a.probability, 0.0);
+        assert_eq!(a.cause.event_type.as_deref(), Some("job.weird"));
+        let resolved = out.iter().find_map(|r| match r {
+            Record::AnomalyResolved(a) => Some(a),
+            _ => None,
+        });
+        assert!(resolved.is_some_and(|r| r.unusual_steps >= 2), "{out:?}");
+    }
+}

@@ -638,7 +638,10 @@ impl Engine {
                 }
             }
             0 if keyless => self.stats.missing_key += 1,
-            0 => self.stats.unmatched += 1,
+            0 => {
+                self.stats.unmatched += 1;
+                self.unknown_event(msg, now, out);
+            }
             1 => self.stats.matched += 1,
             _ => {
                 self.stats.matched += 1;
@@ -1077,6 +1080,89 @@ impl Engine {
             calibrated: cfg.calibrated(),
             cause: trig.cause(),
         }));
+    }
+
+    /// A message no rule of any flow matched: for each flow with `anomaly { unknown_events on }`
+    /// that has the object it names in flight, a step of maximal surprise (the object stays
+    /// where it is): an `anomaly` unless one was already emitted for the object.
+    fn unknown_event(&mut self, msg: &Message, now: i64, out: &mut Vec<Record>) {
+        for fi in 0..self.flows.len() {
+            let rt = &self.flows[fi];
+            let cfg = rt.flow.anomaly;
+            if cfg.off || !cfg.unknown_events {
+                continue;
+            }
+            if rt.flow.filter.as_ref().is_some_and(|f| !f.eval(&msg.value)) {
+                continue;
+            }
+            let KeyOf::Key(key) = rt.key_of(msg, self.limits.max_key_bytes) else {
+                continue;
+            };
+            let Some(&before) = rt.objects.get(&key) else {
+                continue;
+            };
+            let trig = Trigger::Message {
+                event_type: msg.event_type(),
+                message_id: msg.message_id.as_deref(),
+                event_ms: msg.time_ms,
+            };
+            self.stats.scored_steps += 1;
+            let rt = &mut self.flows[fi];
+            rt.model.set_now(now);
+            if rt.model.cached().is_none() {
+                rt.model.solution();
+            }
+            let q = surprise::quantise(0.0);
+            let Some(obj) = rt.objects.get_mut(&key) else {
+                continue;
+            };
+            obj.last_seen_ms = now;
+            obj.surprise.rotate_left(1);
+            obj.surprise[4] = q;
+            obj.surprise_peak = obj.surprise_peak.max(q);
+            obj.unusual = obj.unusual.saturating_add(1);
+            let window = surprise::window_sum(&obj.surprise, cfg.window);
+            if obj.anomalous {
+                continue;
+            }
+            obj.anomalous = true;
+            let unusual = obj.unusual;
+            self.stats.anomalies += 1;
+            let sol = rt.model.cached().expect("solved");
+            rt.model
+                .next_distribution(sol, before.past(), before.state, &mut self.scratch);
+            let flow = &rt.flow;
+            let mut expected = self.scratch.clone();
+            expected.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let state = flow.name_of(before.state).to_string();
+            out.push(Record::Anomaly(Anomaly {
+                at: format_rfc3339(now),
+                flow: flow.name.clone(),
+                object: key.to_string(),
+                state: state.clone(),
+                from: state,
+                probability: 0.0,
+                rank: self.scratch.len() + 1,
+                surprise: round6(surprise::surprise(0.0)),
+                window_surprise: round6(surprise::nats(window)),
+                expected: expected
+                    .iter()
+                    .take(3)
+                    .map(|&(s, p)| (flow.name_of(s).to_string(), round6(p)))
+                    .collect(),
+                path: before
+                    .history_slice()
+                    .iter()
+                    .chain([&before.state])
+                    .map(|&s| flow.name_of(s).to_string())
+                    .collect(),
+                unusual_steps: u32::from(unusual),
+                threshold: "unknown_event".into(),
+                threshold_value: 0.0,
+                calibrated: false,
+                cause: trig.cause(),
+            }));
+        }
     }
 
     /// An object has just entered its current state: set its timers and judge its risk.

@@ -732,10 +732,17 @@ impl FlowCompiler<'_> {
                         a.min_learned = n as u64
                     }
                 }
+                "unknown_events" => {
+                    if let Some(b) = self.keyword(v, "unknown_events", &[("on", true), ("off", false)],
+                        "`on`: a message no rule matches, about an object this flow has in flight, is an anomaly for it (maximal surprise)") {
+                        a.unknown_events = b;
+                    }
+                }
                 other => self.unknown_setting(
                     &s.name,
                     other,
                     &[
+                        "unknown_events",
                         "min_probability",
                         "top",
                         "window",

@@ -221,6 +221,9 @@ pub struct AnomalyConfig {
     pub false_alarm_rate: f64,
     /// No calibrated anomaly before the flow has scored this many learned steps.
     pub min_learned: u64,
+    /// `unknown_events on`: a message no rule of any flow matches, about an object this flow
+    /// has in flight, is a step of maximal surprise for it.
+    pub unknown_events: bool,
 }
 
 impl AnomalyConfig {
@@ -243,6 +246,7 @@ impl Default for AnomalyConfig {
             window_surprise: None,
             false_alarm_rate: 0.001,
             min_learned: 1000,
+            unknown_events: false,
         }
     }
 }
