@@ -366,3 +366,65 @@ fn an_unknown_event_for_a_tracked_object_is_an_anomaly_when_asked_for() {
         assert!(resolved.is_some_and(|r| r.unusual_steps >= 2), "{out:?}");
     }
 }
+
+/// A nova notification about instance `id` at `t` seconds (`task_state` for `instance.update`).
+fn nova(event: &str, id: &str, task_state: Option<&str>, t: f64) -> Message {
+    let v = serde_json::json!({
+        "event_type": event,
+        "timestamp": 1_767_225_600.0 + t,
+        "payload": {"nova_object.data": {"uuid": id, "state": "building", "task_state": task_state}},
+    });
+    flowcast::engine::message::from_value(v).unwrap()
+}
+
+/// The build walk nova's own functional tests assert (`../shared/data/nova/flows.json`:
+/// scheduling, create.start, networking, block_device_mapping, spawning, create.end), or with
+/// `skip` a step left out: a path those tests never show.
+fn nova_build(id: &str, t: f64, skip: Option<&str>) -> Vec<Message> {
+    let steps = [
+        ("instance.update", Some("scheduling")),
+        ("instance.create.start", None),
+        ("instance.update", Some("networking")),
+        ("instance.update", Some("block_device_mapping")),
+        ("instance.update", Some("spawning")),
+        ("instance.create.end", None),
+    ];
+    steps
+        .iter()
+        .filter(|(_, ts)| skip.is_none() || *ts != skip)
+        .enumerate()
+        .map(|(i, (e, ts))| nova(e, id, *ts, t + i as f64 * 20.0))
+        .collect()
+}
+
+#[test]
+fn bundled_nova_flow_flags_builds_that_skip_a_step_nova_always_takes() {
+    let src = std::fs::read_to_string("models/nova_instance_create.flow").unwrap();
+    let mut e = Engine::new(compile(&src));
+    let mut msgs = Vec::new();
+    for i in 0..500 {
+        msgs.extend(nova_build(&format!("n{i}"), i as f64 * 200.0, None));
+    }
+    feed(&mut e, &msgs);
+    e.learn = false;
+    let mut msgs = Vec::new();
+    let mut astray = Vec::new();
+    for i in 0..100 {
+        let skip = match i % 25 {
+            3 => Some("networking"),
+            17 => Some("block_device_mapping"),
+            _ => None,
+        };
+        let id = format!("t{i}");
+        if skip.is_some() {
+            astray.push(id.clone());
+        }
+        msgs.extend(nova_build(&id, 100_000.0 + i as f64 * 200.0, skip));
+    }
+    let out = feed(&mut e, &msgs);
+    let flagged: Vec<String> = anomalies(&out).iter().map(|a| a.object.clone()).collect();
+    assert_eq!(flagged, astray);
+    assert!(anomalies(&out)
+        .iter()
+        .all(|a| a.threshold == "never_predicted" && a.probability == 0.0));
+}
