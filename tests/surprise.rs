@@ -428,3 +428,45 @@ fn bundled_nova_flow_flags_builds_that_skip_a_step_nova_always_takes() {
         .iter()
         .all(|a| a.threshold == "never_predicted" && a.probability == 0.0));
 }
+
+#[test]
+fn the_service_sends_an_anomaly_to_alertmanager_as_flowcast_path_unlikely_and_ends_it() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    // A priori counts, and a fixed threshold: no learning period before the first verdict.
+    let flow = BRANCHES.replace(
+        "learn { half_life off }",
+        "transitions { start -> check 100  check -> ok 90  check -> retry 10  ok -> done 100  retry -> done 100 }\n    learn { half_life off }\n    anomaly { min_probability 0.01 }",
+    );
+    std::fs::write(models.join("job.flow"), flow).unwrap();
+    let am = common::Capture::start(0);
+    let config = format!(
+        "models: {models:?}\nsource: {{ kind: file, path: \"-\" }}\nclock: {{ mode: event, idle_after_ms: \"0\" }}\nsinks:\n  - kind: alertmanager\n    url: {}\n",
+        am.url()
+    );
+    let (svc, mut stdin) = common::start_with_stdin(dir.path(), &config);
+    let mut rng = Lcg(1);
+    let mut lines = String::new();
+    let mut msgs = job("n1", 0.0, false, &mut rng);
+    msgs.extend(job("f1", 100.0, true, &mut rng));
+    for m in &msgs {
+        lines.push_str(&serde_json::to_string(&m.value).unwrap());
+        lines.push('\n');
+    }
+    stdin.write_all(lines.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    svc.wait_messages(msgs.len());
+    svc.wait_until("alertmanager deliveries", || am.received().len() == 2);
+    assert_eq!(svc.metric("flowcast_anomalies_total"), 1.0);
+    drop(stdin);
+    svc.stop();
+    let got = am.received();
+    let (fire, end) = (&got[0].1[0], &got[1].1[0]);
+    assert_eq!(fire["labels"]["alertname"], "FlowcastPathUnlikely");
+    assert_eq!(fire["labels"]["object"], "f1");
+    assert!(fire.get("endsAt").is_none());
+    assert_eq!(end["labels"], fire["labels"]);
+    assert!(end.get("endsAt").is_some());
+}

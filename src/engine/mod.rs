@@ -81,7 +81,8 @@ pub struct Stats {
     pub scored_steps: u64,
 }
 
-/// Where one object is in one flow. Kept to 40 bytes: there may be millions. What only
+/// Where one object is in one flow. Kept to 56 bytes (48 without the surprise window):
+/// there may be millions. What only
 /// alerting objects need lives in `FlowRuntime::alert_log`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct ObjectState {
