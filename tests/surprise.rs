@@ -470,3 +470,22 @@ fn the_service_sends_an_anomaly_to_alertmanager_as_flowcast_path_unlikely_and_en
     assert_eq!(end["labels"], fire["labels"]);
     assert!(end.get("endsAt").is_some());
 }
+
+#[test]
+fn detection_takes_any_event_text_without_panicking() {
+    use flowcast::eval::detect::{detect, parse_sessions, DetectConfig};
+    // Backslashes, quotes, globs and control characters are event names like any other.
+    let normal: String = (0..60)
+        .map(|i| format!("a\\u0001 \"b\" \u{1} * c{}\n", i % 2))
+        .collect();
+    let abnormal = "a\\u0001 [x] *\n\u{1} \\\n";
+    let r = detect(
+        &parse_sessions(&normal),
+        &parse_sessions(abnormal),
+        DetectConfig::default(),
+    );
+    assert_eq!((r.train_sessions, r.abnormal_sessions), (40, 2));
+    // Both abnormal sessions hold events never seen: the unseen-transition baseline flags them.
+    assert_eq!(r.methods[1].true_positives, 2);
+    assert_eq!(r.methods[1].false_positives, 0);
+}

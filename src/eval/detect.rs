@@ -78,26 +78,26 @@ pub fn parse_sessions(text: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// A flow with one state per event seen in training (`e0`, `e1`, ... labelled with the event),
-/// `unknown` for any other event and `end` at the end of a session.
-fn session_flow(train: &[Vec<String>], cfg: &DetectConfig) -> (CompiledFlow, usize) {
-    let mut events: Vec<&str> = Vec::new();
-    let mut seen = HashSet::new();
+/// A flow with one state per event seen in training (`e0`, `e1`, ...), `unknown` for any
+/// other event and `end` at the end of a session. The events' own text never enters the flow
+/// source (a backslash or a `*` in it would be an escape or a glob): messages carry the
+/// state's name as their event type, and `events` maps each event to it.
+fn session_flow(
+    train: &[Vec<String>],
+    cfg: &DetectConfig,
+) -> (CompiledFlow, HashMap<String, String>) {
+    let mut events: HashMap<String, String> = HashMap::new();
     for e in train.iter().flatten() {
-        if seen.insert(e.as_str()) {
-            events.push(e);
-        }
+        let next = format!("e{}", events.len());
+        events.entry(e.clone()).or_insert(next);
     }
     let mut src = String::from("flow sessions {\n  key id\n  initial begin\n  terminal end\n");
     src.push_str("  state unknown\n");
-    for (i, e) in events.iter().enumerate() {
-        src.push_str(&format!("  state e{i} {}\n", quote(e)));
-    }
     src.push_str("  on \"session.begin\" -> begin\n  on \"session.end\" -> end\n");
-    for (i, e) in events.iter().enumerate() {
-        src.push_str(&format!("  on {} -> e{i}\n", quote(&format!("event.{e}"))));
+    src.push_str("  on \"unknown\" -> unknown\n");
+    for i in 0..events.len() {
+        src.push_str(&format!("  state e{i}\n  on \"e{i}\" -> e{i}\n"));
     }
-    src.push_str("  on \"*\" -> unknown\n");
     src.push_str("  learn { half_life off  repeats count  expire 3650d }\n");
     src.push_str(&format!(
         "  anomaly {{ false_alarm_rate {} }}\n}}\n",
@@ -105,11 +105,7 @@ fn session_flow(train: &[Vec<String>], cfg: &DetectConfig) -> (CompiledFlow, usi
     ));
     let c = crate::model::compile_files([("sessions.flow".to_string(), src.into_bytes())]);
     assert!(!c.has_errors(), "the session flow is ours: {}", c.render());
-    (c.flows.into_iter().next().expect("one flow"), events.len())
-}
-
-fn quote(s: &str) -> String {
-    serde_json::to_string(s).expect("a string serialises")
+    (c.flows.into_iter().next().expect("one flow"), events)
 }
 
 fn message(event: &str, id: &str, t: i64) -> Message {
@@ -122,7 +118,14 @@ fn message(event: &str, id: &str, t: i64) -> Message {
 
 /// Feeds one session; returns the index of the step of its first anomaly (if any) and the
 /// session's largest step surprise.
-fn replay(e: &mut Engine, id: &str, s: &[String], t0: i64, out: &mut Vec<Record>) -> Verdict {
+fn replay(
+    e: &mut Engine,
+    events: &HashMap<String, String>,
+    id: &str,
+    s: &[String],
+    t0: i64,
+    out: &mut Vec<Record>,
+) -> Verdict {
     let mut first = None;
     let mut score = 0.0;
     let mut t = t0;
@@ -131,10 +134,10 @@ fn replay(e: &mut Engine, id: &str, s: &[String], t0: i64, out: &mut Vec<Record>
     for i in 0..=s.len() {
         t += 1000;
         let event = match s.get(i) {
-            Some(ev) => format!("event.{ev}"),
-            None => "session.end".to_string(),
+            Some(ev) => events.get(ev).map_or("unknown", String::as_str),
+            None => "session.end",
         };
-        e.observe(&message(&event, id, t), out);
+        e.observe(&message(event, id, t), out);
         for r in out.drain(..) {
             match r {
                 Record::Anomaly(_) if first.is_none() => first = Some(i),
@@ -155,12 +158,12 @@ fn replay(e: &mut Engine, id: &str, s: &[String], t0: i64, out: &mut Vec<Record>
 pub fn detect(normal: &[Vec<String>], abnormal: &[Vec<String>], cfg: DetectConfig) -> DetectReport {
     let n_train = (normal.len() * 2).div_ceil(3);
     let (train, normal_test) = normal.split_at(n_train);
-    let (flow, _) = session_flow(train, &cfg);
+    let (flow, events) = session_flow(train, &cfg);
     let mut e = Engine::new(vec![flow]);
     let mut out = Vec::new();
     let mut t = 0i64;
     for (i, s) in train.iter().enumerate() {
-        replay(&mut e, &format!("train{i}"), s, t, &mut out);
+        replay(&mut e, &events, &format!("train{i}"), s, t, &mut out);
         t += (s.len() as i64 + 2) * 1000;
     }
     e.freeze();
@@ -173,7 +176,7 @@ pub fn detect(normal: &[Vec<String>], abnormal: &[Vec<String>], cfg: DetectConfi
         .iter()
         .enumerate()
         .map(|(i, (s, _))| {
-            let v = replay(&mut e, &format!("test{i}"), s, t, &mut out);
+            let v = replay(&mut e, &events, &format!("test{i}"), s, t, &mut out);
             t += (s.len() as i64 + 2) * 1000;
             v
         })
