@@ -98,6 +98,12 @@ sed 's/learn { expire 30d }/learn { expire 30d  model fixed }/' bench/flows/five
 read -r T_FIXED _ < <(measure $FC replay --models "$OUT/five_fixed.flow" "$OUT/small.jsonl")
 row "replay, ${BYTES}-byte events, 5-state flow, model fixed (one core) | $(rate "$N_SMALL" "$T_FIXED") events/s | the default (model auto): $(rate "$N_SMALL" "$T_REPLAY")/s | auto at $(ratio "$T_FIXED" "$T_REPLAY") of the fixed rate | -"
 
+# The same stream without surprise scoring (`anomaly off`): what scoring every step costs
+# (it is on by default; issue 12 allows it 15% of replay throughput).
+sed 's/learn { expire 30d }/learn { expire 30d }\n    anomaly off/' bench/flows/five_state.flow > "$OUT/five_no_anomaly.flow"
+read -r T_NOANOM _ < <(measure $FC replay --models "$OUT/five_no_anomaly.flow" "$OUT/small.jsonl")
+row "replay, ${BYTES}-byte events, 5-state flow, anomaly off (one core) | $(rate "$N_SMALL" "$T_NOANOM") events/s | the default (surprise scored): $(rate "$N_SMALL" "$T_REPLAY")/s | scored at $(ratio "$T_NOANOM" "$T_REPLAY") of the unscored rate | >= 0.85"
+
 N_NOVA=$(wc -l < "$OUT/nova.jsonl")
 NOVA_BYTES=$(( $(wc -c < "$OUT/nova.jsonl") / N_NOVA ))
 read -r T_REPLAY _ < <(measure $FC replay --models models "$OUT/nova.jsonl")

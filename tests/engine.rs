@@ -124,6 +124,8 @@ fn alerts_are_never_duplicated_and_resolve_when_the_object_moves_on() {
             Record::Outcome(o) => format!("outcome {} {}", o.outcome, o.alerted),
             Record::Unexpected(u) => format!("unexpected {}", u.to),
             Record::Prediction(p) => format!("prediction {}", p.state),
+            Record::Anomaly(a) => format!("anomaly {}", a.state),
+            Record::AnomalyResolved(a) => format!("anomaly_resolved {}", a.state),
         })
         .collect();
     assert_eq!(

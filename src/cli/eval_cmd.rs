@@ -351,6 +351,55 @@ pub struct EvalArgs {
     pub truth: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "table")]
     pub output: super::model_cmd::TableFormat,
+    /// Detection mode: the log is a file of normal sessions and this one of abnormal sessions
+    /// (one session per line, events separated by spaces: DeepLog's HDFS files). The first 2/3
+    /// of the normal sessions train; the rest and every abnormal one test. Reports precision,
+    /// recall, F1, false alarms per 1,000 normal sessions, ROC AUC and lead of the `anomaly`
+    /// record, beside the unseen-transition and unseen-n-gram baselines.
+    #[arg(long, value_name = "FILE")]
+    pub abnormal: Option<PathBuf>,
+    /// Detection mode: the share of learned steps the calibrated thresholds flag.
+    #[arg(long, default_value_t = 0.001)]
+    pub false_alarm_rate: f64,
+    /// Detection mode: the length of the n-gram baseline.
+    #[arg(long, default_value_t = 5)]
+    pub ngram: usize,
+}
+
+/// `flowcast eval NORMAL --abnormal ABNORMAL`: the detection protocol of `eval::detect`.
+fn eval_detect(args: &EvalArgs, abnormal: &Path) -> anyhow::Result<ExitCode> {
+    if args.logs.len() != 1 {
+        eprintln!("error: --abnormal takes one file of normal sessions");
+        return Ok(ExitCode::Usage);
+    }
+    if !(args.false_alarm_rate > 0.0 && args.false_alarm_rate < 1.0) || args.ngram < 2 {
+        eprintln!("error: --false-alarm-rate must be above 0 and below 1, --ngram at least 2");
+        return Ok(ExitCode::Usage);
+    }
+    let read = |p: &Path| {
+        anyhow::Context::with_context(std::fs::read_to_string(p), || {
+            format!("cannot read {}", p.display())
+        })
+    };
+    let normal = crate::eval::detect::parse_sessions(&read(&args.logs[0])?);
+    let abnormal = crate::eval::detect::parse_sessions(&read(abnormal)?);
+    if normal.len() < 3 {
+        eprintln!(
+            "error: {} holds fewer than 3 sessions",
+            args.logs[0].display()
+        );
+        return Ok(ExitCode::Usage);
+    }
+    let cfg = crate::eval::detect::DetectConfig {
+        false_alarm_rate: args.false_alarm_rate,
+        ngram: args.ngram,
+    };
+    let report = crate::eval::detect::detect(&normal, &abnormal, cfg);
+    match args.output {
+        super::model_cmd::TableFormat::Json => println!("{}", serde_json::to_string(&report)?),
+        super::model_cmd::TableFormat::Table => print!("{}", crate::eval::detect::render(&report)),
+    }
+    Ok(ExitCode::Ok)
 }
 
 fn parse_calendar(s: &str) -> Result<model::Calendar, String> {
@@ -441,6 +490,9 @@ fn expand_logs(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    if let Some(abnormal) = &args.abnormal {
+        return eval_detect(&args, abnormal);
+    }
     let logs = expand_logs(&args.logs)?;
     if args.logs.len() == 1 && logs.len() == 1 && !args.logs[0].is_dir() {
         return eval_one(&args, &logs[0]);

@@ -162,6 +162,8 @@ pub struct FlowModel {
     version: u64,
     /// Its clock no longer moves (`freeze`).
     frozen: bool,
+    /// The surprises of learned steps, for calibrated anomaly thresholds (`surprise.rs`).
+    pub surprise: super::surprise::Calibration,
 }
 
 impl FlowModel {
@@ -230,6 +232,7 @@ impl FlowModel {
             solution: None,
             version: 0,
             frozen: false,
+            surprise: Default::default(),
         }
     }
 
@@ -580,6 +583,29 @@ impl FlowModel {
             }
         }
         total
+    }
+
+    /// The probability `next_distribution` gives `to`: with the self-tuning model, without
+    /// building the distribution (surprise scoring: `engine::surprise`).
+    pub fn probability_of(
+        &self,
+        sol: &Solution,
+        past: Past<'_>,
+        state: StateId,
+        to: StateId,
+        out: &mut Vec<(StateId, f64)>,
+    ) -> f64 {
+        let features = self
+            .features
+            .as_ref()
+            .is_some_and(|fm| fm.weights.contains_key(&state));
+        if let (Some(mx), false) = (&self.mixture, features) {
+            let s = state as usize;
+            let rows = self.rows(Some((&sol.succ[s][..], sol.row_weight[s])), past, state);
+            return mx.probability(&rows, state, to);
+        }
+        self.next_distribution(sol, past, state, out);
+        out.iter().find(|(s, _)| *s == to).map_or(0.0, |&(_, p)| p)
     }
 
     /// First-step distribution for an object in `state` with its `past`. The first-order row
@@ -1110,6 +1136,9 @@ pub struct LearnedCounts {
     /// The self-tuning model's losses per member (`learn { model auto }`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mixture: Option<super::mixture::LearnedMixture>,
+    /// The surprises of learned steps (calibrated anomaly thresholds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub surprise: Option<super::surprise::Calibration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1231,6 +1260,7 @@ impl FlowModel {
                 .map(|f| f.export(names))
                 .unwrap_or_default(),
             mixture: self.mixture.as_ref().map(|m| m.export(names)),
+            surprise: (self.surprise.scored > 0).then(|| self.surprise.clone()),
         }
     }
 
@@ -1285,6 +1315,9 @@ impl FlowModel {
         }
         if let (Some(mx), Some(l)) = (self.mixture.as_mut(), learned.mixture.as_ref()) {
             mx.import(l, &id_of);
+        }
+        if let Some(c) = &learned.surprise {
+            self.surprise.merge(c);
         }
         dropped
     }

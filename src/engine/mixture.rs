@@ -543,6 +543,50 @@ impl Mixture {
         }
     }
 
+    /// The probability `predict` gives `to`, without building the distribution: surprise
+    /// scoring needs one number per step (`engine::surprise`).
+    pub fn probability(&self, rows: &Rows<'_>, state: StateId, to: StateId) -> f64 {
+        let m = self.members.len();
+        let s = state as usize;
+        let weights = &self.cached[s * m..(s + 1) * m];
+        let prep = Prepared::new(rows);
+        let mut groups = Groups::default();
+        self.groups(&prep, Some(weights), &mut groups);
+        let mut slot_weight = [0.0; SLOTS];
+        for g in &groups.items[..groups.len] {
+            let a = prep.coefficients(&self.members[g.1]);
+            for (s, x) in slot_weight.iter_mut().zip(a) {
+                *s += g.2 * x;
+            }
+        }
+        // `predict` normalises by the sum of the slot weights of the rows it reads.
+        let (mut hit, mut total) = (0.0, 0.0);
+        for (slot, &sw) in slot_weight.iter().enumerate() {
+            if sw <= 0.0 {
+                continue;
+            }
+            let Some((row, _)) = rows.rows[slot] else {
+                continue;
+            };
+            let (mut t, mut h) = (0.0, 0.0);
+            for &(s, w) in row {
+                t += w;
+                if s == to {
+                    h = w;
+                }
+            }
+            if t > 0.0 {
+                total += sw;
+                hit += sw * h / t;
+            }
+        }
+        if total > 0.0 {
+            hit / total
+        } else {
+            0.0
+        }
+    }
+
     /// The mixture's first-step distribution for an object in `state` into `out`.
     pub fn predict(&self, rows: &Rows<'_>, state: StateId, out: &mut Vec<(StateId, f64)>) {
         out.clear();

@@ -17,6 +17,7 @@ pub mod output;
 pub mod projection;
 pub mod remaining;
 pub mod snapshot;
+pub mod surprise;
 pub mod table;
 pub mod time;
 
@@ -72,9 +73,16 @@ pub struct Stats {
     pub outcomes: u64,
     pub timeouts: u64,
     pub expired: u64,
+    /// `anomaly` records (one per object and episode).
+    #[serde(default)]
+    pub anomalies: u64,
+    /// Steps scored for surprise.
+    #[serde(default)]
+    pub scored_steps: u64,
 }
 
-/// Where one object is in one flow. Kept to 40 bytes: there may be millions. What only
+/// Where one object is in one flow. Kept to 56 bytes (48 without the surprise window):
+/// there may be millions. What only
 /// alerting objects need lives in `FlowRuntime::alert_log`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct ObjectState {
@@ -103,6 +111,18 @@ pub struct ObjectState {
     /// wall clock, a consumer catching up) teaches the time the process took, not the delay
     /// of the bus. Equal to `entered_ms` unless that message was late.
     pub entered_event_ms: i64,
+    /// Quantised surprises of the last steps, most recent last (`surprise.rs`: 1/16 nat each).
+    #[serde(default)]
+    pub surprise: [u8; 5],
+    /// The largest of all its steps.
+    #[serde(default)]
+    pub surprise_peak: u8,
+    /// Steps that crossed an anomaly threshold (saturating).
+    #[serde(default)]
+    pub unusual: u8,
+    /// An `anomaly` record was emitted for this object: no other until it ends.
+    #[serde(default)]
+    pub anomalous: bool,
 }
 
 /// Alert times of an object that has alerted at least once.
@@ -616,7 +636,10 @@ impl Engine {
                 }
             }
             0 if keyless => self.stats.missing_key += 1,
-            0 => self.stats.unmatched += 1,
+            0 => {
+                self.stats.unmatched += 1;
+                self.unknown_event(msg, now, out);
+            }
             1 => self.stats.matched += 1,
             _ => {
                 self.stats.matched += 1;
@@ -778,6 +801,10 @@ impl Engine {
                     last_seen_ms: now,
                     first_seen_ms: now,
                     entered_event_ms: trig.event_ms().unwrap_or(now),
+                    surprise: [0; 5],
+                    surprise_peak: 0,
+                    unusual: 0,
+                    anomalous: false,
                 },
             );
             self.entered(fi, &key, now, trig, out);
@@ -796,6 +823,10 @@ impl Engine {
         };
         let before = *obj;
         let learn = before.teaches;
+        if !rt.flow.anomaly.off {
+            self.score_step(fi, &key, &before, target, now, trig, out);
+        }
+        let rt = &mut self.flows[fi];
         if !rt.model.learns(from, target) {
             self.stats.unexpected += 1;
             out.push(Record::Unexpected(Unexpected {
@@ -903,10 +934,228 @@ impl Engine {
             alerted: log.is_some(),
             lead_time_ms: log.map(|l| now - l.first_ms),
             cause: trig.cause(),
+            surprise_peak: (!flow.anomaly.off)
+                .then(|| round6(surprise::nats(u32::from(obj.surprise_peak)))),
         }));
+        if obj.anomalous {
+            out.push(Record::AnomalyResolved(AnomalyResolved {
+                at: format_rfc3339(now),
+                flow: flow.name.clone(),
+                object: key.to_string(),
+                state: flow.name_of(outcome).to_string(),
+                reason: match kind {
+                    "success" => "completed",
+                    "artifact" => "artifact",
+                    _ => "expired",
+                }
+                .into(),
+                unusual_steps: u32::from(obj.unusual),
+                surprise_peak: round6(surprise::nats(u32::from(obj.surprise_peak))),
+            }));
+        }
         let rt = &mut self.flows[fi];
         rt.objects.swap_remove(&key);
         rt.finished.insert(key);
+    }
+
+    /// Scores the step of object `key` from `before.state` to `to` with the model as it is
+    /// before the step is learned: its probability, rank and surprise go into the object's
+    /// window, into the flow's calibration when the object teaches, and into an `anomaly`
+    /// record when a threshold is crossed for the first time in the object's life.
+    #[allow(clippy::too_many_arguments)]
+    fn score_step(
+        &mut self,
+        fi: usize,
+        key: &ObjectKey,
+        before: &ObjectState,
+        to: StateId,
+        now: i64,
+        trig: Trigger<'_>,
+        out: &mut Vec<Record>,
+    ) {
+        self.stats.scored_steps += 1;
+        let rt = &mut self.flows[fi];
+        let cfg = rt.flow.anomaly;
+        if rt.model.cached().is_none() {
+            rt.model.solution();
+        }
+        let sol = rt.model.cached().expect("solved");
+        let p = rt
+            .model
+            .probability_of(sol, before.past(), before.state, to, &mut self.scratch);
+        // The rank needs the whole distribution: only for `top`, or for a record.
+        let rank = cfg.top.map(|_| {
+            rt.model
+                .next_distribution(sol, before.past(), before.state, &mut self.scratch);
+            surprise::probability_and_rank(&self.scratch, to).1
+        });
+        let q = surprise::quantise(p);
+        let Some(obj) = rt.objects.get_mut(key) else {
+            return;
+        };
+        obj.surprise.rotate_left(1);
+        obj.surprise[4] = q;
+        obj.surprise_peak = obj.surprise_peak.max(q);
+        let window = surprise::window_sum(&obj.surprise, cfg.window);
+        // A step the model gave nothing is not calibrated: in the learning period it is each
+        // transition's first time, and counting those would raise the thresholds until no
+        // never-seen step could cross them (EVALUATION.md, "Surprise").
+        let never = p <= 0.0;
+        if before.teaches && !never {
+            rt.model.surprise.record(cfg.min_learned, q, window);
+        }
+        let crossed = if cfg.calibrated() {
+            match rt.model.surprise.thresholds_cached(&cfg) {
+                Some(_) if never => Some(surprise::Crossed::NeverPredicted),
+                Some((step, _)) if u32::from(q) > step => {
+                    Some(surprise::Crossed::StepSurprise(surprise::nats(step)))
+                }
+                Some((_, win)) if surprise::window_bin(window) as u32 > win => Some(
+                    surprise::Crossed::WindowSurprise(surprise::window_bin_nats(win)),
+                ),
+                _ => None,
+            }
+        } else if let Some(m) = cfg.min_probability.filter(|&m| p < m) {
+            Some(surprise::Crossed::MinProbability(m))
+        } else if let Some(g) = cfg
+            .top
+            .filter(|&g| rank.is_some_and(|r| r > usize::from(g)))
+        {
+            Some(surprise::Crossed::Top(g))
+        } else {
+            cfg.window_surprise
+                .filter(|&w| surprise::nats(window) > w)
+                .map(surprise::Crossed::WindowSurprise)
+        };
+        let Some(crossed) = crossed else {
+            return;
+        };
+        obj.unusual = obj.unusual.saturating_add(1);
+        if obj.anomalous {
+            return;
+        }
+        obj.anomalous = true;
+        let unusual = obj.unusual;
+        self.stats.anomalies += 1;
+        let sol = rt.model.cached().expect("solved");
+        rt.model
+            .next_distribution(sol, before.past(), before.state, &mut self.scratch);
+        let rank = surprise::probability_and_rank(&self.scratch, to).1;
+        let flow = &rt.flow;
+        let mut expected = self.scratch.clone();
+        expected.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let expected = expected
+            .iter()
+            .take(3)
+            .map(|&(s, p)| (flow.name_of(s).to_string(), round6(p)))
+            .collect();
+        let path = before
+            .history_slice()
+            .iter()
+            .chain([&before.state, &to])
+            .map(|&s| flow.name_of(s).to_string())
+            .collect();
+        out.push(Record::Anomaly(Anomaly {
+            at: format_rfc3339(now),
+            flow: flow.name.clone(),
+            object: key.to_string(),
+            state: flow.name_of(to).to_string(),
+            from: flow.name_of(before.state).to_string(),
+            probability: round6(p),
+            rank,
+            surprise: round6(surprise::surprise(p)),
+            window_surprise: round6(surprise::nats(window)),
+            expected,
+            path,
+            unusual_steps: u32::from(unusual),
+            threshold: crossed.name().into(),
+            threshold_value: round6(crossed.value()),
+            calibrated: cfg.calibrated(),
+            cause: trig.cause(),
+        }));
+    }
+
+    /// A message no rule of any flow matched: for each flow with `anomaly { unknown_events on }`
+    /// that has the object it names in flight, a step of maximal surprise (the object stays
+    /// where it is): an `anomaly` unless one was already emitted for the object.
+    fn unknown_event(&mut self, msg: &Message, now: i64, out: &mut Vec<Record>) {
+        for fi in 0..self.flows.len() {
+            let rt = &self.flows[fi];
+            let cfg = rt.flow.anomaly;
+            if cfg.off || !cfg.unknown_events {
+                continue;
+            }
+            if rt.flow.filter.as_ref().is_some_and(|f| !f.eval(&msg.value)) {
+                continue;
+            }
+            let KeyOf::Key(key) = rt.key_of(msg, self.limits.max_key_bytes) else {
+                continue;
+            };
+            let Some(&before) = rt.objects.get(&key) else {
+                continue;
+            };
+            let trig = Trigger::Message {
+                event_type: msg.event_type(),
+                message_id: msg.message_id.as_deref(),
+                event_ms: msg.time_ms,
+            };
+            self.stats.scored_steps += 1;
+            let rt = &mut self.flows[fi];
+            rt.model.set_now(now);
+            if rt.model.cached().is_none() {
+                rt.model.solution();
+            }
+            let q = surprise::quantise(0.0);
+            let Some(obj) = rt.objects.get_mut(&key) else {
+                continue;
+            };
+            obj.last_seen_ms = now;
+            obj.surprise.rotate_left(1);
+            obj.surprise[4] = q;
+            obj.surprise_peak = obj.surprise_peak.max(q);
+            obj.unusual = obj.unusual.saturating_add(1);
+            let window = surprise::window_sum(&obj.surprise, cfg.window);
+            if obj.anomalous {
+                continue;
+            }
+            obj.anomalous = true;
+            let unusual = obj.unusual;
+            self.stats.anomalies += 1;
+            let sol = rt.model.cached().expect("solved");
+            rt.model
+                .next_distribution(sol, before.past(), before.state, &mut self.scratch);
+            let flow = &rt.flow;
+            let mut expected = self.scratch.clone();
+            expected.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let state = flow.name_of(before.state).to_string();
+            out.push(Record::Anomaly(Anomaly {
+                at: format_rfc3339(now),
+                flow: flow.name.clone(),
+                object: key.to_string(),
+                state: state.clone(),
+                from: state,
+                probability: 0.0,
+                rank: self.scratch.len() + 1,
+                surprise: round6(surprise::surprise(0.0)),
+                window_surprise: round6(surprise::nats(window)),
+                expected: expected
+                    .iter()
+                    .take(3)
+                    .map(|&(s, p)| (flow.name_of(s).to_string(), round6(p)))
+                    .collect(),
+                path: before
+                    .history_slice()
+                    .iter()
+                    .chain([&before.state])
+                    .map(|&s| flow.name_of(s).to_string())
+                    .collect(),
+                unusual_steps: u32::from(unusual),
+                threshold: "unknown_event".into(),
+                threshold_value: 0.0,
+                calibrated: false,
+                cause: trig.cause(),
+            }));
+        }
     }
 
     /// An object has just entered its current state: set its timers and judge its risk.
@@ -1341,7 +1590,9 @@ mod tests {
     fn per_object_state_stays_small() {
         // 48 bytes: the first-seen time and the dwell class before last feed `features`; the
         // entering message's own time keeps dwell learned from event times (late messages).
-        assert_eq!(std::mem::size_of::<super::ObjectState>(), 48);
+        // 56: the last 8 bytes are the surprise window (a ring of 5 quantised steps), the
+        // peak step, the unusual-step count and the anomaly flag (`surprise.rs`).
+        assert_eq!(std::mem::size_of::<super::ObjectState>(), 56);
         assert_eq!(std::mem::size_of::<super::key::ObjectKey>(), 24);
     }
 }

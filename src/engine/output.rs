@@ -14,6 +14,10 @@ pub enum Record {
     Unexpected(Unexpected),
     /// With tracing on: the prediction made as an object entered a state.
     Prediction(super::Prediction),
+    /// An object's step or recent path was improbable (`anomaly { ... }`, issue 12).
+    Anomaly(Anomaly),
+    /// The end of an object that had an anomaly (one per object and episode).
+    AnomalyResolved(AnomalyResolved),
 }
 
 impl Record {
@@ -24,6 +28,8 @@ impl Record {
             Record::Outcome(o) => &o.flow,
             Record::Unexpected(u) => &u.flow,
             Record::Prediction(p) => &p.flow,
+            Record::Anomaly(a) => &a.flow,
+            Record::AnomalyResolved(a) => &a.flow,
         }
     }
 }
@@ -101,6 +107,10 @@ pub struct Outcome {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lead_time_ms: Option<i64>,
     pub cause: Cause,
+    /// The largest surprise (nats) of any step of the object, its last included (absent with
+    /// `anomaly off`): the object's score for detection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub surprise_peak: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,4 +121,50 @@ pub struct Unexpected {
     pub from: String,
     pub to: String,
     pub cause: Cause,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Anomaly {
+    pub at: String,
+    pub flow: String,
+    pub object: String,
+    /// The state the object went to.
+    pub state: String,
+    /// The state it left.
+    pub from: String,
+    /// The probability the model gave this step, before learning it.
+    pub probability: f64,
+    /// Its rank among the predicted next states (1 = most likely; DeepLog's top-g).
+    pub rank: usize,
+    /// The step's surprise, `-ln max(probability, 1e-6)`, in nats.
+    pub surprise: f64,
+    /// The sum of the surprises of the last `window` steps.
+    pub window_surprise: f64,
+    /// The most likely next states from `from` (at most three), with their probabilities.
+    pub expected: Vec<(String, f64)>,
+    /// Recent states, oldest first, ending with `from` and `state`.
+    pub path: Vec<String>,
+    /// Steps of this object that crossed a threshold so far (this one included).
+    pub unusual_steps: u32,
+    /// The threshold crossed: `min_probability`, `top`, `window_surprise` (nats) or
+    /// `step_surprise` (nats; calibrated), and its value.
+    pub threshold: String,
+    pub threshold_value: f64,
+    /// Whether the threshold was calibrated from what the flow learned.
+    pub calibrated: bool,
+    pub cause: Cause,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnomalyResolved {
+    pub at: String,
+    pub flow: String,
+    pub object: String,
+    /// The state the object ended in (or was in when evicted).
+    pub state: String,
+    /// `completed`, `artifact` or `expired`, as for `resolved`.
+    pub reason: String,
+    pub unusual_steps: u32,
+    /// The largest step surprise of the object, nats.
+    pub surprise_peak: f64,
 }

@@ -84,6 +84,24 @@ pub struct ObjectSnapshot {
     /// When the object was first seen (its entry into its state when unknown).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_seen_ms: Option<i64>,
+    /// Quantised surprises of its last steps (`surprise.rs`), most recent last.
+    #[serde(default, skip_serializing_if = "is_zero_ring")]
+    pub surprise: [u8; 5],
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub surprise_peak: u8,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unusual: u8,
+    /// An `anomaly` was emitted for it: a restore does not repeat it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub anomalous: bool,
+}
+
+fn is_zero(v: &u8) -> bool {
+    *v == 0
+}
+
+fn is_zero_ring(v: &[u8; 5]) -> bool {
+    v.iter().all(|&q| q == 0)
 }
 
 /// What a restore or reload kept and dropped.
@@ -135,6 +153,10 @@ fn flow_snapshot(rt: &FlowRuntime) -> FlowSnapshot {
                 last_dwell: (o.last_dwell != markov::NO_DWELL).then_some(o.last_dwell),
                 prev_dwell: (o.prev_dwell != markov::NO_DWELL).then_some(o.prev_dwell),
                 first_seen_ms: Some(o.first_seen_ms),
+                surprise: o.surprise,
+                surprise_peak: o.surprise_peak,
+                unusual: o.unusual,
+                anomalous: o.anomalous,
             }
         })
         .collect();
@@ -310,6 +332,10 @@ impl Engine {
                     prev_dwell: o.prev_dwell.unwrap_or(markov::NO_DWELL),
                     first_seen_ms: o.first_seen_ms.unwrap_or(o.entered_ms),
                     entered_event_ms: o.entered_event_ms.unwrap_or(o.entered_ms),
+                    surprise: o.surprise,
+                    surprise_peak: o.surprise_peak,
+                    unusual: o.unusual,
+                    anomalous: o.anomalous,
                 },
             );
             self.schedule(fi, &key);

@@ -260,6 +260,7 @@ impl FlowCompiler<'_> {
         let mut timeout_spans: HashMap<StateId, Span> = HashMap::new();
         let mut learning = Learning::default();
         let mut flow_level = AlertLevel::default();
+        let mut anomaly = AnomalyConfig::default();
         let mut per_artifact: Vec<(StateId, Vec<ast::Setting>)> = Vec::new();
 
         for item in &flow.items {
@@ -270,6 +271,7 @@ impl FlowCompiler<'_> {
                 Item::Unlisted(i) => Some(("unlisted", i.span)),
                 Item::Learn { span, .. } => Some(("learn", *span)),
                 Item::Alert { span, .. } => Some(("alert", *span)),
+                Item::Anomaly { span, .. } => Some(("anomaly", *span)),
                 _ => None,
             };
             if let Some((what, span)) = unique {
@@ -422,6 +424,10 @@ impl FlowCompiler<'_> {
                     timeouts[s as usize] = Some((d, a));
                 }
                 Item::Learn { settings, .. } => self.learn(settings, &mut learning),
+                Item::Anomaly { off, settings, .. } => {
+                    anomaly.off = *off;
+                    self.anomaly(settings, &mut anomaly);
+                }
                 Item::Alert {
                     settings,
                     per_artifact: arts,
@@ -485,6 +491,7 @@ impl FlowCompiler<'_> {
             timeouts,
             learning,
             alerts,
+            anomaly,
         })
     }
 
@@ -676,6 +683,92 @@ impl FlowCompiler<'_> {
             }
         }
         l.auto = model.unwrap_or(!pinned);
+    }
+
+    fn anomaly(&mut self, settings: &[ast::Setting], a: &mut AnomalyConfig) {
+        let mut seen: HashMap<&str, Span> = HashMap::new();
+        for s in settings {
+            if self.duplicate_setting(&mut seen, s) {
+                continue;
+            }
+            let v = &s.value;
+            match s.name.name.as_str() {
+                "min_probability" => {
+                    if let Some(p) = self.probability(v) {
+                        a.min_probability = Some(p)
+                    }
+                }
+                "false_alarm_rate" => {
+                    if let Some(p) = self.probability(v) {
+                        if p > 0.0 && p < 1.0 {
+                            a.false_alarm_rate = p
+                        } else {
+                            self.err(
+                                Code::BadThreshold,
+                                v.span,
+                                "`false_alarm_rate` must be above 0 and below 1",
+                            );
+                        }
+                    }
+                }
+                "top" => {
+                    if let Some(n) = self.whole(v, 1.0, 1000.0, "`top`", "from 1 to 1000") {
+                        a.top = Some(n as u16)
+                    }
+                }
+                "window" => {
+                    let max = f64::from(AnomalyConfig::MAX_WINDOW);
+                    if let Some(n) = self.whole(v, 1.0, max, "`window`", "from 1 to 5") {
+                        a.window = n as u8
+                    }
+                }
+                "window_surprise" => {
+                    if let Some(n) = self.number(v, 0.0, 1e6, "a surprise in nats >= 0") {
+                        a.window_surprise = Some(n)
+                    }
+                }
+                "min_learned" => {
+                    if let Some(n) = self.whole(v, 0.0, 1e12, "`min_learned`", ">= 0") {
+                        a.min_learned = n as u64
+                    }
+                }
+                "unknown_events" => {
+                    if let Some(b) = self.keyword(v, "unknown_events", &[("on", true), ("off", false)],
+                        "`on`: a message no rule matches, about an object this flow has in flight, is an anomaly for it (maximal surprise)") {
+                        a.unknown_events = b;
+                    }
+                }
+                other => self.unknown_setting(
+                    &s.name,
+                    other,
+                    &[
+                        "unknown_events",
+                        "min_probability",
+                        "top",
+                        "window",
+                        "window_surprise",
+                        "false_alarm_rate",
+                        "min_learned",
+                    ],
+                    "anomaly",
+                ),
+            }
+        }
+    }
+
+    /// A whole number in `lo..=hi`, or an error naming the setting.
+    fn whole(&mut self, v: &ast::Value, lo: f64, hi: f64, name: &str, range: &str) -> Option<f64> {
+        let what = format!("a whole number {range}");
+        let n = self.number(v, lo, hi, &what)?;
+        if n.fract() != 0.0 {
+            self.err(
+                Code::BadSetting,
+                v.span,
+                format!("{name} must be a whole number {range}"),
+            );
+            return None;
+        }
+        Some(n)
     }
 
     fn alert_level(

@@ -198,6 +198,57 @@ pub struct CompiledFlow {
     pub learning: Learning,
     /// Per state (only artifacts are read): the alert level for that artifact.
     pub alerts: Vec<AlertLevel>,
+    /// When an object's path is improbable enough for an `anomaly` record.
+    pub anomaly: AnomalyConfig,
+}
+
+/// The `anomaly { ... }` block: when a step (or the last few steps) of an object is improbable
+/// under the flow's own model. Thresholds not given are calibrated from what the flow learned:
+/// the `1 - false_alarm_rate` quantile of the surprises of learned steps (`engine::surprise`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct AnomalyConfig {
+    /// `anomaly off`: no surprise is computed at all.
+    pub off: bool,
+    /// A step whose probability is below this is unusual.
+    pub min_probability: Option<f64>,
+    /// A step whose next state is not among the `top` most likely is unusual (DeepLog's top-g).
+    pub top: Option<u16>,
+    /// Steps summed into the window surprise (1 to `MAX_WINDOW`).
+    pub window: u8,
+    /// A window surprise (nats) above this is unusual.
+    pub window_surprise: Option<f64>,
+    /// Calibrated thresholds: the share of learned steps (and windows) they would flag.
+    pub false_alarm_rate: f64,
+    /// No calibrated anomaly before the flow has scored this many learned steps.
+    pub min_learned: u64,
+    /// `unknown_events on`: a message no rule of any flow matches, about an object this flow
+    /// has in flight, is a step of maximal surprise for it.
+    pub unknown_events: bool,
+}
+
+impl AnomalyConfig {
+    /// The most steps a window holds: the ring in `ObjectState` has this many bytes.
+    pub const MAX_WINDOW: u8 = 5;
+
+    /// Thresholds are calibrated rather than given.
+    pub fn calibrated(&self) -> bool {
+        self.min_probability.is_none() && self.top.is_none() && self.window_surprise.is_none()
+    }
+}
+
+impl Default for AnomalyConfig {
+    fn default() -> AnomalyConfig {
+        AnomalyConfig {
+            off: false,
+            min_probability: None,
+            top: None,
+            window: AnomalyConfig::MAX_WINDOW,
+            window_surprise: None,
+            false_alarm_rate: 0.001,
+            min_learned: 1000,
+            unknown_events: false,
+        }
+    }
 }
 
 impl CompiledFlow {

@@ -125,6 +125,16 @@ impl Metrics {
             ),
             ("flowcast_alerts_fired_total", "Alerts fired.", s.alerts),
             (
+                "flowcast_anomalies_total",
+                "Anomaly records: objects whose path the model found improbable.",
+                s.anomalies,
+            ),
+            (
+                "flowcast_surprise_steps_total",
+                "Steps scored for surprise.",
+                s.scored_steps,
+            ),
+            (
                 "flowcast_alerts_resolved_total",
                 "Alerts resolved.",
                 s.resolved,

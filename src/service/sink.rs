@@ -381,6 +381,38 @@ impl SinkTask {
                             alert["endsAt"] = json!(res.at);
                             json!([alert])
                         }
+                        // One alert per object and episode; `#` cannot start a state name, so
+                        // the key never meets a risk alert's.
+                        Record::Anomaly(a) => {
+                            let mut alert = json!({
+                                "labels": {
+                                    "alertname": "FlowcastPathUnlikely",
+                                    "flow": a.flow, "object": a.object, "severity": "warning",
+                                },
+                                "annotations": {
+                                    "summary": format!("{} {}: unlikely step {} -> {} (p = {:.2e}, rank {})",
+                                        a.flow, a.object, a.from, a.state, a.probability, a.rank),
+                                    "description": format!("Path: {}. Expected: {}. Threshold {} = {}.",
+                                        a.path.join(" -> "),
+                                        a.expected.iter().map(|(s, p)| format!("{s} ({p:.3})")).collect::<Vec<_>>().join(", "),
+                                        a.threshold, a.threshold_value),
+                                    "probability": format!("{}", a.probability),
+                                },
+                                "startsAt": a.at,
+                            });
+                            if let Some(g) = &generator_url {
+                                alert["generatorURL"] = json!(g);
+                            }
+                            active.insert((a.flow.clone(), a.object.clone(), "#anomaly".into()), alert.clone());
+                            json!([alert])
+                        }
+                        Record::AnomalyResolved(res) => {
+                            let Some(mut alert) = active.remove(&(res.flow.clone(), res.object.clone(), "#anomaly".into())) else {
+                                continue;
+                            };
+                            alert["endsAt"] = json!(res.at);
+                            json!([alert])
+                        }
                         _ => continue,
                     };
                     self.retry(|| post(&http, &endpoint, body.clone())).await;

@@ -85,6 +85,12 @@ pub enum Item {
         per_artifact: Vec<(Ident, Vec<Setting>)>,
         span: Span,
     },
+    /// `anomaly { settings }`, or `anomaly off` (`off` set, no settings).
+    Anomaly {
+        off: bool,
+        settings: Vec<Setting>,
+        span: Span,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -153,6 +153,8 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
         Rule::kw_after => "`after`",
         Rule::learn_block | Rule::kw_learn => "`learn`",
         Rule::alert_block | Rule::kw_alert => "`alert`",
+        Rule::anomaly_block | Rule::kw_anomaly => "`anomaly`",
+        Rule::anomaly_off => "`off`",
         Rule::artifact_alert | Rule::kw_for => "`for`",
         Rule::setting => "a setting",
         Rule::value => "a value",
@@ -226,7 +228,7 @@ fn syntax_error(file: FileId, text: &str, err: pest::error::Error<Rule>) -> Diag
     let message = match expected.len() {
         0 => format!("unexpected {found}"),
         // A long list helps nobody: this is the start of a flow item.
-        n if n > 5 => format!("unexpected {found}: expected a flow item (`description`, `key`, `match`, `initial`, `state`, `terminal`, `artifact`, `on`, `transitions`, `unlisted`, `timeout`, `learn`, `alert`) or `}}`"),
+        n if n > 5 => format!("unexpected {found}: expected a flow item (`description`, `key`, `match`, `initial`, `state`, `terminal`, `artifact`, `on`, `transitions`, `unlisted`, `timeout`, `learn`, `alert`, `anomaly`) or `}}`"),
         1 => format!("expected {}, found {found}", expected[0]),
         _ => {
             let last = expected.pop().unwrap_or_default();
@@ -366,6 +368,22 @@ impl Lower {
                 settings: inner.map(|s| self.setting(s)).collect(),
                 span,
             },
+            Rule::anomaly_block => {
+                let mut off = false;
+                let mut settings = Vec::new();
+                for p in inner {
+                    match p.as_rule() {
+                        Rule::anomaly_off => off = true,
+                        Rule::setting => settings.push(self.setting(p)),
+                        r => unreachable!("anomaly item {r:?}"),
+                    }
+                }
+                Item::Anomaly {
+                    off,
+                    settings,
+                    span,
+                }
+            }
             Rule::alert_block => {
                 let mut settings = Vec::new();
                 let mut per_artifact = Vec::new();
@@ -679,6 +697,7 @@ fn is_keyword(rule: Rule) -> bool {
             | Rule::kw_after
             | Rule::kw_learn
             | Rule::kw_alert
+            | Rule::kw_anomaly
             | Rule::kw_for
             | Rule::kw_and
             | Rule::kw_or
@@ -784,7 +803,7 @@ mod tests {
             "flow a { initial s } }",
             "F001 expected end of file or `flow`, found `}`",
         );
-        check("flow a { initial s = }", "F001 unexpected `=`: expected a flow item (`description`, `key`, `match`, `initial`, `state`, `terminal`, `artifact`, `on`, `transitions`, `unlisted`, `timeout`, `learn`, `alert`) or `}`");
+        check("flow a { initial s = }", "F001 unexpected `=`: expected a flow item (`description`, `key`, `match`, `initial`, `state`, `terminal`, `artifact`, `on`, `transitions`, `unlisted`, `timeout`, `learn`, `alert`, `anomaly`) or `}`");
         check("flow a { on x = 1 -> s }", "F001 expected an operator (`==`, `!=`, `<`, `<=`, `>`, `>=`), `in`, `exists`, `=~` or `glob`, found `=`");
         check("flow a { description \"x }", "F001 unterminated string");
         check(
