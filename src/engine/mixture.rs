@@ -543,9 +543,9 @@ impl Mixture {
         }
     }
 
-    /// The probability `predict` gives `to`, without building the distribution: surprise
-    /// scoring needs one number per step (`engine::surprise`).
-    pub fn probability(&self, rows: &Rows<'_>, state: StateId, to: StateId) -> f64 {
+    /// The weight of each row in the mixture for an object in `state`: each group of members'
+    /// coefficients times the group's weight, summed.
+    fn slot_weights(&self, rows: &Rows<'_>, state: StateId) -> [f64; SLOTS] {
         let m = self.members.len();
         let s = state as usize;
         let weights = &self.cached[s * m..(s + 1) * m];
@@ -559,25 +559,22 @@ impl Mixture {
                 *s += g.2 * x;
             }
         }
+        slot_weight
+    }
+
+    /// The probability `predict` gives `to`, without building the distribution: surprise
+    /// scoring needs one number per step (`engine::surprise`).
+    pub fn probability(&self, rows: &Rows<'_>, state: StateId, to: StateId) -> f64 {
+        let slot_weight = self.slot_weights(rows, state);
         // `predict` normalises by the sum of the slot weights of the rows it reads.
         let (mut hit, mut total) = (0.0, 0.0);
         for (slot, &sw) in slot_weight.iter().enumerate() {
             if sw <= 0.0 {
                 continue;
             }
-            let Some((row, _)) = rows.rows[slot] else {
-                continue;
-            };
-            let (mut t, mut h) = (0.0, 0.0);
-            for &(s, w) in row {
-                t += w;
-                if s == to {
-                    h = w;
-                }
-            }
-            if t > 0.0 {
+            if rows.rows[slot].is_some_and(|(row, _)| row.iter().any(|(_, w)| *w > 0.0)) {
                 total += sw;
-                hit += sw * h / t;
+                hit += sw * rows.q(slot, to);
             }
         }
         if total > 0.0 {
@@ -590,19 +587,7 @@ impl Mixture {
     /// The mixture's first-step distribution for an object in `state` into `out`.
     pub fn predict(&self, rows: &Rows<'_>, state: StateId, out: &mut Vec<(StateId, f64)>) {
         out.clear();
-        let m = self.members.len();
-        let s = state as usize;
-        let weights = &self.cached[s * m..(s + 1) * m];
-        let prep = Prepared::new(rows);
-        let mut groups = Groups::default();
-        self.groups(&prep, Some(weights), &mut groups);
-        let mut slot_weight = [0.0; SLOTS];
-        for g in &groups.items[..groups.len] {
-            let a = prep.coefficients(&self.members[g.1]);
-            for (s, x) in slot_weight.iter_mut().zip(a) {
-                *s += g.2 * x;
-            }
-        }
+        let slot_weight = self.slot_weights(rows, state);
         for (slot, &sw) in slot_weight.iter().enumerate() {
             if sw <= 0.0 {
                 continue;

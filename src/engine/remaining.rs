@@ -315,24 +315,11 @@ impl FlowModel {
                 })
                 .sum()
         };
-        let mut hi = parts
+        let hi = parts
             .iter()
             .map(|(_, q, s)| q[RESIDUAL_POINTS - 1] + s.last().copied().unwrap_or(0.0))
             .fold(0.0, f64::max);
-        let mut lo = 0.0;
-        if cdf(lo) >= 0.5 {
-            return 0.0;
-        }
-        // The CDF is a step function: bisect to a millisecond.
-        while hi - lo > 1.0 {
-            let mid = lo + (hi - lo) / 2.0;
-            if cdf(mid) >= 0.5 {
-                hi = mid;
-            } else {
-                lo = mid;
-            }
-        }
-        hi
+        median_by_bisection(hi, cdf)
     }
 }
 
@@ -351,13 +338,16 @@ fn weighted_median(parts: &[(f64, &[f64])]) -> f64 {
             })
             .sum()
     };
-    let (mut lo, mut hi) = (
-        0.0,
-        parts
-            .iter()
-            .filter_map(|(_, v)| v.last().copied())
-            .fold(0.0, f64::max),
-    );
+    let hi = parts
+        .iter()
+        .filter_map(|(_, v)| v.last().copied())
+        .fold(0.0, f64::max);
+    median_by_bisection(hi, cdf)
+}
+
+/// The least x in [0, hi] (to a millisecond) where the step-function `cdf` reaches 1/2.
+fn median_by_bisection(mut hi: f64, cdf: impl Fn(f64) -> f64) -> f64 {
+    let mut lo = 0.0;
     if cdf(lo) >= 0.5 {
         return 0.0;
     }
