@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh machine: installs what the tests need (nats-server and
-# openssl, from Debian's packages) if it is missing, checks formatting and lints, then runs every test.
+# Runs the whole test suite on a fresh machine: installs what the tests need if it is missing
+# (nats-server, openssl, rabbitmq-server and python3-venv from Debian's packages; OpenStack's
+# oslo.messaging from PyPI into a virtualenv under target/), checks formatting and lints, then
+# runs every test.
 # CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,14 +11,29 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# RabbitMQ: the tests start their own brokers (no system service is used).
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing from Debian's packages: ${missing[*]}"
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+    # RUNLEVEL=1: the packages' own services (rabbitmq-server's) are not started.
+    RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 nats-server --version
+
+# OpenStack's own oslo.messaging, which the amqp tests publish with (tests/oslo/notify.py).
+OSLO_VENV="${CARGO_TARGET_DIR:-target}/oslo-venv"
+[[ "$OSLO_VENV" = /* ]] || OSLO_VENV="$PWD/$OSLO_VENV"
+if ! "$OSLO_VENV/bin/python" -c 'import oslo_messaging' >/dev/null 2>&1; then
+    echo "making $OSLO_VENV with oslo.messaging from PyPI"
+    rm -rf "$OSLO_VENV"
+    python3 -m venv "$OSLO_VENV"
+    "$OSLO_VENV/bin/pip" install -q --disable-pip-version-check 'oslo.messaging>=14'
+fi
+export FLOWCAST_OSLO_PYTHON="$OSLO_VENV/bin/python"
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings

@@ -211,7 +211,7 @@ fn other_test_cases_cannot_move_a_test_cases_predictions() {
     let n_train = 200;
     // Every other test case is corrupted; in `frozen` mode their times too (each test case is
     // replayed on its own there, after the ones before it).
-    let other = |c: usize| c >= n_train && c % 2 == 0;
+    let other = |c: usize| c >= n_train && c.is_multiple_of(2);
     for cfg in configurations(&[Mode::Frozen, Mode::Live]) {
         let stretch = cfg.mode == Mode::Frozen;
         let corrupted = corrupt(&stream, stretch, |c, _| other(c));

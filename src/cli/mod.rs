@@ -81,8 +81,16 @@ pub fn main() -> std::process::ExitCode {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // lapin logs every closed channel as an error, also the expected one of a passive declare
+    // (does the exchange exist?); the amqp source reports what matters itself. `RUST_LOG`
+    // naming lapin shows them.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("lapin")) {
+        if let Ok(d) = "lapin::channel=off".parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -152,7 +152,7 @@ pub fn replay(
                 engine.count_malformed();
                 let n = engine.stats.malformed;
                 // Bounded logging: the first ten, then every thousandth.
-                if n <= 10 || n % 1000 == 0 {
+                if n <= 10 || n.is_multiple_of(1000) {
                     tracing::warn!(
                         line = line_no,
                         malformed = n,

@@ -127,10 +127,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 pub struct PublishArgs {
     /// Messages, one JSON object a line.
     pub file: PathBuf,
-    #[arg(long)]
-    pub subject: String,
+    /// The NATS subject (NATS and JetStream).
+    #[arg(long, required_unless_present = "amqp")]
+    pub subject: Option<String>,
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     pub url: String,
+    /// Publish to RabbitMQ instead, as oslo.messaging's `messagingv2` driver does: each line
+    /// wrapped in the oslo envelope, persistent, to `--exchange` with the routing key
+    /// `<topic>.<priority>` (the line's `priority`, else `info`), with publisher confirms.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["subject", "jetstream"])]
+    pub amqp: Option<String>,
+    /// The exchange (the service's `control_exchange`).
+    #[arg(long, default_value = "nova", requires = "amqp")]
+    pub exchange: String,
+    /// oslo's notification topic.
+    #[arg(long, default_value = "notifications", requires = "amqp")]
+    pub topic: String,
+    /// Send the lines as they are, without the oslo envelope.
+    #[arg(long, requires = "amqp")]
+    pub raw: bool,
     /// Messages per second (default: as fast as possible).
     #[arg(long)]
     pub rate: Option<f64>,
@@ -153,6 +168,23 @@ pub fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if let Some(url) = &args.amqp {
+        let opts = crate::service::amqp::PublishOptions {
+            url: url.clone(),
+            exchange: args.exchange.clone(),
+            topic: args.topic.clone(),
+            envelope: !args.raw,
+            rate: args.rate,
+            repeat: args.repeat,
+        };
+        let (sent, secs) = rt.block_on(crate::service::amqp::publish(&opts, &lines))?;
+        eprintln!(
+            "published {sent} messages in {secs:.3} s ({:.0}/s)",
+            sent as f64 / secs.max(1e-9)
+        );
+        return Ok(ExitCode::Ok);
+    }
+    let subject = args.subject.clone().unwrap_or_default();
     rt.block_on(async move {
         let client = async_nats::connect(args.url.as_str())
             .await
@@ -173,7 +205,7 @@ pub fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
                 }
                 if args.jetstream {
                     pending.push_back(std::future::IntoFuture::into_future(
-                        js.publish(args.subject.clone(), l.clone()).await?,
+                        js.publish(subject.clone(), l.clone()).await?,
                     ));
                     // Keep a window of acknowledgements in flight.
                     while pending.len() >= 256 {
@@ -182,7 +214,7 @@ pub fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
                         }
                     }
                 } else {
-                    client.publish(args.subject.clone(), l.clone()).await?;
+                    client.publish(subject.clone(), l.clone()).await?;
                 }
                 sent += 1;
             }

@@ -536,7 +536,7 @@ impl Mixture {
             };
         }
         self.scored += 1;
-        if self.scored < REFRESH_EVERY || self.scored % REFRESH_EVERY == 0 {
+        if self.scored < REFRESH_EVERY || self.scored.is_multiple_of(REFRESH_EVERY) {
             self.refresh_all();
         } else {
             self.reweigh(s);

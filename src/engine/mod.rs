@@ -627,7 +627,7 @@ impl Engine {
                 self.stats.malformed += 1;
                 self.stats.key_too_long += 1;
                 let n = self.stats.key_too_long;
-                if n <= 10 || n % 1000 == 0 {
+                if n <= 10 || n.is_multiple_of(1000) {
                     tracing::warn!(
                         key_too_long = n,
                         limit = self.limits.max_key_bytes,

@@ -45,6 +45,11 @@ pub struct EngineSnapshot {
     /// time), so that a stream deleted and created again is recognised.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_id: Option<String>,
+    /// Opaque to the engine: the AMQP source's window of applied message ids (hashes, oldest
+    /// first), saved with the state they went into so that redeliveries after a crash are
+    /// skipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_seen: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -255,6 +260,7 @@ impl Engine {
             stats: self.stats.clone(),
             flows,
             source_position: None,
+            source_seen: Vec::new(),
             source_id: None,
         }
     }

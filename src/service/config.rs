@@ -104,6 +104,109 @@ pub enum Source {
         /// How long an unacknowledged message waits before redelivery.
         ack_wait_ms: i64,
     },
+    /// oslo.messaging notifications from RabbitMQ (AMQP 0-9-1): flowcast's own durable queue,
+    /// bound to the services' exchanges, acknowledged once the state that applied a message is
+    /// saved.
+    Amqp(Box<Amqp>),
+}
+
+/// The `amqp` source's settings (see `docs/openstack.md`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Amqp {
+    /// `amqp://user:password@host:5672/vhost` or `amqps://...` (the vhost URL-encoded: `%2F`
+    /// for `/`).
+    pub url: String,
+    /// Override the URL's user and password (the password may come from a file).
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// CA certificate (PEM) for `amqps://`.
+    pub tls_ca: Option<PathBuf>,
+    /// The services' `control_exchange`s to bind to.
+    pub exchanges: Vec<String>,
+    /// oslo's routing keys: `<topic>.<priority>`, topic-exchange patterns.
+    pub routing_keys: Vec<String>,
+    /// flowcast's own queue: it receives copies, never another consumer's messages.
+    pub queue: String,
+    pub queue_type: QueueType,
+    /// Unacknowledged messages the broker may have out to flowcast at once.
+    pub prefetch: u16,
+    /// `x-message-ttl`: a message waiting longer in the queue is dropped by the broker.
+    pub message_ttl_ms: Option<i64>,
+    /// `x-max-length` / `x-max-length-bytes`: the queue's bound while flowcast is down.
+    pub max_length: Option<u64>,
+    pub max_length_bytes: Option<u64>,
+    /// Messages that can never be applied are rejected to this exchange (`x-dead-letter-
+    /// exchange`) instead of being acknowledged and counted only.
+    pub dead_letter_exchange: Option<String>,
+    /// Declare missing service exchanges as durable (oslo's `amqp_durable_queues`).
+    pub durable_exchanges: bool,
+    /// How many message ids are remembered (and saved in the snapshot) to skip redeliveries.
+    pub dedup_window: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueType {
+    Classic,
+    Quorum,
+}
+
+impl Amqp {
+    fn validate(&self) -> Result<(), String> {
+        let tls = self.url.starts_with("amqps://");
+        if !tls && !self.url.starts_with("amqp://") {
+            return Err(format!(
+                "an `amqp` source's `url` starts with `amqp://` or `amqps://`, not `{}`",
+                self.url.split("://").next().unwrap_or_default()
+            ));
+        }
+        if self.tls_ca.is_some() && !tls {
+            return Err("`tls_ca` needs an `amqps://` url".into());
+        }
+        if self.password.is_some() && self.password_file.is_some() {
+            return Err("`password` and `password_file`: give one or the other".into());
+        }
+        if self.exchanges.is_empty() || self.exchanges.iter().any(|e| e.is_empty()) {
+            return Err("`exchanges` lists the services' exchanges (`nova`, `cinder`...); it is empty or has an empty name".into());
+        }
+        if self.routing_keys.is_empty() {
+            return Err("`routing_keys` is empty: nothing would be received".into());
+        }
+        if self.queue.is_empty() || self.queue.starts_with("amq.") {
+            return Err(format!(
+                "`queue` `{}`: a name is needed, and `amq.` is the broker's own prefix",
+                self.queue
+            ));
+        }
+        if self.prefetch == 0 {
+            return Err("`prefetch` is at least 1 (0 would mean unlimited)".into());
+        }
+        if self.dedup_window < self.prefetch as usize {
+            return Err(format!(
+                "`dedup_window` ({}) is at least `prefetch` ({}): every message the broker may redeliver must be remembered",
+                self.dedup_window, self.prefetch
+            ));
+        }
+        if self.message_ttl_ms.is_some_and(|t| t <= 0) {
+            return Err("`message_ttl_ms` is a positive duration".into());
+        }
+        Ok(())
+    }
+
+    /// The password, from `password` or `password_file` (an unreadable or empty file is an
+    /// error).
+    pub fn password(&self) -> anyhow::Result<Option<String>> {
+        let Some(path) = &self.password_file else {
+            return Ok(self.password.clone());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("source.password_file {}: {e}", path.display()))?;
+        match text.trim_end_matches(['\r', '\n']) {
+            "" => anyhow::bail!("source.password_file {} is empty", path.display()),
+            p => Ok(Some(p.to_string())),
+        }
+    }
 }
 
 /// Every setting of any source, read as it comes so that an error points at its own line
@@ -121,6 +224,23 @@ struct SourceFields {
     create: Option<bool>,
     #[serde(default, deserialize_with = "some_duration")]
     ack_wait_ms: Option<i64>,
+    url: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    exchanges: Option<Vec<String>>,
+    routing_keys: Option<Vec<String>>,
+    queue: Option<String>,
+    queue_type: Option<QueueType>,
+    prefetch: Option<u16>,
+    #[serde(default, deserialize_with = "some_duration")]
+    message_ttl_ms: Option<i64>,
+    max_length: Option<u64>,
+    max_length_bytes: Option<u64>,
+    dead_letter_exchange: Option<String>,
+    durable_exchanges: Option<bool>,
+    dedup_window: Option<usize>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -129,6 +249,7 @@ enum SourceKind {
     File,
     Nats,
     Jetstream,
+    Amqp,
 }
 
 impl SourceFields {
@@ -141,6 +262,22 @@ impl SourceFields {
             ("consumer", self.consumer.is_some()),
             ("create", self.create.is_some()),
             ("ack_wait_ms", self.ack_wait_ms.is_some()),
+            ("url", self.url.is_some()),
+            ("user", self.user.is_some()),
+            ("password", self.password.is_some()),
+            ("password_file", self.password_file.is_some()),
+            ("tls_ca", self.tls_ca.is_some()),
+            ("exchanges", self.exchanges.is_some()),
+            ("routing_keys", self.routing_keys.is_some()),
+            ("queue", self.queue.is_some()),
+            ("queue_type", self.queue_type.is_some()),
+            ("prefetch", self.prefetch.is_some()),
+            ("message_ttl_ms", self.message_ttl_ms.is_some()),
+            ("max_length", self.max_length.is_some()),
+            ("max_length_bytes", self.max_length_bytes.is_some()),
+            ("dead_letter_exchange", self.dead_letter_exchange.is_some()),
+            ("durable_exchanges", self.durable_exchanges.is_some()),
+            ("dedup_window", self.dedup_window.is_some()),
         ];
         let subjects = self.subjects.unwrap_or_else(default_subjects);
         Ok(match self.kind {
@@ -172,6 +309,67 @@ impl SourceFields {
                     create: self.create.unwrap_or(true),
                     ack_wait_ms: self.ack_wait_ms.unwrap_or_else(default_ack_wait),
                 }
+            }
+            SourceKind::Amqp => {
+                only_settings(
+                    "an `amqp` source",
+                    &set,
+                    &[
+                        "url",
+                        "user",
+                        "password",
+                        "password_file",
+                        "tls_ca",
+                        "exchanges",
+                        "routing_keys",
+                        "queue",
+                        "queue_type",
+                        "prefetch",
+                        "message_ttl_ms",
+                        "max_length",
+                        "max_length_bytes",
+                        "dead_letter_exchange",
+                        "durable_exchanges",
+                        "dedup_window",
+                    ],
+                )?;
+                let a = Amqp {
+                    url: self
+                        .url
+                        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2F".into()),
+                    user: self.user,
+                    password: self.password,
+                    password_file: self.password_file,
+                    tls_ca: self.tls_ca,
+                    exchanges: self.exchanges.unwrap_or_else(|| {
+                        [
+                            "nova",
+                            "cinder",
+                            "neutron",
+                            "glance",
+                            "keystone",
+                            "openstack",
+                        ]
+                        .map(String::from)
+                        .to_vec()
+                    }),
+                    routing_keys: self.routing_keys.unwrap_or_else(|| {
+                        ["notifications.*", "versioned_notifications.*"]
+                            .map(String::from)
+                            .to_vec()
+                    }),
+                    queue: self.queue.unwrap_or_else(default_consumer),
+                    queue_type: self.queue_type.unwrap_or(QueueType::Classic),
+                    prefetch: self.prefetch.unwrap_or(2000),
+                    message_ttl_ms: self.message_ttl_ms,
+                    max_length: self.max_length,
+                    max_length_bytes: self.max_length_bytes,
+                    dead_letter_exchange: self.dead_letter_exchange,
+                    durable_exchanges: self.durable_exchanges.unwrap_or(false),
+                    dedup_window: self.dedup_window.unwrap_or(100_000),
+                };
+                a.validate()?;
+                Source::Amqp(Box::new(a))
             }
         })
     }
@@ -661,7 +859,7 @@ impl Config {
         }
         let source_subjects = match &self.source {
             Source::Nats { subjects, .. } | Source::Jetstream { subjects, .. } => &subjects[..],
-            Source::File { .. } => &[],
+            Source::File { .. } | Source::Amqp(_) => &[],
         };
         for s in &self.sinks {
             if let Sink::Nats { prefix } = s {

@@ -27,6 +27,11 @@ pub struct Metrics {
     pub last_reload_unix: AtomicI64,
     pub nats_connected: AtomicI64,
     pub nats_events: Mutex<BTreeMap<String, u64>>,
+    pub amqp_connected: AtomicI64,
+    pub amqp_events: Mutex<BTreeMap<String, u64>>,
+    /// AMQP: messages applied and not yet acknowledged (waiting for the snapshot that covers
+    /// them).
+    pub amqp_unacked: AtomicI64,
     pub sink_sent: Mutex<BTreeMap<String, u64>>,
     pub sink_failures: Mutex<BTreeMap<String, u64>>,
     /// Records a sink gave up, by (sink, reason).
@@ -156,7 +161,7 @@ impl Metrics {
             ),
             (
                 "flowcast_redeliveries_skipped_total",
-                "JetStream redeliveries of messages already applied.",
+                "Messages sent again and skipped because they were already applied (JetStream: by stream sequence; AMQP: by oslo message id).",
                 self.redeliveries_skipped.load(Relaxed),
             ),
             (
@@ -319,6 +324,35 @@ impl Metrics {
             "NATS connection events.",
             "event",
             &self.nats_events,
+        );
+        family(
+            &mut o,
+            "flowcast_amqp_connected",
+            "gauge",
+            "1 while connected to RabbitMQ (an amqp source).",
+        );
+        let _ = writeln!(
+            o,
+            "flowcast_amqp_connected {}",
+            self.amqp_connected.load(Relaxed)
+        );
+        labelled(
+            &mut o,
+            "flowcast_amqp_events_total",
+            "RabbitMQ connection events (connected, disconnected, connect_failed, ack_failed).",
+            "event",
+            &self.amqp_events,
+        );
+        family(
+            &mut o,
+            "flowcast_amqp_unacknowledged",
+            "gauge",
+            "Messages applied and not yet acknowledged to RabbitMQ: acknowledged once the snapshot covering them is written.",
+        );
+        let _ = writeln!(
+            o,
+            "flowcast_amqp_unacknowledged {}",
+            self.amqp_unacked.load(Relaxed)
         );
         labelled(
             &mut o,

@@ -1,7 +1,8 @@
 //! Service: everything that surrounds the engine with IO. The state directory, and the live
-//! service (`flowcast run`): sources (file, core NATS, JetStream), sinks (stdout, NATS, webhook,
+//! service (`flowcast run`): sources (file, core NATS, JetStream, AMQP), sinks (stdout, NATS, webhook,
 //! Alertmanager), the HTTP API and metrics, hot reload of the flow files, and snapshots.
 
+pub mod amqp;
 pub mod config;
 pub mod http;
 pub mod metrics;

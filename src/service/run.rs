@@ -4,6 +4,7 @@
 //!
 //! The engine stays synchronous: it is handed whole batches, never locked per message.
 
+use super::amqp;
 use super::config::{Clock, Config, Source};
 use super::http::{self, Query};
 use super::metrics::Metrics;
@@ -106,6 +107,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // Restore what an earlier run left.
     let mut last_applied: Option<u64> = None;
     let mut source_id: Option<String> = None;
+    let mut seen_saved: Vec<u64> = Vec::new();
     // Resolutions of alerts whose flow or state the files no longer define, for the sinks.
     let mut dropped_alerts = Vec::new();
     if let Some(dir) = &config.state_dir {
@@ -131,6 +133,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 }
                 last_applied = snap.source_position;
                 source_id = snap.source_id.clone();
+                seen_saved = snap.source_seen.clone();
                 tracing::info!(
                     objects = report.objects_kept,
                     dropped = report.objects_dropped,
@@ -220,23 +223,47 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
 
     let (src_tx, mut src_rx) = mpsc::channel::<SourceEvent>(64);
-    let source_task = source::spawn(
-        config.source.clone(),
-        client.clone(),
-        config.batch_size,
-        source::Resume {
-            // With a state directory the restored state says what was applied, and a state
-            // that has applied nothing starts at the beginning of the stream, whatever the
-            // consumer acknowledged for a process whose state was lost.
-            position: match &config.state_dir {
-                Some(_) => Some(last_applied.unwrap_or(0)),
-                None => last_applied,
+    let mut amqp = match &config.source {
+        Source::Amqp(a) => Some(AmqpState {
+            seen: amqp::SeenIds::new(a.dedup_window, &seen_saved),
+            owed: amqp::Owed::default(),
+            covering: None,
+            dead_letter: a.dead_letter_exchange.is_some(),
+            prefetch: a.prefetch as usize,
+            settle_at_once: config.state_dir.is_none(),
+        }),
+        _ => None,
+    };
+    let source_task = if let Source::Amqp(a) = &config.source {
+        // The first connection must succeed: a wrong password or vhost stops the start.
+        let session = amqp::open(a, 0).await?;
+        tracing::info!(queue = %a.queue, exchanges = ?a.exchanges, "Consuming from RabbitMQ.");
+        amqp::spawn(
+            session,
+            (**a).clone(),
+            config.batch_size,
+            metrics.clone(),
+            src_tx,
+        )
+    } else {
+        source::spawn(
+            config.source.clone(),
+            client.clone(),
+            config.batch_size,
+            source::Resume {
+                // With a state directory the restored state says what was applied, and a state
+                // that has applied nothing starts at the beginning of the stream, whatever the
+                // consumer acknowledged for a process whose state was lost.
+                position: match &config.state_dir {
+                    Some(_) => Some(last_applied.unwrap_or(0)),
+                    None => last_applied,
+                },
+                stream_id: source_id.clone(),
             },
-            stream_id: source_id.clone(),
-        },
-        metrics.clone(),
-        src_tx,
-    );
+            metrics.clone(),
+            src_tx,
+        )
+    };
 
     let mut records = Vec::new();
     let mut snapshot_every =
@@ -263,10 +290,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             snap_writing = start_snapshot(
                 &engine,
                 &config,
-                (last_applied, &source_id),
+                (last_applied, &source_id, amqp.as_ref().map(|a| &a.seen)),
                 sinks.mark(),
                 snap_done_tx.clone(),
             );
+            if let Some(a) = amqp.as_mut().filter(|_| snap_writing) {
+                a.covering = Some(std::mem::take(&mut a.owed));
+            }
         }
         tokio::select! {
             biased;
@@ -327,7 +357,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             _ = snapshot_every.tick() => snap_wanted = true,
             Some(result) = snap_done_rx.recv() => {
                 snap_writing = false;
+                let saved = result.is_ok();
                 count_snapshot(&metrics, result);
+                if let Some(a) = amqp.as_mut() {
+                    a.snapshot_done(saved, &metrics).await;
+                }
             }
             _ = tick.tick() => {
                 let now = Instant::now();
@@ -366,9 +400,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             ev = src_rx.recv() => match ev {
                 Some(SourceEvent::Batch(batch)) => {
                     last_message = Instant::now();
-                    apply_batch(&mut engine, &projection, &config.clock, batch, &mut last_applied, &metrics, &mut records).await;
+                    apply_batch(&mut engine, &projection, &config.clock, batch, (&mut last_applied, &mut amqp), &metrics, &mut records).await;
                     for r in records.drain(..) {
                         sinks.send(r);
+                    }
+                    if let Some(a) = amqp.as_mut() {
+                        // The broker sends at most `prefetch` unacknowledged messages: save
+                        // (and so acknowledge) before the window is full.
+                        if a.owed.count >= a.prefetch.div_ceil(2) {
+                            snap_wanted = true;
+                        }
                     }
                     publish_metrics(&engine, &metrics);
                 }
@@ -392,11 +433,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     }
 
-    source_task.abort();
+    // An AMQP source keeps its connection until what was applied is acknowledged (below).
+    if amqp.is_none() {
+        source_task.abort();
+    }
     drop(snap_done_tx);
     if snap_writing {
         if let Some(result) = snap_done_rx.recv().await {
+            let saved = result.is_ok();
             count_snapshot(&metrics, result);
+            if let Some(a) = amqp.as_mut() {
+                a.snapshot_done(saved, &metrics).await;
+            }
         }
     }
     // Apply what the source had already handed over: it was received, so it counts.
@@ -408,7 +456,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     &projection,
                     &config.clock,
                     batch,
-                    &mut last_applied,
+                    (&mut last_applied, &mut amqp),
                     &metrics,
                     &mut records,
                 )
@@ -430,11 +478,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let saved = save_snapshot(
         &engine,
         &config,
-        (last_applied, &source_id),
+        (last_applied, &source_id, amqp.as_ref().map(|a| &a.seen)),
         sinks.mark(),
         &metrics,
     )
     .await;
+    if let Some(mut a) = amqp.take() {
+        if saved.is_ok() {
+            a.covering = Some(std::mem::take(&mut a.owed));
+        }
+        a.snapshot_done(saved.is_ok(), &metrics).await;
+        source_task.abort();
+    }
     sinks.drain(Duration::from_secs(5)).await;
     if let Some(c) = client {
         let _ = c.flush().await;
@@ -455,7 +510,7 @@ async fn apply_batch(
     projection: &Projection,
     clock: &Clock,
     batch: Vec<Delivery>,
-    last_applied: &mut Option<u64>,
+    (last_applied, amqp): (&mut Option<u64>, &mut Option<AmqpState>),
     metrics: &Metrics,
     records: &mut Vec<crate::engine::output::Record>,
 ) {
@@ -485,6 +540,16 @@ async fn apply_batch(
             Some(n) => Err(crate::engine::message::DecodeError::TooLarge(n)),
             None => decode_projected(trim(&d.payload), projection),
         };
+        if let (Some(tag), Some(a)) = (&d.amqp, amqp.as_mut()) {
+            let fresh = a.first_time(tag, &d.payload, &decoded);
+            if !fresh {
+                metrics.redeliveries_skipped.fetch_add(1, Relaxed);
+            }
+            a.owed.add(tag, fresh && decoded.is_err() && a.dead_letter);
+            if !fresh {
+                continue;
+            }
+        }
         match decoded {
             Ok(mut msg) => {
                 if wall && msg.time_ms.is_none() {
@@ -495,13 +560,19 @@ async fn apply_batch(
             Err(e) => {
                 engine.count_malformed();
                 let n = engine.stats.malformed;
-                if n <= 10 || n % 1000 == 0 {
+                if n <= 10 || n.is_multiple_of(1000) {
                     tracing::warn!(malformed = n, "Skipped a malformed message: {e}");
                 }
             }
         }
         metrics.observe_latency(d.received.elapsed().as_secs_f64());
         keep_ack(d.seq, d.ack);
+    }
+    if let Some(a) = amqp.as_mut() {
+        if a.settle_at_once {
+            std::mem::take(&mut a.owed).settle(metrics).await;
+        }
+        metrics.amqp_unacked.store(a.owed.count as i64, Relaxed);
     }
     // One acknowledgement covers the batch (AckAll). It waits for the server's confirmation,
     // so that once a batch counts as applied its ack is on the server: a crash right after
@@ -574,7 +645,7 @@ const SINK_WAIT: Duration = Duration::from_secs(10);
 fn start_snapshot(
     engine: &Engine,
     config: &Config,
-    (last_applied, source_id): (Option<u64>, &Option<String>),
+    (last_applied, source_id, seen): (Option<u64>, &Option<String>, Option<&amqp::SeenIds>),
     mark: super::sink::SinkMark,
     done: mpsc::UnboundedSender<Result<(), String>>,
 ) -> bool {
@@ -584,6 +655,7 @@ fn start_snapshot(
     let mut snap = engine.snapshot();
     snap.source_position = last_applied;
     snap.source_id = source_id.clone();
+    snap.source_seen = seen.map(amqp::SeenIds::saved).unwrap_or_default();
     tokio::task::spawn_blocking(move || {
         let behind = mark.wait(SINK_WAIT);
         if !behind.is_empty() {
@@ -618,12 +690,12 @@ fn count_snapshot(metrics: &Metrics, result: Result<(), String>) {
 async fn save_snapshot(
     engine: &Engine,
     config: &Config,
-    (last_applied, source_id): (Option<u64>, &Option<String>),
+    (last_applied, source_id, seen): (Option<u64>, &Option<String>, Option<&amqp::SeenIds>),
     mark: super::sink::SinkMark,
     metrics: &Metrics,
 ) -> Result<(), String> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    if !start_snapshot(engine, config, (last_applied, source_id), mark, tx) {
+    if !start_snapshot(engine, config, (last_applied, source_id, seen), mark, tx) {
         return Ok(());
     }
     let result = rx
@@ -670,5 +742,56 @@ fn answer(engine: &mut Engine, q: Query) {
                     .then(|| serde_json::json!({ "object": key.to_string(), "flows": found })),
             );
         }
+    }
+}
+
+/// The AMQP source's side of the engine task: the window of applied message ids and the
+/// acknowledgements owed, split into those a snapshot being written covers (`covering`) and
+/// those after it.
+struct AmqpState {
+    seen: amqp::SeenIds,
+    owed: amqp::Owed,
+    covering: Option<amqp::Owed>,
+    dead_letter: bool,
+    prefetch: usize,
+    /// No state directory: nothing is saved, so a message is acknowledged once applied.
+    settle_at_once: bool,
+}
+
+impl AmqpState {
+    /// Whether this delivery is new: its oslo `message_id` (or, for a redelivery without one,
+    /// its body) is not among those applied. A new one is remembered.
+    fn first_time(
+        &mut self,
+        tag: &amqp::AmqpTag,
+        payload: &[u8],
+        decoded: &Result<crate::engine::message::Message, crate::engine::message::DecodeError>,
+    ) -> bool {
+        match decoded.as_ref().ok().and_then(|m| m.message_id.as_deref()) {
+            Some(id) => self.seen.insert(amqp::fnv1a(b'i', id.as_bytes())),
+            None => {
+                let h = amqp::fnv1a(b'b', payload);
+                if tag.redelivered && self.seen.contains(h) {
+                    false
+                } else {
+                    self.seen.insert(h);
+                    true
+                }
+            }
+        }
+    }
+
+    /// A snapshot has been written (`saved`) or has failed: acknowledge what it covers, or keep
+    /// it owed for the next one.
+    async fn snapshot_done(&mut self, saved: bool, metrics: &Metrics) {
+        let Some(covered) = self.covering.take() else {
+            return;
+        };
+        if saved {
+            covered.settle(metrics).await;
+        } else {
+            self.owed.append(covered);
+        }
+        metrics.amqp_unacked.store(self.owed.count as i64, Relaxed);
     }
 }

@@ -33,6 +33,8 @@ pub struct Delivery {
     pub ack: Option<jetstream::Message>,
     /// A line over the message limit, dropped while it was read: its length.
     pub oversized: Option<usize>,
+    /// The AMQP delivery to acknowledge once the state that applied it is saved.
+    pub amqp: Option<super::amqp::AmqpTag>,
 }
 
 pub enum SourceEvent {
@@ -129,6 +131,9 @@ pub fn spawn(
                 ready.ready.store(1, std::sync::atomic::Ordering::Relaxed);
                 file(path, batch_size, &tx).await
             }
+            Source::Amqp(_) => Err(anyhow::anyhow!(
+                "internal: the amqp source is started by `amqp::spawn`"
+            )),
             Source::Nats {
                 subjects,
                 queue_group,
@@ -213,6 +218,7 @@ async fn file(
             seq: None,
             ack: None,
             oversized,
+            amqp: None,
         });
         // Send when the batch is full, or when nothing more is buffered (a trickle on stdin
         // must not wait for a full batch).
@@ -265,6 +271,7 @@ async fn core(
             seq: None,
             ack: None,
             oversized: None,
+            amqp: None,
         });
         // Take whatever else is ready, without waiting.
         while batch.len() < batch_size {
@@ -275,6 +282,7 @@ async fn core(
                     seq: None,
                     ack: None,
                     oversized: None,
+                    amqp: None,
                 }),
                 _ => break,
             }
@@ -594,6 +602,7 @@ impl JetStreamSource {
                     seq: Some(seq),
                     ack: Some(m),
                     oversized: None,
+                    amqp: None,
                 });
                 if batch.len() >= batch_size {
                     break;
@@ -688,6 +697,7 @@ impl JetStreamSource {
                     seq: Some(seq),
                     ack: None,
                     oversized: None,
+                    amqp: None,
                 });
             }
             let last = past || seq == to || left == 0;
@@ -767,7 +777,7 @@ async fn gone(consumer: &str, stream: &jetstream::stream::Stream, why: &str) -> 
                 return Some(format!("stream deleted ({why})"))
             }
             Err(e) => {
-                if attempt % 20 == 0 {
+                if attempt.is_multiple_of(20) {
                     tracing::warn!("JetStream does not answer about consumer {consumer}: {e}");
                 }
                 attempt += 1;

@@ -582,3 +582,145 @@ pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
         ..proptest::test_runner::Config::default()
     }
 }
+
+/// A real RabbitMQ (Debian's `rabbitmq-server`; `scripts/test.sh` installs it) of its own: a
+/// node name, data and log directories in a temporary directory, and every port (AMQP, Erlang
+/// distribution, epmd) free on loopback. No system service is used. A watchdog shell kills the
+/// broker and its epmd when the test process ends, even if it aborts.
+pub struct RabbitMq {
+    child: Option<Child>,
+    pub port: u16,
+    dist_port: u16,
+    epmd_port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RabbitMq {
+    pub fn start() -> RabbitMq {
+        let mut r = RabbitMq {
+            child: None,
+            port: free_port(),
+            dist_port: free_port(),
+            epmd_port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        r.spawn();
+        r
+    }
+
+    fn env(&self, c: &mut Command) {
+        let d = self.dir.path();
+        c.current_dir(d)
+            .env("HOME", d)
+            .env(
+                "RABBITMQ_NODENAME",
+                format!("flowcast{}@localhost", self.port),
+            )
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("ERL_EPMD_PORT", self.epmd_port.to_string())
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", d.join("log"))
+            .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("enabled_plugins"))
+            .env(
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                "-kernel inet_dist_use_interface {127,0,0,1}",
+            );
+    }
+
+    fn spawn(&mut self) {
+        let d = self.dir.path();
+        std::fs::write(d.join("enabled_plugins"), "[].\n").unwrap();
+        std::fs::write(
+            d.join("rabbitmq.conf"),
+            format!(
+                "listeners.tcp.default = 127.0.0.1:{}\nlog.console = false\nlog.file.level = warning\n",
+                self.port
+            ),
+        )
+        .unwrap();
+        let server = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+        assert!(
+            Path::new(server).exists(),
+            "rabbitmq-server is not installed: run `bash scripts/test.sh`, which installs it"
+        );
+        let n = std::fs::read_dir(d).unwrap().count();
+        let log = d.join(format!("rabbitmq-{n}.log"));
+        // The broker in the background; the shell waits while both it and the test process
+        // live, then makes sure both the broker and its epmd are gone.
+        let script = format!(
+            "{server} >{log:?} 2>&1 & r=$!; \
+             while kill -0 {parent} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 0.5; done; \
+             pkill -9 -f {beam:?}; kill -9 $r 2>/dev/null; sleep 1; epmd -kill >/dev/null 2>&1; exit 0",
+            log = log.display().to_string(),
+            beam = self.beam_pattern(),
+            parent = std::process::id(),
+        );
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        self.env(&mut c);
+        self.child = Some(c.spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "rabbitmq-server did not start:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:PORT/%2F` (guest may log in over loopback).
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2F", self.port)
+    }
+
+    /// The broker's Erlang VM on `pkill -f`: its command line names its home, our directory.
+    fn beam_pattern(&self) -> String {
+        format!("[b]eam.smp.* -home {} ", self.dir.path().display())
+    }
+
+    /// SIGKILL of the broker (its Erlang VM); stays down until `respawn`.
+    pub fn kill(&mut self) {
+        let _ = Command::new("pkill")
+            .args(["-9", "-f", &self.beam_pattern()])
+            .status();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again after `kill`, on the same ports and data directory.
+    pub fn respawn(&mut self) {
+        self.spawn();
+    }
+}
+
+impl Drop for RabbitMq {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The Python of the virtualenv with OpenStack's oslo.messaging that `scripts/test.sh` makes
+/// (`FLOWCAST_OSLO_PYTHON`, default `target/oslo-venv/bin/python`).
+pub fn oslo_python() -> PathBuf {
+    let p = std::env::var_os("FLOWCAST_OSLO_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/oslo-venv/bin/python")
+        });
+    assert!(
+        p.exists(),
+        "{} is missing: run `bash scripts/test.sh`, which makes the oslo.messaging virtualenv",
+        p.display()
+    );
+    p
+}
