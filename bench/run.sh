@@ -2,13 +2,14 @@
 # End-to-end benchmarks: builds the release binary, makes every input (with `flowcast simulate`
 # or from the real samples in ../shared/data), runs each scenario several times and writes a
 # markdown table to bench/results.md. Every figure is a median; every comparison is a ratio of
-# two figures measured in this same run. Needs: nats-server, python3, GNU time (/usr/bin/time).
+# two figures measured in this same run. Needs: nats-server, rabbitmq-server, python3, GNU time
+# (/usr/bin/time).
 #
 #   bash bench/run.sh            # everything (about ten minutes on 2 cores)
 #   QUICK=1 bash bench/run.sh    # smaller inputs, one repetition: a smoke test of the script
 #   SKIP_PM4PY=1 ...             # skip the PM4Py comparison (needs PyPI for its virtualenv)
 #   SECTIONS="replay nats" ...   # run some sections only: replay memory objects flows check
-#                                # discover eval nats (default: all)
+#                                # discover eval nats amqp (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -17,7 +18,7 @@ mkdir -p "$OUT"
 QUICK=${QUICK:-0}
 REPS=${REPS:-$([ "$QUICK" = 1 ] && echo 1 || echo 3)}
 scale() { if [ "$QUICK" = 1 ]; then echo $(( $1 / 20 )); else echo "$1"; fi; }
-SECTIONS=${SECTIONS:-replay memory objects flows check discover eval nats}
+SECTIONS=${SECTIONS:-replay memory objects flows check discover eval nats amqp}
 want() { case " $SECTIONS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 cargo build --release --quiet
@@ -382,6 +383,69 @@ stop_service
 row "hot reload, save -> live ($(python3 -c "import json; print(json.load(open('$OUT/reload.json'))['reloads'])") saves) | median $(python3 -c "import json; print(json.load(open('$OUT/reload.json'))['median_ms'])") ms, max $(python3 -c "import json; print(json.load(open('$OUT/reload.json'))['max_ms'])") ms | - | - | < 200 ms"
 
 
+fi
+
+if want amqp; then
+# ---------------------------------------------------------------- AMQP (RabbitMQ)
+# A broker of its own on free loopback ports (Debian's rabbitmq-server, no system service). One
+# publish fills two queues bound to the same exchange: the bare consumer's and flowcast's, so
+# both read the same messages; each is read alone, the figure is the rate over the whole read.
+free() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
+RMQ=$(mktemp -d); RPORT=$(free); RDIST=$(free); REPMD=$(free)
+echo '[].' > "$RMQ/enabled_plugins"
+printf 'listeners.tcp.default = 127.0.0.1:%s\nlog.console = false\n' "$RPORT" > "$RMQ/rabbitmq.conf"
+rmq_env() { env HOME="$RMQ" RABBITMQ_NODENAME="bench$RPORT@localhost" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+    RABBITMQ_NODE_PORT="$RPORT" RABBITMQ_DIST_PORT="$RDIST" ERL_EPMD_PORT="$REPMD" ERL_EPMD_ADDRESS=127.0.0.1 \
+    RABBITMQ_MNESIA_BASE="$RMQ/mnesia" RABBITMQ_LOG_BASE="$RMQ/log" RABBITMQ_CONFIG_FILE="$RMQ/rabbitmq" \
+    RABBITMQ_ENABLED_PLUGINS_FILE="$RMQ/enabled_plugins" \
+    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" "$@"; }
+(cd "$RMQ" && rmq_env /usr/lib/rabbitmq/bin/rabbitmq-server > "$RMQ/out.log" 2>&1 &)
+for _ in $(seq 300); do (echo > "/dev/tcp/127.0.0.1/$RPORT") 2>/dev/null && break; sleep 0.2; done
+BEAM=$(pgrep -f "[b]eam.smp.* -home $RMQ " | head -1)
+rmq_stop() { pkill -9 -f "[b]eam.smp.* -home $RMQ " || true; sleep 1; ERL_EPMD_PORT=$REPMD epmd -kill > /dev/null 2>&1 || true; rm -rf "$RMQ"; }
+AURL="amqp://guest:guest@127.0.0.1:$RPORT/%2F"
+HTTP=${HTTP:-$(free)}
+amqp_messages() { curl -s "127.0.0.1:$HTTP/metrics" | awk '/^flowcast_messages_total/ { s += $2 } END { print s + 0 }'; }
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+N_AMQP=$(scale 300000)
+head -n "$N_AMQP" "$OUT/nova.jsonl" > "$OUT/amqp.jsonl"
+AMQP_BYTES=$(( $(wc -c < "$OUT/amqp.jsonl") / N_AMQP ))
+amqp_run() { # extra-source-settings state_dir? -> prints "rate beam_cpu_share"
+    rm -rf "$OUT/amqp-state"
+    local state=""; [ "$2" = state ] && state="state_dir: $OUT/amqp-state
+snapshot_interval_ms: 5s"
+    $FC bench amqp-consume --url "$AURL" --exchange bench --queue bench_bare --count 0
+    printf 'models: models\n%s\nsource: { kind: amqp, url: "%s", exchanges: [bench], queue: flowcast_bench %s }\nsinks: []\nwatch: false\nhttp: { listen: "127.0.0.1:%s" }\n' "$state" "$AURL" "$1" "$HTTP" > "$OUT/amqp.yaml"
+    # Declare flowcast's queue, then fill both queues with one publish.
+    $FC run --config "$OUT/amqp.yaml" > /dev/null 2> "$OUT/amqp-svc.log" & local pid=$!
+    for _ in $(seq 200); do curl -sf "127.0.0.1:$HTTP/readyz" > /dev/null && break; sleep 0.05; done
+    kill "$pid"; wait "$pid" 2> /dev/null || true
+    rm -rf "$OUT/amqp-state"
+    $FC publish "$OUT/amqp.jsonl" --amqp "$AURL" --exchange bench 2> "$OUT/amqp-pub.log"
+    $FC bench amqp-consume --url "$AURL" --exchange bench --queue bench_bare --count "$N_AMQP" $3 > "$OUT/amqp-bare.json"
+    local b0; b0=$(cpu_ticks "$BEAM")
+    local start; start=$(python3 -c "import time; print(time.time())")
+    $FC run --config "$OUT/amqp.yaml" > /dev/null 2> "$OUT/amqp-svc.log" & pid=$!
+    for _ in $(seq 200); do curl -sf "127.0.0.1:$HTTP/readyz" > /dev/null && break; sleep 0.05; done
+    for _ in $(seq 24000); do [ "$(amqp_messages)" -ge "$N_AMQP" ] && break; sleep 0.005; done
+    local secs; secs=$(python3 -c "import time; print(time.time() - $start)")
+    local b1; b1=$(cpu_ticks "$BEAM")
+    local got; got=$(amqp_messages)
+    kill "$pid"; wait "$pid" 2> /dev/null || true
+    local hz; hz=$(getconf CLK_TCK)
+    echo "$(python3 -c "print(round($got/$secs))") $(python3 -c "print(f'{($b1-$b0)/$hz/$secs:.2f}')")"
+}
+for MODE in nostate state; do
+    R=()
+    for _ in $(seq "$REPS"); do R+=("$(amqp_run "" "$MODE" "--prefetch 10000 --batch 1024")"); done
+    MED=$(printf '%s\n' "${R[@]}" | sort -n | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}')
+    read -r FRATE SHARE <<< "$MED"
+    BARE_RATE=$(python3 -c "import json; print(json.load(open('$OUT/amqp-bare.json'))['per_second'])")
+    PUB=$(grep -o '([0-9]*/s)' "$OUT/amqp-pub.log" | tr -d '()/s')
+    WHAT=$([ "$MODE" = state ] && echo "with a state directory: acknowledged once the covering snapshot is written" || echo "without a state directory: acknowledged once applied")
+    row "AMQP intake, ${AMQP_BYTES}-byte nova notifications in the oslo envelope, prefetch 10,000, $WHAT (RabbitMQ's CPU share while flowcast reads: $SHARE cores; publish with confirms: $PUB/s) | $(python3 -c "print(f'{$FRATE:,}')") msgs/s | bare lapin consumer, same prefetch, one ack per batch: $(python3 -c "print(f'{$BARE_RATE:,.0f}')")/s | $(ratio "$FRATE" "$BARE_RATE") | >= 0.7"
+done
+rmq_stop
 fi
 
 note ""

@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 
 fn broker() -> &'static RabbitMq {
     static B: OnceLock<RabbitMq> = OnceLock::new();
-    B.get_or_init(RabbitMq::start)
+    B.get_or_init(RabbitMq::start_tls)
 }
 
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -137,7 +137,8 @@ fn config(dir: &Path, source: &str) -> String {
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
     format!(
         "models: {:?}\nstate_dir: {:?}\nsnapshot_interval_ms: 1s\n\
-         source: {source}\nclock: {{ mode: event, idle_after_ms: \"0\" }}",
+         source: {source}\nclock: {{ mode: event, idle_after_ms: \"0\" }}\n\
+         http: {{ listen: \"127.0.0.1:0\" }}\n",
         models.display().to_string(),
         dir.join("state").display().to_string(),
     )
@@ -274,11 +275,16 @@ fn bad_bodies_are_counted_dead_lettered_and_the_intake_goes_on() {
             _ => bodies.push(br#"{"event_type": "x", "timestamp": "soon"}"#.to_vec()),
         }
     }
+    // Over the 4 MiB message limit (RabbitMQ takes up to 128 MB): refused unparsed.
+    let mut big = br#"{"event_type": "instance.volume_attach.start", "payload": ""#.to_vec();
+    big.resize(5 << 20, b'x');
+    big.extend_from_slice(br#""}"#);
+    bodies.push(big);
     publish_raw(&b.url(), "nova_bad", "notifications.info", &bodies);
     svc.wait_messages(bodies.len());
     assert_eq!(
         svc.metric("flowcast_messages_total{result=\"malformed\"}"),
-        20.0
+        21.0
     );
     // After the garbage, good messages still go through.
     publish_raw(
@@ -293,7 +299,7 @@ fn bad_bodies_are_counted_dead_lettered_and_the_intake_goes_on() {
     let dead = drain(&b.url(), "dead_letters");
     assert_eq!(
         dead.len(),
-        20,
+        21,
         "each bad body rejected to the dead-letter exchange once"
     );
     assert!(dead.iter().any(|d| d == b"not json at all"));
@@ -365,4 +371,58 @@ fn amqp_settings_are_checked_before_anything_starts() {
         assert!(!out.status.success());
         assert!(err.contains(expect), "{source}: no `{expect}` in:\n{err}");
     }
+}
+
+#[test]
+fn amqps_with_a_private_ca_into_a_quorum_queue_with_limits() {
+    let b = broker();
+    let tls = b.tls_port.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("amqps://guest:guest@127.0.0.1:{tls}/%2F");
+    // Without the CA the broker's certificate is not trusted: the start fails and says why.
+    let conf = dir.path().join("flowcast.yaml");
+    std::fs::write(
+        &conf,
+        config(
+            dir.path(),
+            &format!("{{ kind: amqp, url: {url:?}, exchanges: [nova_tls], queue: flowcast_tls }}"),
+        ),
+    )
+    .unwrap();
+    let out = flowcast()
+        .args(["run", "--config"])
+        .arg(&conf)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("connecting to RabbitMQ"), "{err}");
+
+    let source = format!(
+        "{{ kind: amqp, url: {url:?}, tls_ca: {:?}, exchanges: [nova_tls], queue: flowcast_tls, \
+         queue_type: quorum, message_ttl_ms: 1h, max_length: 100000, prefetch: 100, dedup_window: 1000 }}",
+        b.ca().display().to_string()
+    );
+    let svc = Service::start(dir.path(), &config(dir.path(), &source));
+    let events =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/nova_volume_attach/events.jsonl");
+    let out = flowcast()
+        .arg("publish")
+        .arg(&events)
+        .args(["--amqp", &b.url(), "--exchange", "nova_tls"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    svc.wait_messages(203);
+    assert_eq!(
+        svc.metric("flowcast_messages_total{result=\"malformed\"}"),
+        0.0
+    );
+    svc.stop();
+    assert_eq!(ready(&b.url(), "flowcast_tls"), 0);
 }

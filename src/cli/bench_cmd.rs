@@ -3,6 +3,8 @@
 //! - `parse FILE`: the ceiling for replay, a `serde_json` parse of every line and nothing else;
 //! - `subscribe`: a bare core NATS subscriber counting messages;
 //! - `consume`: a bare JetStream pull consumer acknowledging like flowcast (AckAll per batch);
+//! - `amqp-consume`: a bare lapin consumer of a RabbitMQ queue with flowcast's prefetch and
+//!   batching, one `basic.ack` (multiple) per batch;
 //! - `latency`: publishes at a fixed rate and times each alert that comes back on NATS;
 //! - `rtt`: NATS request/reply round trips, the floor for any latency over NATS;
 //! - `reload`: rewrites a flow file and times until `/metrics` shows the reload.
@@ -33,6 +35,22 @@ pub enum BenchTool {
         stream: String,
         #[arg(long)]
         count: u64,
+    },
+    AmqpConsume {
+        #[arg(long)]
+        url: String,
+        /// The exchange the queue is bound to (`notifications.*`).
+        #[arg(long)]
+        exchange: String,
+        #[arg(long)]
+        queue: String,
+        /// 0: declare and bind the queue, and stop.
+        #[arg(long)]
+        count: u64,
+        #[arg(long, default_value_t = 10000)]
+        prefetch: u16,
+        #[arg(long, default_value_t = 1024)]
+        batch: usize,
     },
     Latency {
         #[arg(long)]
@@ -175,6 +193,14 @@ pub fn run(tool: BenchTool) -> anyhow::Result<ExitCode> {
             );
             anyhow::Ok(())
         })?,
+        BenchTool::AmqpConsume {
+            url,
+            exchange,
+            queue,
+            count,
+            prefetch,
+            batch,
+        } => rt.block_on(amqp_consume(url, exchange, queue, count, prefetch, batch))?,
         BenchTool::Latency {
             url,
             file,
@@ -329,4 +355,87 @@ fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     s.read_to_string(&mut buf).ok()?;
     let status = buf.split(' ').nth(1)?.parse().ok()?;
     Some((status, buf.split_once("\r\n\r\n")?.1.to_string()))
+}
+
+async fn amqp_consume(
+    url: String,
+    exchange: String,
+    queue: String,
+    count: u64,
+    prefetch: u16,
+    batch: usize,
+) -> anyhow::Result<()> {
+    use lapin::options::*;
+    use lapin::types::FieldTable;
+    let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    ch.exchange_declare(
+        exchange.as_str().into(),
+        lapin::ExchangeKind::Topic,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_bind(
+        queue.as_str().into(),
+        exchange.as_str().into(),
+        "notifications.*".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    if count == 0 {
+        conn.close(200, "declared".into()).await?;
+        return Ok(());
+    }
+    ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.as_str().into(),
+            "bench-bare".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let start = Instant::now();
+    let mut n = 0u64;
+    let mut bytes = 0u64;
+    while n < count {
+        let Some(first) = consumer.next().await else {
+            break;
+        };
+        let mut last = first?;
+        n += 1;
+        bytes += last.data.len() as u64;
+        let mut in_batch = 1;
+        while n < count && in_batch < batch {
+            match futures::FutureExt::now_or_never(consumer.next()) {
+                Some(Some(Ok(d))) => {
+                    bytes += d.data.len() as u64;
+                    last = d;
+                    n += 1;
+                    in_batch += 1;
+                }
+                _ => break,
+            }
+        }
+        ch.basic_ack(last.delivery_tag, BasicAckOptions { multiple: true })
+            .await?;
+    }
+    let sec = start.elapsed().as_secs_f64();
+    println!(
+        "{{\"messages\": {n}, \"bytes\": {bytes}, \"seconds\": {sec:.4}, \"per_second\": {:.0}}}",
+        n as f64 / sec
+    );
+    conn.close(200, "done".into()).await?;
+    Ok(())
 }

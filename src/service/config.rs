@@ -360,7 +360,7 @@ impl SourceFields {
                     }),
                     queue: self.queue.unwrap_or_else(default_consumer),
                     queue_type: self.queue_type.unwrap_or(QueueType::Classic),
-                    prefetch: self.prefetch.unwrap_or(2000),
+                    prefetch: self.prefetch.unwrap_or(10_000),
                     message_ttl_ms: self.message_ttl_ms,
                     max_length: self.max_length,
                     max_length_bytes: self.max_length_bytes,
@@ -922,6 +922,50 @@ mod tests {
         assert_eq!(c.limits.max_key_bytes, 4096);
         assert_eq!(c.limits.finished_bytes, 1_000_000);
         assert!(Config::parse("limits: { max_keys: 1 }\n").is_err());
+    }
+
+    #[test]
+    fn an_amqp_source_has_oslo_s_defaults_and_takes_every_setting() {
+        let c = Config::parse("source: { kind: amqp }\n").unwrap();
+        let Source::Amqp(a) = c.source else {
+            panic!("{:?}", c.source)
+        };
+        assert_eq!(a.url, "amqp://guest:guest@127.0.0.1:5672/%2F");
+        assert_eq!(a.queue, "flowcast");
+        assert_eq!(
+            a.routing_keys,
+            ["notifications.*", "versioned_notifications.*"]
+        );
+        assert!(a.exchanges.iter().any(|e| e == "nova") && a.exchanges.len() == 6);
+        assert_eq!((a.prefetch, a.dedup_window), (10_000, 100_000));
+        assert_eq!(a.queue_type, QueueType::Classic);
+        let c = Config::parse(
+            "source: { kind: amqp, url: \"amqps://h:5671/os\", tls_ca: /ca.pem, exchanges: [nova], \
+             routing_keys: [\"notifications.error\"], queue: fc, queue_type: quorum, prefetch: 50, \
+             message_ttl_ms: 6h, max_length: 10, max_length_bytes: 1000, dead_letter_exchange: dlx, \
+             durable_exchanges: true, dedup_window: 50, user: u, password_file: /p }\n",
+        )
+        .unwrap();
+        let Source::Amqp(a) = c.source else {
+            panic!("{:?}", c.source)
+        };
+        assert_eq!(a.message_ttl_ms, Some(6 * 3_600_000));
+        assert_eq!(a.queue_type, QueueType::Quorum);
+        assert_eq!(a.dead_letter_exchange.as_deref(), Some("dlx"));
+        // Settings that contradict each other are refused with their reason.
+        for (bad, why) in [
+            (
+                "url: \"amqp://h/\", tls_ca: /ca.pem",
+                "`tls_ca` needs an `amqps://` url",
+            ),
+            ("password: a, password_file: /p", "give one or the other"),
+            ("queue: amq.x", "`amq.` is the broker's own prefix"),
+            ("routing_keys: []", "`routing_keys` is empty"),
+            ("message_ttl_ms: 0s", "positive"),
+        ] {
+            let e = Config::parse(&format!("source: {{ kind: amqp, {bad} }}\n")).unwrap_err();
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -590,6 +590,8 @@ pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
 pub struct RabbitMq {
     child: Option<Child>,
     pub port: u16,
+    /// With `start_tls`: the AMQPS listener, its certificate signed by `ca.pem` in `dir`.
+    pub tls_port: Option<u16>,
     dist_port: u16,
     epmd_port: u16,
     dir: tempfile::TempDir,
@@ -597,8 +599,23 @@ pub struct RabbitMq {
 
 impl RabbitMq {
     pub fn start() -> RabbitMq {
+        Self::start_with(false)
+    }
+
+    /// Also listens with TLS (a CA and a certificate for 127.0.0.1 made with openssl).
+    pub fn start_tls() -> RabbitMq {
+        Self::start_with(true)
+    }
+
+    /// The CA certificate (PEM) that signed the TLS listener's certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn start_with(tls: bool) -> RabbitMq {
         let mut r = RabbitMq {
             child: None,
+            tls_port: tls.then(free_port),
             port: free_port(),
             dist_port: free_port(),
             epmd_port: free_port(),
@@ -634,14 +651,24 @@ impl RabbitMq {
     fn spawn(&mut self) {
         let d = self.dir.path();
         std::fs::write(d.join("enabled_plugins"), "[].\n").unwrap();
-        std::fs::write(
-            d.join("rabbitmq.conf"),
-            format!(
-                "listeners.tcp.default = 127.0.0.1:{}\nlog.console = false\nlog.file.level = warning\n",
-                self.port
-            ),
-        )
-        .unwrap();
+        let mut conf = format!(
+            "listeners.tcp.default = 127.0.0.1:{}\nlog.console = false\nlog.file.level = warning\n",
+            self.port
+        );
+        if let Some(tls) = self.tls_port {
+            if !d.join("server.pem").exists() {
+                make_certificates(d);
+            }
+            conf.push_str(&format!(
+                "listeners.ssl.default = 127.0.0.1:{tls}\nssl_options.cacertfile = {}\n\
+                 ssl_options.certfile = {}\nssl_options.keyfile = {}\nssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n",
+                d.join("ca.pem").display(),
+                d.join("server.pem").display(),
+                d.join("server.key").display()
+            ));
+        }
+        std::fs::write(d.join("rabbitmq.conf"), conf).unwrap();
         let server = "/usr/lib/rabbitmq/bin/rabbitmq-server";
         assert!(
             Path::new(server).exists(),
@@ -707,6 +734,29 @@ impl Drop for RabbitMq {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A CA (`ca.pem`) and a server certificate for 127.0.0.1 (`server.pem`, `server.key`) in `d`,
+/// made with openssl.
+pub fn make_certificates(d: &Path) {
+    let sh = |args: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(args)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=flowcast-test-ca");
+    sh("openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1");
+    std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    sh("openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile san.ext");
+    sh("chmod 644 server.key");
 }
 
 /// The Python of the virtualenv with OpenStack's oslo.messaging that `scripts/test.sh` makes
