@@ -69,6 +69,9 @@ with open(out, "w") as f:
             d = json.loads(json.dumps(m))
             u = d["payload"]["nova_object.data"]["uuid"]
             d["payload"]["nova_object.data"]["uuid"] = ids.setdefault(u, str(uuid.UUID(int=rnd.getrandbits(128), version=4)))
+            # Each notification its own id, as oslo gives them (the amqp source skips an id it
+            # has applied).
+            d["message_id"] = str(uuid.UUID(int=rnd.getrandbits(128), version=4))
             f.write(json.dumps(d) + "\n")
             written += 1
             if written >= n:

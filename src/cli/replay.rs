@@ -37,6 +37,11 @@ pub struct ReplayArgs {
     /// Bytes for remembering finished objects (late messages about them), all flows together.
     #[arg(long, default_value_t = crate::engine::Limits::default().finished_bytes)]
     pub finished_budget_bytes: usize,
+    /// Learn nothing from these messages: predictions and surprise use the counts loaded from
+    /// `--state-dir` (a baseline learned from healthy data) as they are, and the directory is
+    /// left unchanged.
+    #[arg(long, requires = "state_dir")]
+    pub frozen: bool,
 }
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
@@ -69,6 +74,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             let (loaded, dropped) = engine.import_learned(&learned);
             tracing::info!(flows = loaded, dropped, dir = %dir.display(), "Loaded learned counts.");
         }
+        if args.frozen {
+            engine.freeze();
+        }
     }
     let input: Box<dyn Read> = match &args.input {
         None => Box::new(std::io::stdin()),
@@ -90,7 +98,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         args.alerts_only,
     )?;
     out.flush()?;
-    if let Some(dir) = &args.state_dir {
+    if let Some(dir) = args.state_dir.as_ref().filter(|_| !args.frozen) {
         state_dir::save_learned(dir, engine.export_learned())?;
     }
     let in_flight = engine.objects_in_flight();

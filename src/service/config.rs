@@ -33,6 +33,19 @@ pub struct Config {
     #[serde(deserialize_with = "duration")]
     pub reload_grace_ms: i64,
     pub limits: Limits,
+    /// `live` (default): every flow learns from what it sees. `frozen`: nothing is learned;
+    /// predictions and surprise use the counts restored from `state_dir` (a baseline learned
+    /// from healthy operation with `flowcast replay --state-dir`), so failures never teach the
+    /// model that failures are normal.
+    pub learning: Learning,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Learning {
+    #[default]
+    Live,
+    Frozen,
 }
 
 /// Memory limits, in bytes (`engine::Limits`).
@@ -80,6 +93,7 @@ impl Default for Config {
             watch: true,
             limits: Limits::default(),
             reload_grace_ms: crate::engine::snapshot::RETIRE_GRACE_MS,
+            learning: Learning::Live,
         }
     }
 }

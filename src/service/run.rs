@@ -155,6 +155,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     }
 
+    let frozen = config.learning == super::config::Learning::Frozen;
+    if frozen {
+        engine.freeze();
+        tracing::info!("Learning is frozen: the restored counts are used as they are.");
+    }
+
     let needs_nats = matches!(
         config.source,
         Source::Nats { .. } | Source::Jetstream { .. }
@@ -309,6 +315,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 match done {
                     Ok(flows) => {
                         let report = engine.reload(flows);
+                        if frozen {
+                            engine.freeze();
+                        }
                         projection = engine.projection();
                         metrics.reload_success.store(1, Relaxed);
                         metrics.reloads_ok.fetch_add(1, Relaxed);
