@@ -296,6 +296,11 @@ fn bad_bodies_are_counted_dead_lettered_and_the_intake_goes_on() {
     svc.wait_messages(bodies.len() + 1);
     svc.stop();
     assert_eq!(ready(&b.url(), "flowcast_bad"), 0, "nothing requeued");
+    // The broker routes dead letters on its own time: wait for them (at most 10 s).
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ready(&b.url(), "dead_letters") < 21 && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let dead = drain(&b.url(), "dead_letters");
     assert_eq!(
         dead.len(),

@@ -259,7 +259,18 @@ fn kills_of_flowcast_and_rabbitmq_under_a_backlog_lose_nothing_and_count_nothing
     let (live_alerts, live_open) = alerts(&live_records);
     assert!(replay_alerts.len() >= 900, "{}", replay_alerts.len());
     assert!(replay_open.is_empty());
-    assert_eq!(live_alerts, replay_alerts, "alerts (seed {seed})");
+    assert!(
+        live_alerts == replay_alerts,
+        "alerts (seed {seed}): only live {:?}, only replay {:?}",
+        live_alerts
+            .difference(&replay_alerts)
+            .take(20)
+            .collect::<Vec<_>>(),
+        replay_alerts
+            .difference(&live_alerts)
+            .take(20)
+            .collect::<Vec<_>>()
+    );
     assert!(
         live_open.is_empty(),
         "alerts never resolved (seed {seed}): {live_open:?}"

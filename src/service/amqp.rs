@@ -285,11 +285,19 @@ async fn read(
     loop {
         let first = session.consumer.next().await;
         let mut end = take(session, first, &mut batch);
+        // Take what is ready, then linger up to LINGER for more: deliveries arrive one by one
+        // from lapin's thread, and handing the engine a batch per few messages costs a thread
+        // wake-up each (and a context switch between threads).
+        let deadline = tokio::time::Instant::now() + LINGER;
         while end.is_none() && !batch.is_empty() && batch.len() < batch_size {
-            match session.consumer.next().now_or_never() {
-                Some(item) => end = take(session, item, &mut batch),
-                None => break,
-            }
+            let item = match session.consumer.next().now_or_never() {
+                Some(item) => item,
+                None => match tokio::time::timeout_at(deadline, session.consumer.next()).await {
+                    Ok(item) => item,
+                    Err(_) => break,
+                },
+            };
+            end = take(session, item, &mut batch);
         }
         if !batch.is_empty() {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_size.min(1024)));
@@ -330,6 +338,9 @@ fn take(
         None => Some("the broker ended the consumer".to_string()),
     }
 }
+
+/// How long a batch waits for more deliveries once its first has come.
+const LINGER: Duration = Duration::from_millis(1);
 
 async fn backoff(attempt: u32) {
     let ms = (100u64 << attempt.min(6)).min(5_000);
@@ -419,6 +430,37 @@ impl Owed {
                 );
             }
         }
+    }
+}
+
+/// The task that sends acknowledgements for the engine task, in the order they are owed (a
+/// `multiple` ack of a lower tag after a higher one would be an error that closes the channel).
+pub struct Acker {
+    tx: mpsc::UnboundedSender<Owed>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Acker {
+    pub fn spawn(metrics: Arc<Metrics>) -> Acker {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Owed>();
+        let task = tokio::spawn(async move {
+            while let Some(owed) = rx.recv().await {
+                owed.settle(&metrics).await;
+            }
+        });
+        Acker { tx, task }
+    }
+
+    pub fn send(&self, owed: Owed) {
+        if !owed.is_empty() {
+            let _ = self.tx.send(owed);
+        }
+    }
+
+    /// Waits until everything sent is acknowledged (or has failed).
+    pub async fn finish(self) {
+        drop(self.tx);
+        let _ = self.task.await;
     }
 }
 

@@ -374,7 +374,7 @@ impl SourceFields {
                     }),
                     queue: self.queue.unwrap_or_else(default_consumer),
                     queue_type: self.queue_type.unwrap_or(QueueType::Classic),
-                    prefetch: self.prefetch.unwrap_or(10_000),
+                    prefetch: self.prefetch.unwrap_or(20_000),
                     message_ttl_ms: self.message_ttl_ms,
                     max_length: self.max_length,
                     max_length_bytes: self.max_length_bytes,
@@ -951,7 +951,7 @@ mod tests {
             ["notifications.*", "versioned_notifications.*"]
         );
         assert!(a.exchanges.iter().any(|e| e == "nova") && a.exchanges.len() == 6);
-        assert_eq!((a.prefetch, a.dedup_window), (10_000, 100_000));
+        assert_eq!((a.prefetch, a.dedup_window), (20_000, 100_000));
         assert_eq!(a.queue_type, QueueType::Classic);
         let c = Config::parse(
             "source: { kind: amqp, url: \"amqps://h:5671/os\", tls_ca: /ca.pem, exchanges: [nova], \

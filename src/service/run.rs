@@ -237,6 +237,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             dead_letter: a.dead_letter_exchange.is_some(),
             prefetch: a.prefetch as usize,
             settle_at_once: config.state_dir.is_none(),
+            acks: Some(amqp::Acker::spawn(metrics.clone())),
         }),
         _ => None,
     };
@@ -415,8 +416,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     }
                     if let Some(a) = amqp.as_mut() {
                         // The broker sends at most `prefetch` unacknowledged messages: save
-                        // (and so acknowledge) before the window is full.
-                        if a.owed.count >= a.prefetch.div_ceil(2) {
+                        // (and so acknowledge) before the window is full, with a quarter of it
+                        // left to take in while the snapshot is written.
+                        if a.owed.count >= a.prefetch - a.prefetch / 4 {
                             snap_wanted = true;
                         }
                     }
@@ -497,6 +499,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             a.covering = Some(std::mem::take(&mut a.owed));
         }
         a.snapshot_done(saved.is_ok(), &metrics).await;
+        // The acknowledgements go out before the connection closes.
+        if let Some(acks) = a.acks.take() {
+            acks.finish().await;
+        }
         source_task.abort();
     }
     sinks.drain(Duration::from_secs(5)).await;
@@ -579,7 +585,8 @@ async fn apply_batch(
     }
     if let Some(a) = amqp.as_mut() {
         if a.settle_at_once {
-            std::mem::take(&mut a.owed).settle(metrics).await;
+            let owed = std::mem::take(&mut a.owed);
+            a.settle(owed);
         }
         metrics.amqp_unacked.store(a.owed.count as i64, Relaxed);
     }
@@ -765,6 +772,8 @@ struct AmqpState {
     prefetch: usize,
     /// No state directory: nothing is saved, so a message is acknowledged once applied.
     settle_at_once: bool,
+    /// Sends the acknowledgements, in order, off the engine task (which never waits for them).
+    acks: Option<amqp::Acker>,
 }
 
 impl AmqpState {
@@ -790,6 +799,12 @@ impl AmqpState {
         }
     }
 
+    fn settle(&self, owed: amqp::Owed) {
+        if let Some(acks) = &self.acks {
+            acks.send(owed);
+        }
+    }
+
     /// A snapshot has been written (`saved`) or has failed: acknowledge what it covers, or keep
     /// it owed for the next one.
     async fn snapshot_done(&mut self, saved: bool, metrics: &Metrics) {
@@ -797,7 +812,7 @@ impl AmqpState {
             return;
         };
         if saved {
-            covered.settle(metrics).await;
+            self.settle(covered);
         } else {
             self.owed.append(covered);
         }
