@@ -11,7 +11,8 @@ pub struct CheckArgs {
     /// Files or directories (every `*.flow` below a directory).
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
-    /// `human` (rustc-style, on stderr) or `json` (one object per line, on stdout).
+    /// `human` (rustc-style, on stderr) or `json` (one object per line on stdout: each
+    /// diagnostic with `"type": "diagnostic"`, then one `"type": "summary"`).
     #[arg(long, value_enum, default_value = "human")]
     pub format: Format,
     /// Treat warnings as errors.
@@ -38,15 +39,26 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     for (file, d) in &comp.diagnostics {
         match args.format {
             Format::Human => eprintln!("{}", render_human(&comp.sources, *file, d)),
-            Format::Json => writeln!(
-                out,
-                "{}",
-                serde_json::to_string(&to_json(&comp.sources, *file, d))?
-            )?,
+            Format::Json => {
+                let mut v = serde_json::to_value(to_json(&comp.sources, *file, d))?;
+                v["type"] = "diagnostic".into();
+                writeln!(out, "{v}")?
+            }
         }
     }
     let errors = comp.error_count();
     let warnings = comp.warning_count();
+    if let Format::Json = args.format {
+        // The last line says what was checked, so that a clean run prints something too.
+        let summary = serde_json::json!({
+            "type": "summary",
+            "files": comp.sources.files.len(),
+            "flows": comp.flows.len(),
+            "errors": errors,
+            "warnings": warnings,
+        });
+        writeln!(out, "{summary}")?;
+    }
     eprintln!(
         "checked {} file{}: {} flow{} ok, {} error{}, {} warning{}",
         comp.sources.files.len(),

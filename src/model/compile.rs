@@ -8,6 +8,7 @@
 use super::checks;
 use super::cond::{Cond, FieldPath, Glob};
 use super::flow::*;
+pub use crate::diagnostic::did_you_mean;
 use crate::diagnostic::{Code, Diagnostic, FileId, SourceFile, SourceSet, Span};
 use crate::syntax::ast::{self, Expr, Item, StateKind, ValueKind};
 use std::collections::HashMap;
@@ -1015,29 +1016,4 @@ fn negate(negated: bool, c: Cond) -> Cond {
     } else {
         c
     }
-}
-
-/// The closest known name within a small edit distance, for "did you mean" help.
-pub fn did_you_mean<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    let limit = name.chars().count().div_ceil(3).max(1);
-    known
-        .map(|k| (levenshtein(name, k), k))
-        .filter(|(d, _)| *d <= limit)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k)
-}
-
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }

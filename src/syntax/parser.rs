@@ -235,18 +235,167 @@ fn syntax_error(file: FileId, text: &str, err: pest::error::Error<Rule>) -> Diag
             format!("expected {} or {last}, found {found}", expected.join(", "))
         }
     };
-    let end = pos + text[pos..].chars().next().map(char::len_utf8).unwrap_or(0);
+    let word = found_word(&text[pos..]);
+    let end = pos
+        + if word.is_empty() {
+            text[pos..].chars().next().map(char::len_utf8).unwrap_or(0)
+        } else {
+            word.len()
+        };
     let mut d = Diagnostic::new(Code::Syntax, Span::new(file, pos, end), message);
     if found.starts_with("`=`") {
         d = d.with_help("comparisons use `==`");
     } else if found == "`&`" || found == "`|`" {
         d = d.with_help("conditions combine with `and`, `or` and `not`");
+    } else if let Some(help) = spaced_duration(text, pos) {
+        d = d.with_help(help);
+    } else if text[pos..].starts_with("->") {
+        if let Some(help) = unquoted_event_type(text, pos) {
+            d = d.with_help(help);
+        }
+    } else if let Some((open, block)) = open_inner_block(text, pos, word) {
+        d = d
+            .with_label(
+                Span::new(file, open, open + 1),
+                format!("this `{block} {{` is still open"),
+            )
+            .with_help(format!("close `{block} {{` with `}}` before `{word}`"));
+    } else if !word.is_empty() {
+        // A misspelled keyword: `keys` for `key`, `flwo` for `flow`.
+        let known: &[&str] = match open_braces(&text[..pos]).len() {
+            0 => &["flow"],
+            1 => ITEM_KEYWORDS,
+            _ => &[],
+        };
+        if let Some(k) = crate::diagnostic::did_you_mean(word, known.iter().copied()) {
+            d = d.with_help(format!("did you mean `{k}`?"));
+        }
     }
     d
 }
 
+/// The words that start a flow item.
+const ITEM_KEYWORDS: &[&str] = &[
+    "description",
+    "key",
+    "match",
+    "initial",
+    "state",
+    "terminal",
+    "artifact",
+    "on",
+    "transitions",
+    "unlisted",
+    "timeout",
+    "learn",
+    "alert",
+    "anomaly",
+];
+
+/// The word (letters, digits, `_`) at the start of `rest`, or "".
+fn found_word(rest: &str) -> &str {
+    let end = rest
+        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// `30 min` near the error: the duration it should have been (`30m`), as help.
+fn spaced_duration(text: &str, pos: usize) -> Option<String> {
+    let line_start = text[..pos].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[pos..].find('\n').map_or(text.len(), |i| pos + i);
+    let line = &text[line_start..line_end];
+    let bytes = line.as_bytes();
+    let at = pos - line_start;
+    let mut i = 0;
+    while i < bytes.len() {
+        if !bytes[i].is_ascii_digit()
+            || (i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_'))
+        {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        let digits = &line[start..i];
+        let gap_end = i + line[i..].len() - line[i..].trim_start_matches([' ', '\t']).len();
+        if gap_end == i {
+            continue;
+        }
+        let unit_word = found_word(&line[gap_end..]);
+        let unit = match unit_word.to_ascii_lowercase().as_str() {
+            "ms" | "msec" | "msecs" | "millisecond" | "milliseconds" => "ms",
+            "s" | "sec" | "secs" | "second" | "seconds" => "s",
+            "m" | "min" | "mins" | "minute" | "minutes" => "m",
+            "h" | "hr" | "hrs" | "hour" | "hours" => "h",
+            "d" | "day" | "days" => "d",
+            "w" | "wk" | "wks" | "week" | "weeks" => "w",
+            _ => continue,
+        };
+        let end = gap_end + unit_word.len();
+        let after = end + line[end..].len() - line[end..].trim_start().len();
+        // The error is on the number, the unit, or just after them.
+        if start <= at && at <= after {
+            return Some(format!(
+                "write a duration without a space: `{digits}{unit}`"
+            ));
+        }
+        i = end;
+    }
+    None
+}
+
+/// `on instance.resize.start -> s`: the path before the arrow was meant as an event type.
+fn unquoted_event_type(text: &str, pos: usize) -> Option<String> {
+    let before = text[..pos].trim_end();
+    let start = before
+        .rfind(|c: char| !(c.is_alphanumeric() || matches!(c, '_' | '.' | '*' | '?' | '-')))
+        .map_or(0, |i| i + 1);
+    let word = &before[start..];
+    let keyword_before = before[..start].trim_end();
+    if word.is_empty() || !keyword_before.ends_with("on") {
+        return None;
+    }
+    Some(format!(
+        "an event type is matched by a string: `on \"{word}\" -> ...`"
+    ))
+}
+
+/// When the error is a flow item keyword inside a block other than the flow's own (an
+/// unclosed `transitions {`): where that block opens and its keyword.
+fn open_inner_block<'t>(text: &'t str, pos: usize, word: &str) -> Option<(usize, &'t str)> {
+    if !ITEM_KEYWORDS.contains(&word) {
+        return None;
+    }
+    let open = open_braces(&text[..pos]);
+    if open.len() < 2 {
+        return None;
+    }
+    let at = *open.last()?;
+    let head = text[..at].trim_end();
+    let kw_start = head
+        .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .map_or(0, |i| i + 1);
+    let mut block = &head[kw_start..];
+    // `for artifact {` inside `alert`: name the `for`.
+    if !ITEM_KEYWORDS.contains(&block) {
+        let before = head[..kw_start].trim_end();
+        if before.ends_with("for") {
+            block = "for";
+        }
+    }
+    Some((at, block))
+}
+
 /// The position of the last `{` that is never closed.
 fn unclosed_brace(text: &str) -> Option<usize> {
+    open_braces(text).pop()
+}
+
+/// The positions of the `{` still open at the end of `text`, outermost first.
+fn open_braces(text: &str) -> Vec<usize> {
     let mut open = Vec::new();
     for (i, b) in structural_bytes(text) {
         match b {
@@ -257,7 +406,7 @@ fn unclosed_brace(text: &str) -> Option<usize> {
             _ => {}
         }
     }
-    open.pop()
+    open
 }
 
 /// How the text at an error position reads in a message: a word, a symbol, or end of file.
