@@ -62,6 +62,10 @@ pub enum Code {
     ArtifactUnreachable,
     ShadowedRule,
     UnusedState,
+    SamplePathMissing,
+    SampleUnmatchedRule,
+    SampleUnmatchedEvents,
+    SampleWrongType,
 }
 
 impl Code {
@@ -90,6 +94,10 @@ impl Code {
             Code::ArtifactUnreachable => "W103",
             Code::ShadowedRule => "W104",
             Code::UnusedState => "W105",
+            Code::SamplePathMissing => "W106",
+            Code::SampleUnmatchedRule => "W107",
+            Code::SampleUnmatchedEvents => "W108",
+            Code::SampleWrongType => "W109",
         }
     }
 
