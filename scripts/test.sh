@@ -21,3 +21,6 @@ nats-server --version
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets
+
+# The bundled models' own test files (models/*.test.yaml), as an operator's CI would run them.
+target/debug/flowcast test models/

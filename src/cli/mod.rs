@@ -8,6 +8,7 @@ pub mod graph;
 pub mod model_cmd;
 pub mod replay;
 pub mod run_cmd;
+pub mod test_cmd;
 
 use crate::model::{self, CompiledFlow};
 use clap::{Parser, Subcommand};
@@ -28,6 +29,9 @@ pub struct Cli {
 pub enum Command {
     /// Parse and validate .flow files; report every problem.
     Check(check::CheckArgs),
+    /// Run test files (`*.test.yaml`): given messages, the alerts, outcomes and states a flow
+    /// must produce.
+    Test(test_cmd::TestArgs),
     /// Draw a flow as Graphviz dot or Mermaid.
     Graph(graph::GraphArgs),
     /// Show a flow's model: transition counts (FIG. 10) and predictions (FIG. 11).
@@ -61,6 +65,7 @@ pub fn main() -> std::process::ExitCode {
     init_tracing();
     let result = match cli.command {
         Command::Check(a) => check::run(a),
+        Command::Test(a) => test_cmd::run(a),
         Command::Graph(a) => graph::run(a),
         Command::Model(a) => model_cmd::run(a),
         Command::Replay(a) => replay::run(a),
