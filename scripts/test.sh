@@ -24,3 +24,5 @@ cargo test --locked --all-targets
 
 # The bundled models' own test files (models/*.test.yaml), as an operator's CI would run them.
 target/debug/flowcast test models/
+# ... and they are in the canonical layout.
+target/debug/flowcast fmt --check models/

@@ -4,6 +4,7 @@
 pub mod bench_cmd;
 pub mod check;
 pub mod eval_cmd;
+pub mod fmt_cmd;
 pub mod graph;
 pub mod model_cmd;
 pub mod replay;
@@ -32,6 +33,8 @@ pub enum Command {
     /// Run test files (`*.test.yaml`): given messages, the alerts, outcomes and states a flow
     /// must produce.
     Test(test_cmd::TestArgs),
+    /// Rewrite .flow files in the canonical layout (comments kept); `--check` only reports.
+    Fmt(fmt_cmd::FmtArgs),
     /// Draw a flow as Graphviz dot or Mermaid.
     Graph(graph::GraphArgs),
     /// Show a flow's model: transition counts (FIG. 10) and predictions (FIG. 11).
@@ -66,6 +69,7 @@ pub fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Check(a) => check::run(a),
         Command::Test(a) => test_cmd::run(a),
+        Command::Fmt(a) => fmt_cmd::run(a),
         Command::Graph(a) => graph::run(a),
         Command::Model(a) => model_cmd::run(a),
         Command::Replay(a) => replay::run(a),

@@ -73,7 +73,7 @@ pub fn parse_path(text: &str) -> Result<Vec<Segment>, String> {
 
 /// The positions and bytes of `text` outside strings and comments: what brackets are counted
 /// on, so that a `(` inside a string or a comment does not count.
-fn structural_bytes(text: &str) -> impl Iterator<Item = (usize, u8)> + '_ {
+pub(super) fn structural_bytes(text: &str) -> impl Iterator<Item = (usize, u8)> + '_ {
     let bytes = text.as_bytes();
     let mut i = 0;
     std::iter::from_fn(move || {
@@ -102,6 +102,34 @@ fn structural_bytes(text: &str) -> impl Iterator<Item = (usize, u8)> + '_ {
         }
         None
     })
+}
+
+/// The byte ranges of the comments of `text` (`#` or `//` to the end of the line, outside
+/// strings), in order: the formatter puts them back, since the AST does not hold them.
+pub(super) fn structural_comments(text: &str) -> Vec<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\n' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'#' | b'/' if bytes[i] == b'#' || bytes.get(i + 1) == Some(&b'/') => {
+                let start = i;
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                out.push((start, i));
+            }
+            _ => i += 1,
+        }
+    }
+    out
 }
 
 /// Refuses input the parser must not see: too deeply nested.
@@ -444,8 +472,19 @@ impl Lower {
         let mut inner = p.into_inner();
         inner.next(); // `flow`
         let name = self.ident(inner.next().expect("flow name"));
-        let items = inner.map(|i| self.item(i)).collect();
-        Flow { name, span, items }
+        let mut item_spans = Vec::new();
+        let items = inner
+            .map(|i| {
+                item_spans.push(self.span(&i));
+                self.item(i)
+            })
+            .collect();
+        Flow {
+            name,
+            span,
+            items,
+            item_spans,
+        }
     }
 
     fn item(&mut self, p: Pair<Rule>) -> Item {
