@@ -6,9 +6,11 @@ pub mod check;
 pub mod eval_cmd;
 pub mod fmt_cmd;
 pub mod graph;
+pub mod lsp_cmd;
 pub mod model_cmd;
 pub mod replay;
 pub mod run_cmd;
+pub mod shell_cmd;
 pub mod test_cmd;
 
 use crate::model::{self, CompiledFlow};
@@ -51,6 +53,13 @@ pub enum Command {
     Simulate(eval_cmd::SimulateArgs),
     /// Measure prediction quality on a log: next state, remaining time, outcomes, alerts.
     Eval(eval_cmd::EvalArgs),
+    /// A language server over stdio for editors: diagnostics, formatting, definitions,
+    /// references, rename, hover, completion.
+    Lsp(lsp_cmd::LspArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(shell_cmd::CompletionsArgs),
+    /// Print the man page (roff), or write one page per command with `--out-dir`.
+    Man(shell_cmd::ManArgs),
     /// Measuring tools for bench/run.sh.
     #[command(subcommand, hide = true)]
     Bench(bench_cmd::BenchTool),
@@ -78,6 +87,9 @@ pub fn main() -> std::process::ExitCode {
         Command::Discover(a) => eval_cmd::discover(a),
         Command::Simulate(a) => eval_cmd::simulate(a),
         Command::Eval(a) => eval_cmd::eval(a),
+        Command::Lsp(a) => lsp_cmd::run(a),
+        Command::Completions(a) => shell_cmd::completions(a),
+        Command::Man(a) => shell_cmd::man(a),
         Command::Bench(t) => bench_cmd::run(t),
     };
     match result {

@@ -3,6 +3,7 @@
 
 pub mod ast;
 mod format;
+pub mod index;
 mod parser;
 
 pub use format::format;

@@ -1,0 +1,382 @@
+//! `flowcast lsp`: a language server over stdio (JSON-RPC, the `lsp-server` crate that
+//! rust-analyzer is built on). Diagnostics as you type are `check`'s own (the same codes and
+//! words, compiled from the open text); formatting is `fmt`; go to definition, find
+//! references, rename and hover work on state names through `syntax::index`; completion offers
+//! the keywords and the flow's states.
+//!
+//! The server keeps each open document's text (full sync) and its last parse that succeeded,
+//! so that completion and navigation keep working while an edit is half typed. Messages are
+//! `serde_json::Value`s shaped by hand after the LSP specification, rather than a types crate:
+//! the handful used here are small, and the JSON is what the integration tests read.
+
+use super::ExitCode;
+use crate::diagnostic::{Severity, SourceFile, Span};
+use crate::syntax::{self, ast, index};
+use lsp_server::{Connection, Message, Notification, Request, Response};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+#[derive(Debug, clap::Args)]
+pub struct LspArgs {
+    /// Accepted for editors that pass it; the server always speaks over stdin and stdout.
+    #[arg(long)]
+    pub stdio: bool,
+}
+
+/// Words offered by completion: the items of a flow and the words of conditions.
+const KEYWORDS: &[&str] = &[
+    "flow",
+    "description",
+    "key",
+    "match",
+    "initial",
+    "state",
+    "terminal",
+    "artifact",
+    "on",
+    "transitions",
+    "unlisted",
+    "timeout",
+    "after",
+    "learn",
+    "alert",
+    "anomaly",
+    "for",
+    "and",
+    "or",
+    "not",
+    "in",
+    "exists",
+    "glob",
+    "true",
+    "false",
+    "null",
+];
+
+/// JSON-RPC's "invalid params" error code.
+const INVALID_PARAMS: i32 = -32602;
+
+struct Document {
+    text: String,
+    /// The last text of this document that parsed, and its AST.
+    parsed: Option<(String, ast::File)>,
+}
+
+pub fn run(_args: LspArgs) -> anyhow::Result<ExitCode> {
+    let (connection, io_threads) = Connection::stdio();
+    let (id, _params) = connection.initialize_start()?;
+    connection.initialize_finish(
+        id,
+        json!({
+            "capabilities": {
+                "textDocumentSync": 1,
+                "documentFormattingProvider": true,
+                "definitionProvider": true,
+                "referencesProvider": true,
+                "renameProvider": true,
+                "hoverProvider": true,
+                "completionProvider": {}
+            },
+            "serverInfo": {"name": "flowcast", "version": env!("CARGO_PKG_VERSION")}
+        }),
+    )?;
+    let mut docs: HashMap<String, Document> = HashMap::new();
+    for msg in &connection.receiver {
+        match msg {
+            Message::Request(req) => {
+                if connection.handle_shutdown(&req)? {
+                    break;
+                }
+                let resp = handle_request(&docs, req);
+                connection.sender.send(Message::Response(resp))?;
+            }
+            Message::Notification(n) => {
+                if let Some(publish) = handle_notification(&mut docs, n) {
+                    connection.sender.send(Message::Notification(publish))?;
+                }
+            }
+            Message::Response(_) => {}
+        }
+    }
+    drop(connection);
+    io_threads.join()?;
+    Ok(ExitCode::Ok)
+}
+
+fn handle_notification(
+    docs: &mut HashMap<String, Document>,
+    n: Notification,
+) -> Option<Notification> {
+    let uri = n.params["textDocument"]["uri"].as_str()?.to_string();
+    let text = match n.method.as_str() {
+        "textDocument/didOpen" => n.params["textDocument"]["text"].as_str()?.to_string(),
+        // Full sync: the last change holds the whole text.
+        "textDocument/didChange" => n.params["contentChanges"]
+            .as_array()?
+            .last()?
+            .get("text")?
+            .as_str()?
+            .to_string(),
+        "textDocument/didClose" => {
+            docs.remove(&uri);
+            return Some(publish(&uri, Vec::new()));
+        }
+        _ => return None,
+    };
+    let parsed = match syntax::parse(0, &text) {
+        Ok(f) => Some((text.clone(), f)),
+        Err(_) => docs.remove(&uri).and_then(|d| d.parsed),
+    };
+    let diagnostics = diagnostics(&uri, &text);
+    docs.insert(uri.clone(), Document { text, parsed });
+    Some(publish(&uri, diagnostics))
+}
+
+fn publish(uri: &str, diagnostics: Vec<Value>) -> Notification {
+    Notification::new(
+        "textDocument/publishDiagnostics".into(),
+        json!({"uri": uri, "diagnostics": diagnostics}),
+    )
+}
+
+/// `check`'s diagnostics of one document, as LSP diagnostics.
+fn diagnostics(uri: &str, text: &str) -> Vec<Value> {
+    let name = uri.rsplit('/').next().unwrap_or(uri).to_string();
+    let comp = crate::model::compile_files([(name, text.as_bytes().to_vec())]);
+    let src = SourceFile::new("", text);
+    comp.diagnostics
+        .iter()
+        .map(|(_, d)| {
+            let range = d
+                .span
+                .map_or_else(|| range(&src, 0, 0), |s| span_range(&src, s));
+            let mut message = d.message.clone();
+            if let Some(h) = &d.help {
+                message.push_str("\nhelp: ");
+                message.push_str(h);
+            }
+            let related: Vec<Value> = d
+                .labels
+                .iter()
+                .map(|l| {
+                    json!({
+                        "location": {"uri": uri, "range": span_range(&src, l.span)},
+                        "message": l.message,
+                    })
+                })
+                .collect();
+            json!({
+                "range": range,
+                "severity": if d.severity == Severity::Error { 1 } else { 2 },
+                "code": d.code.as_str(),
+                "source": "flowcast",
+                "message": message,
+                "relatedInformation": related,
+            })
+        })
+        .collect()
+}
+
+/// An LSP position (line, UTF-16 column) of a byte offset.
+fn position(src: &SourceFile, offset: usize) -> Value {
+    let offset = offset.min(src.text.len());
+    let (line, _) = src.line_col(offset);
+    let start = src.text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let column: usize = src.text[start..offset].chars().map(char::len_utf16).sum();
+    json!({"line": line - 1, "character": column})
+}
+
+fn range(src: &SourceFile, start: usize, end: usize) -> Value {
+    json!({"start": position(src, start), "end": position(src, end)})
+}
+
+fn span_range(src: &SourceFile, s: Span) -> Value {
+    range(src, s.start as usize, s.end as usize)
+}
+
+/// The byte offset of an LSP position, clamped to the text.
+fn offset(text: &str, pos: &Value) -> Option<usize> {
+    let line = pos["line"].as_u64()? as usize;
+    let character = pos["character"].as_u64()? as usize;
+    let start = if line == 0 {
+        0
+    } else {
+        text.match_indices('\n').nth(line - 1).map(|(i, _)| i + 1)?
+    };
+    let rest = &text[start..];
+    let line_text = &rest[..rest.find('\n').unwrap_or(rest.len())];
+    let mut units = 0;
+    for (i, c) in line_text.char_indices() {
+        if units >= character {
+            return Some(start + i);
+        }
+        units += c.len_utf16();
+    }
+    Some(start + line_text.len())
+}
+
+fn handle_request(docs: &HashMap<String, Document>, req: Request) -> Response {
+    let uri = req.params["textDocument"]["uri"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let Some(doc) = docs.get(&uri) else {
+        return Response::new_ok(req.id, Value::Null);
+    };
+    let result = match req.method.as_str() {
+        "textDocument/formatting" => formatting(&doc.text),
+        "textDocument/definition" => navigate(doc, &req.params, |occs, o| {
+            let d = index::declaration(occs, o)?;
+            Some(vec![d.span])
+        })
+        .map(|spans| location(doc, &uri, spans[0]))
+        .unwrap_or(Value::Null),
+        "textDocument/references" => {
+            let with_decl = req.params["context"]["includeDeclaration"]
+                .as_bool()
+                .unwrap_or(true);
+            navigate(doc, &req.params, |occs, o| {
+                Some(
+                    occs.iter()
+                        .filter(|x| x.flow == o.flow && x.name == o.name)
+                        .filter(|x| with_decl || !x.is_declaration)
+                        .map(|x| x.span)
+                        .collect(),
+                )
+            })
+            .map(|spans: Vec<Span>| {
+                Value::Array(spans.into_iter().map(|s| location(doc, &uri, s)).collect())
+            })
+            .unwrap_or(Value::Null)
+        }
+        "textDocument/rename" => {
+            let new_name = req.params["newName"].as_str().unwrap_or_default();
+            if !is_name(new_name) {
+                return Response::new_err(
+                    req.id,
+                    INVALID_PARAMS,
+                    format!("`{new_name}` is not a state name (letters, digits and `_`, not starting with a digit, not a keyword)"),
+                );
+            }
+            match navigate(doc, &req.params, |occs, o| {
+                Some(
+                    occs.iter()
+                        .filter(|x| x.flow == o.flow && x.name == o.name)
+                        .map(|x| x.span)
+                        .collect::<Vec<Span>>(),
+                )
+            }) {
+                Some(spans) => {
+                    let (text, _) = doc.parsed.as_ref().expect("navigate needs a parse");
+                    let src = SourceFile::new("", text.as_str());
+                    let edits: Vec<Value> = spans
+                        .into_iter()
+                        .map(|s| json!({"range": span_range(&src, s), "newText": new_name}))
+                        .collect();
+                    json!({"changes": {uri.clone(): edits}})
+                }
+                None => Value::Null,
+            }
+        }
+        "textDocument/hover" => hover(doc, &req.params).unwrap_or(Value::Null),
+        "textDocument/completion" => completion(doc),
+        _ => {
+            return Response::new_err(
+                req.id,
+                lsp_server::ErrorCode::MethodNotFound as i32,
+                format!("unsupported request {}", req.method),
+            )
+        }
+    };
+    Response::new_ok(req.id, result)
+}
+
+/// A whole-document edit to the formatted text, none when it is formatted or does not parse.
+fn formatting(text: &str) -> Value {
+    match syntax::format(text) {
+        Ok(out) if out != text => {
+            let src = SourceFile::new("", text);
+            json!([{"range": range(&src, 0, text.len()), "newText": out}])
+        }
+        Ok(_) => json!([]),
+        Err(_) => Value::Null,
+    }
+}
+
+/// Runs `f` on the state name under the cursor, in the last text that parsed (navigation
+/// answers only when the open text is that text: positions in another would be wrong).
+fn navigate<T>(
+    doc: &Document,
+    params: &Value,
+    f: impl Fn(&[index::Occurrence], &index::Occurrence) -> Option<T>,
+) -> Option<T> {
+    let (text, file) = doc.parsed.as_ref()?;
+    if *text != doc.text {
+        return None;
+    }
+    let at = offset(text, &params["position"])?;
+    let occs = index::occurrences(file);
+    let o = index::at(&occs, at)?;
+    f(&occs, o)
+}
+
+fn location(doc: &Document, uri: &str, s: Span) -> Value {
+    let src = SourceFile::new("", doc.text.as_str());
+    json!({"uri": uri, "range": span_range(&src, s)})
+}
+
+fn hover(doc: &Document, params: &Value) -> Option<Value> {
+    let (text, file) = doc.parsed.as_ref()?;
+    if *text != doc.text {
+        return None;
+    }
+    let at = offset(text, &params["position"])?;
+    let occs = index::occurrences(file);
+    let o = index::at(&occs, at)?;
+    let value = index::describe_state(file, o.flow, &o.name)?;
+    let src = SourceFile::new("", text.as_str());
+    Some(json!({
+        "contents": {"kind": "markdown", "value": value},
+        "range": span_range(&src, o.span),
+    }))
+}
+
+fn completion(doc: &Document) -> Value {
+    let mut items: Vec<Value> = KEYWORDS
+        .iter()
+        .map(|k| json!({"label": k, "kind": 14}))
+        .collect();
+    if let Some((_, file)) = &doc.parsed {
+        let mut seen = std::collections::BTreeSet::new();
+        for o in index::occurrences(file).iter().filter(|o| o.is_declaration) {
+            if seen.insert(o.name.clone()) {
+                let detail = index::describe_state(file, o.flow, &o.name)
+                    .and_then(|d| d.lines().next().map(str::to_string));
+                items.push(json!({"label": o.name, "kind": 12, "detail": detail}));
+            }
+        }
+    }
+    Value::Array(items)
+}
+
+/// A name a state can have: an identifier that is not a reserved word.
+fn is_name(s: &str) -> bool {
+    s.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !matches!(
+            s,
+            "after"
+                | "for"
+                | "and"
+                | "or"
+                | "not"
+                | "in"
+                | "exists"
+                | "glob"
+                | "true"
+                | "false"
+                | "null"
+        )
+}
