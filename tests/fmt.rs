@@ -333,3 +333,82 @@ proptest! {
         assert_fmt_keeps_meaning("generated", &text);
     }
 }
+
+/// Token soup: the words, symbols and non-ASCII characters of flow files in random order.
+fn soup() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop::sample::select(vec![
+            "flow",
+            "a",
+            "{",
+            "}",
+            "on",
+            "->",
+            "-",
+            ">",
+            "\"x.y\"",
+            "instance.resize.start",
+            "transitions",
+            "learn",
+            "alert",
+            "for",
+            "state",
+            "initial",
+            "keys",
+            "key",
+            "30",
+            "min",
+            "5m",
+            " ",
+            "\n",
+            "# c\n",
+            "// d\n",
+            "→",
+            "“",
+            "é",
+            "(",
+            ")",
+            "[",
+            "]",
+            ",",
+            "==",
+            "=",
+            "and",
+            "not",
+            "in",
+            "timeout",
+            "after",
+            "\"",
+            "\\",
+            "0.5",
+            "payload.x",
+        ]),
+        0..40,
+    )
+    .prop_map(|v| v.join(" "))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// No input makes check's hints or fmt panic (the words around an error are read from
+    /// the text, where a multi-byte character must not be cut).
+    #[test]
+    fn no_input_panics_check_or_fmt(text in prop_oneof![soup(), any::<String>()]) {
+        let _ = compile_files([("f.flow".to_string(), text.as_bytes().to_vec())]);
+        if let Ok(once) = format(&text) {
+            prop_assert_eq!(format(&once).ok(), Some(once.clone()));
+        }
+    }
+}
+
+#[test]
+fn a_non_ascii_character_before_an_arrow_is_no_panic() {
+    for text in [
+        "flow a { initial s on x→ -> s }",
+        "flow a { on “x” -> s }",
+        "flow a { transitions é{ keys }",
+    ] {
+        let _ = compile_files([("f.flow".to_string(), text.as_bytes().to_vec())]);
+    }
+}

@@ -328,6 +328,15 @@ fn found_word(rest: &str) -> &str {
     &rest[..end]
 }
 
+/// The byte position just after the last character of `s` that `pred` holds for, or 0: where
+/// the word at the end of `s` starts (a character boundary even after a multi-byte one).
+fn after_last(s: &str, pred: impl Fn(char) -> bool) -> usize {
+    s.char_indices()
+        .rev()
+        .find(|(_, c)| pred(*c))
+        .map_or(0, |(i, c)| i + c.len_utf8())
+}
+
 /// `30 min` near the error: the duration it should have been (`30m`), as help.
 fn spaced_duration(text: &str, pos: usize) -> Option<String> {
     let line_start = text[..pos].rfind('\n').map_or(0, |i| i + 1);
@@ -378,9 +387,9 @@ fn spaced_duration(text: &str, pos: usize) -> Option<String> {
 /// `on instance.resize.start -> s`: the path before the arrow was meant as an event type.
 fn unquoted_event_type(text: &str, pos: usize) -> Option<String> {
     let before = text[..pos].trim_end();
-    let start = before
-        .rfind(|c: char| !(c.is_alphanumeric() || matches!(c, '_' | '.' | '*' | '?' | '-')))
-        .map_or(0, |i| i + 1);
+    let start = after_last(before, |c| {
+        !(c.is_alphanumeric() || matches!(c, '_' | '.' | '*' | '?' | '-'))
+    });
     let word = &before[start..];
     let keyword_before = before[..start].trim_end();
     if word.is_empty() || !keyword_before.ends_with("on") {
@@ -403,9 +412,7 @@ fn open_inner_block<'t>(text: &'t str, pos: usize, word: &str) -> Option<(usize,
     }
     let at = *open.last()?;
     let head = text[..at].trim_end();
-    let kw_start = head
-        .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .map_or(0, |i| i + 1);
+    let kw_start = after_last(head, |c| !(c.is_alphanumeric() || c == '_'));
     let mut block = &head[kw_start..];
     // `for artifact {` inside `alert`: name the `for`.
     if !ITEM_KEYWORDS.contains(&block) {
