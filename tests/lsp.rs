@@ -21,8 +21,13 @@ struct Client {
 
 impl Client {
     fn start() -> Client {
+        Client::start_with(&[])
+    }
+
+    fn start_with(args: &[&str]) -> Client {
         let mut child = flowcast()
             .arg("lsp")
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -271,5 +276,23 @@ fn definition_references_rename_hover_and_completion_know_the_states() {
     for l in ["transitions", "timeout", "start", "done", "failed"] {
         assert!(labels.contains(&l), "{labels:?}");
     }
+    c.stop();
+}
+
+#[test]
+fn completion_offers_the_field_paths_of_a_sample_quoted_where_needed() {
+    let mut c = Client::start_with(&["--sample", "examples/nova_volume_attach/events.jsonl"]);
+    c.open(URI, TEXT);
+    let items = c.request(
+        "textDocument/completion",
+        json!({"textDocument": {"uri": URI}, "position": {"line": 1, "character": 8}}),
+    );
+    let item = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["label"] == r#"payload."nova_object.data".volume_id"#)
+        .unwrap_or_else(|| panic!("{items}"));
+    assert_eq!(item["detail"], "in 203 sample messages");
     c.stop();
 }

@@ -30,7 +30,7 @@ const MAX_SAMPLE_MESSAGES: usize = 100_000;
 
 /// Reads a sample file: its decoded messages (envelopes unwrapped), or a message naming the
 /// line that could not be read.
-fn read_sample(path: &std::path::Path) -> Result<Vec<serde_json::Value>, String> {
+pub(super) fn read_sample(path: &std::path::Path) -> Result<Vec<serde_json::Value>, String> {
     let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.split(|b| *b == b'\n').enumerate() {

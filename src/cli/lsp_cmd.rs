@@ -21,6 +21,60 @@ pub struct LspArgs {
     /// Accepted for editors that pass it; the server always speaks over stdin and stdout.
     #[arg(long)]
     pub stdio: bool,
+    /// Messages (JSON lines) whose field paths completion offers, quoted where needed
+    /// (`payload."nova_object.data".uuid`).
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub sample: Option<std::path::PathBuf>,
+}
+
+/// Field paths collected from a sample at most, and how deep into a message.
+const MAX_SAMPLE_PATHS: usize = 5_000;
+const MAX_PATH_DEPTH: usize = 8;
+
+/// Every field path of the sample messages (arrays by their first element), with the number
+/// of messages that have it, most common first.
+fn sample_paths(messages: &[Value]) -> Vec<(String, usize)> {
+    fn walk(
+        v: &Value,
+        segs: &mut Vec<crate::syntax::ast::Segment>,
+        seen: &mut std::collections::HashSet<String>,
+    ) {
+        if segs.len() >= MAX_PATH_DEPTH || seen.len() >= MAX_SAMPLE_PATHS {
+            return;
+        }
+        match v {
+            Value::Object(map) => {
+                for (k, x) in map {
+                    segs.push(crate::syntax::ast::Segment::Field(k.clone()));
+                    seen.insert(crate::model::cond::FieldPath::new(segs.clone()).to_string());
+                    walk(x, segs, seen);
+                    segs.pop();
+                }
+            }
+            Value::Array(items) => {
+                if let Some(first) = items.first() {
+                    segs.push(crate::syntax::ast::Segment::Index(0));
+                    seen.insert(crate::model::cond::FieldPath::new(segs.clone()).to_string());
+                    walk(first, segs, seen);
+                    segs.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for m in messages {
+        let mut seen = std::collections::HashSet::new();
+        walk(m, &mut Vec::new(), &mut seen);
+        for p in seen {
+            if counts.len() < MAX_SAMPLE_PATHS || counts.contains_key(&p) {
+                *counts.entry(p).or_default() += 1;
+            }
+        }
+    }
+    let mut out: Vec<(String, usize)> = counts.into_iter().collect();
+    out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    out
 }
 
 /// Words offered by completion: the items of a flow and the words of conditions.
@@ -62,7 +116,17 @@ struct Document {
     parsed: Option<(String, ast::File)>,
 }
 
-pub fn run(_args: LspArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: LspArgs) -> anyhow::Result<ExitCode> {
+    let paths = match &args.sample {
+        Some(p) => match super::check::read_sample(p) {
+            Ok(messages) => sample_paths(&messages),
+            Err(e) => {
+                eprintln!("error: sample {e}");
+                return Ok(ExitCode::Usage);
+            }
+        },
+        None => Vec::new(),
+    };
     let (connection, io_threads) = Connection::stdio();
     let (id, _params) = connection.initialize_start()?;
     connection.initialize_finish(
@@ -87,7 +151,7 @@ pub fn run(_args: LspArgs) -> anyhow::Result<ExitCode> {
                 if connection.handle_shutdown(&req)? {
                     break;
                 }
-                let resp = handle_request(&docs, req);
+                let resp = handle_request(&docs, &paths, req);
                 connection.sender.send(Message::Response(resp))?;
             }
             Message::Notification(n) => {
@@ -215,7 +279,11 @@ fn offset(text: &str, pos: &Value) -> Option<usize> {
     Some(start + line_text.len())
 }
 
-fn handle_request(docs: &HashMap<String, Document>, req: Request) -> Response {
+fn handle_request(
+    docs: &HashMap<String, Document>,
+    paths: &[(String, usize)],
+    req: Request,
+) -> Response {
     let uri = req.params["textDocument"]["uri"]
         .as_str()
         .unwrap_or_default()
@@ -279,7 +347,7 @@ fn handle_request(docs: &HashMap<String, Document>, req: Request) -> Response {
             }
         }
         "textDocument/hover" => hover(doc, &req.params).unwrap_or(Value::Null),
-        "textDocument/completion" => completion(doc),
+        "textDocument/completion" => completion(doc, paths),
         _ => {
             return Response::new_err(
                 req.id,
@@ -341,7 +409,7 @@ fn hover(doc: &Document, params: &Value) -> Option<Value> {
     }))
 }
 
-fn completion(doc: &Document) -> Value {
+fn completion(doc: &Document, paths: &[(String, usize)]) -> Value {
     let mut items: Vec<Value> = KEYWORDS
         .iter()
         .map(|k| json!({"label": k, "kind": 14}))
@@ -355,6 +423,9 @@ fn completion(doc: &Document) -> Value {
                 items.push(json!({"label": o.name, "kind": 12, "detail": detail}));
             }
         }
+    }
+    for (p, n) in paths {
+        items.push(json!({"label": p, "kind": 5, "detail": format!("in {n} sample messages")}));
     }
     Value::Array(items)
 }
