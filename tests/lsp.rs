@@ -263,6 +263,8 @@ fn definition_references_rename_hover_and_completion_know_the_states() {
     let text = hover["contents"]["value"].as_str().unwrap();
     assert!(text.contains("**initial** `start` — Requested"), "{text}");
     assert!(text.contains("-> `done`: 9 (90.0%)"), "{text}");
+    assert!(text.contains("Model (a priori):"), "{text}");
+    assert!(text.contains("- risk: `failed` 10.0%"), "{text}");
     let items = c.request(
         "textDocument/completion",
         json!({"textDocument": doc, "position": {"line": 5, "character": 4}}),
@@ -294,5 +296,46 @@ fn completion_offers_the_field_paths_of_a_sample_quoted_where_needed() {
         .find(|i| i["label"] == r#"payload."nova_object.data".volume_id"#)
         .unwrap_or_else(|| panic!("{items}"));
     assert_eq!(item["detail"], "in 203 sample messages");
+    c.stop();
+}
+
+#[test]
+fn hover_shows_what_a_state_directory_learned() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = "models/nova_volume_attach.flow";
+    let out = flowcast()
+        .args(["replay", "--models", model, "--state-dir"])
+        .arg(dir.path())
+        .arg("examples/nova_volume_attach/events.jsonl")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // What `flowcast model --state-dir` says about `attaching`, the hover must say too.
+    let out = flowcast()
+        .args(["model", model, "--format", "json", "--state-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let table: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = table["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["state"] == "attaching")
+        .unwrap();
+    let error = row["risk"]["attach_error"].as_f64().unwrap();
+    let text = std::fs::read_to_string(model).unwrap();
+    let mut c = Client::start_with(&["--state-dir", dir.path().to_str().unwrap()]);
+    c.open("file:///m/nova_volume_attach.flow", &text);
+    let hover = c.request(
+        "textDocument/hover",
+        json!({"textDocument": {"uri": "file:///m/nova_volume_attach.flow"}, "position": pos(&text, "attaching ", 0)}),
+    );
+    let value = hover["contents"]["value"].as_str().unwrap();
+    assert!(value.contains("Model (learned, from"), "{value}");
+    assert!(
+        value.contains(&format!("`attach_error` {:.1}%", error * 100.0)),
+        "{value}\nmodel: {error}"
+    );
     c.stop();
 }

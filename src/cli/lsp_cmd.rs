@@ -25,7 +25,17 @@ pub struct LspArgs {
     /// (`payload."nova_object.data".uuid`).
     #[arg(long, value_name = "FILE.jsonl")]
     pub sample: Option<std::path::PathBuf>,
+    /// A state directory (the service's, or replay's): hover shows the probabilities learned
+    /// there, not only the a priori ones.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
 }
+
+/// Learned counts by flow name, and the file they came from.
+type Learned = (
+    std::path::PathBuf,
+    std::collections::BTreeMap<String, crate::engine::markov::LearnedCounts>,
+);
 
 /// Field paths collected from a sample at most, and how deep into a message.
 const MAX_SAMPLE_PATHS: usize = 5_000;
@@ -127,6 +137,23 @@ pub fn run(args: LspArgs) -> anyhow::Result<ExitCode> {
         },
         None => Vec::new(),
     };
+    let learned: Option<Learned> = match &args.state_dir {
+        Some(dir) => match super::model_cmd::learned_counts(dir) {
+            Ok(Some(l)) => Some(l),
+            Ok(None) => {
+                eprintln!(
+                    "error: {} holds no learned counts (snapshot.json or learned.json)",
+                    dir.display()
+                );
+                return Ok(ExitCode::Usage);
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return Ok(ExitCode::Usage);
+            }
+        },
+        None => None,
+    };
     let (connection, io_threads) = Connection::stdio();
     let (id, _params) = connection.initialize_start()?;
     connection.initialize_finish(
@@ -151,7 +178,7 @@ pub fn run(args: LspArgs) -> anyhow::Result<ExitCode> {
                 if connection.handle_shutdown(&req)? {
                     break;
                 }
-                let resp = handle_request(&docs, &paths, req);
+                let resp = handle_request(&docs, &paths, learned.as_ref(), req);
                 connection.sender.send(Message::Response(resp))?;
             }
             Message::Notification(n) => {
@@ -282,6 +309,7 @@ fn offset(text: &str, pos: &Value) -> Option<usize> {
 fn handle_request(
     docs: &HashMap<String, Document>,
     paths: &[(String, usize)],
+    learned: Option<&Learned>,
     req: Request,
 ) -> Response {
     let uri = req.params["textDocument"]["uri"]
@@ -346,7 +374,7 @@ fn handle_request(
                 None => Value::Null,
             }
         }
-        "textDocument/hover" => hover(doc, &req.params).unwrap_or(Value::Null),
+        "textDocument/hover" => hover(doc, &req.params, learned).unwrap_or(Value::Null),
         "textDocument/completion" => completion(doc, paths),
         _ => {
             return Response::new_err(
@@ -393,7 +421,7 @@ fn location(doc: &Document, uri: &str, s: Span) -> Value {
     json!({"uri": uri, "range": span_range(&src, s)})
 }
 
-fn hover(doc: &Document, params: &Value) -> Option<Value> {
+fn hover(doc: &Document, params: &Value, learned: Option<&Learned>) -> Option<Value> {
     let (text, file) = doc.parsed.as_ref()?;
     if *text != doc.text {
         return None;
@@ -401,12 +429,56 @@ fn hover(doc: &Document, params: &Value) -> Option<Value> {
     let at = offset(text, &params["position"])?;
     let occs = index::occurrences(file);
     let o = index::at(&occs, at)?;
-    let value = index::describe_state(file, o.flow, &o.name)?;
+    let mut value = index::describe_state(file, o.flow, &o.name)?;
+    if let Some(model) = model_row(text, &file.flows[o.flow].name.name, &o.name, learned) {
+        value.push_str("\n\n");
+        value.push_str(&model);
+    }
     let src = SourceFile::new("", text.as_str());
     Some(json!({
         "contents": {"kind": "markdown", "value": value},
         "range": span_range(&src, o.span),
     }))
+}
+
+/// What the model predicts from a state (FIG. 11's row): next states, the risk of each
+/// artifact, the expected time left; learned counts blended in when a state directory is given.
+/// `None` when the flow does not compile.
+fn model_row(text: &str, flow: &str, state: &str, learned: Option<&Learned>) -> Option<String> {
+    let comp = crate::model::compile_files([("doc.flow".to_string(), text.as_bytes().to_vec())]);
+    let compiled = comp.flows.into_iter().find(|f| f.name == flow)?;
+    let mut engine = crate::engine::Engine::new(vec![compiled]);
+    let source = match learned {
+        Some((path, counts)) if engine.import_learned(counts).0 > 0 => {
+            format!("learned, from {}", path.display())
+        }
+        Some((path, _)) => format!("a priori: {} has nothing for this flow", path.display()),
+        None => "a priori".to_string(),
+    };
+    let table = crate::engine::table::build(&mut engine.flows[0]);
+    let row = table.states.iter().find(|r| r.state == state)?;
+    let pct = |m: &std::collections::BTreeMap<String, f64>| {
+        let mut v: Vec<(&String, &f64)> = m.iter().filter(|(_, p)| **p > 0.0).collect();
+        v.sort_by(|a, b| b.1.total_cmp(a.1));
+        v.iter()
+            .map(|(k, p)| format!("`{k}` {:.1}%", *p * 100.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = format!("Model ({source}):");
+    if !row.next.is_empty() {
+        out.push_str(&format!("\n- next: {}", pct(&row.next)));
+    }
+    if !row.risk.is_empty() {
+        out.push_str(&format!("\n- risk: {}", pct(&row.risk)));
+    }
+    if row.expected_remaining_ms.is_finite() && row.expected_remaining_ms > 0.0 {
+        out.push_str(&format!(
+            "\n- expected time left: {}",
+            crate::syntax::format_duration_ms(row.expected_remaining_ms.round() as i64)
+        ));
+    }
+    Some(out)
 }
 
 fn completion(doc: &Document, paths: &[(String, usize)]) -> Value {
