@@ -275,7 +275,16 @@ fn definition_references_rename_hover_and_completion_know_the_states() {
         .iter()
         .filter_map(|i| i["label"].as_str())
         .collect();
-    for l in ["transitions", "timeout", "start", "done", "failed"] {
+    for l in [
+        "transitions",
+        "timeout",
+        "start",
+        "done",
+        "failed",
+        "half_life",
+        "threshold",
+        "window",
+    ] {
         assert!(labels.contains(&l), "{labels:?}");
     }
     c.stop();

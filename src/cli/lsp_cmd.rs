@@ -486,6 +486,16 @@ fn completion(doc: &Document, paths: &[(String, usize)]) -> Value {
         .iter()
         .map(|k| json!({"label": k, "kind": 14}))
         .collect();
+    for (block, names) in [
+        ("learn", crate::model::LEARN_SETTINGS),
+        ("alert", crate::model::ALERT_SETTINGS),
+        ("anomaly", crate::model::ANOMALY_SETTINGS),
+    ] {
+        for n in names {
+            items
+                .push(json!({"label": n, "kind": 10, "detail": format!("a setting of `{block}`")}));
+        }
+    }
     if let Some((_, file)) = &doc.parsed {
         let mut seen = std::collections::BTreeSet::new();
         for o in index::occurrences(file).iter().filter(|o| o.is_declaration) {

@@ -13,6 +13,29 @@ use crate::diagnostic::{Code, Diagnostic, FileId, SourceFile, SourceSet, Span};
 use crate::syntax::ast::{self, Expr, Item, StateKind, ValueKind};
 use std::collections::HashMap;
 
+/// The settings of each block, for did-you-mean help and the language server's completion.
+pub const LEARN_SETTINGS: &[&str] = &[
+    "model",
+    "half_life",
+    "prior_weight",
+    "history",
+    "min_observations",
+    "expire",
+    "repeats",
+    "calendar",
+    "features",
+];
+pub const ANOMALY_SETTINGS: &[&str] = &[
+    "unknown_events",
+    "min_probability",
+    "top",
+    "window",
+    "window_surprise",
+    "false_alarm_rate",
+    "min_learned",
+];
+pub const ALERT_SETTINGS: &[&str] = &["threshold", "resolve", "severity"];
+
 /// The result of compiling a set of files: the flows that compiled, and every diagnostic.
 #[derive(Debug, Default)]
 pub struct Compilation {
@@ -668,17 +691,7 @@ impl FlowCompiler<'_> {
                 other => self.unknown_setting(
                     &s.name,
                     other,
-                    &[
-                        "model",
-                        "half_life",
-                        "prior_weight",
-                        "history",
-                        "min_observations",
-                        "expire",
-                        "repeats",
-                        "calendar",
-                        "features",
-                    ],
+                    LEARN_SETTINGS,
                     "learn",
                 ),
             }
@@ -742,15 +755,7 @@ impl FlowCompiler<'_> {
                 other => self.unknown_setting(
                     &s.name,
                     other,
-                    &[
-                        "unknown_events",
-                        "min_probability",
-                        "top",
-                        "window",
-                        "window_surprise",
-                        "false_alarm_rate",
-                        "min_learned",
-                    ],
+                    ANOMALY_SETTINGS,
                     "anomaly",
                 ),
             }
@@ -818,12 +823,7 @@ impl FlowCompiler<'_> {
                         .help = Some("use `info`, `warning` or `critical`".into());
                     }
                 },
-                other => self.unknown_setting(
-                    &s.name,
-                    other,
-                    &["threshold", "resolve", "severity"],
-                    "alert",
-                ),
+                other => self.unknown_setting(&s.name, other, ALERT_SETTINGS, "alert"),
             }
         }
         if !resolve_given && threshold_span.is_some() {
