@@ -324,7 +324,7 @@ fn flow_text() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(common::proptest_config(256))]
 
     #[test]
     fn generated_flows_keep_their_meaning_and_comments(text in flow_text()) {
@@ -389,7 +389,7 @@ fn soup() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(common::proptest_config(512))]
 
     /// No input makes check's hints or fmt panic (the words around an error are read from
     /// the text, where a multi-byte character must not be cut).

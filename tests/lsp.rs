@@ -348,3 +348,55 @@ fn hover_shows_what_a_state_directory_learned() {
     );
     c.stop();
 }
+
+#[test]
+fn hover_shows_a_running_services_live_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    let text = std::fs::read_to_string("models/nova_volume_attach.flow").unwrap();
+    std::fs::write(models.join("nova_volume_attach.flow"), &text).unwrap();
+    // Its stdin stays open (a source with more to come) for as long as the test holds it.
+    let (svc, stdin) =
+        common::start_with_stdin(dir.path(), &format!("models: {}\n", models.display()));
+    svc.wait_until("ready", || {
+        common::http(svc.http_port, "GET", "/readyz").0 == 200
+    });
+    let url = format!("http://127.0.0.1:{}", svc.http_port);
+    let (status, body) = common::http(svc.http_port, "GET", "/api/flows/nova_volume_attach/model");
+    assert_eq!(status, 200, "{body}");
+    let table: Value = serde_json::from_str(&body).unwrap();
+    let row = table["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["state"] == "attaching")
+        .unwrap();
+    let timeout = row["risk"]["attach_timeout"].as_f64().unwrap();
+    let mut c = Client::start_with(&["--service", &url]);
+    let uri = "file:///m/nova_volume_attach.flow";
+    c.open(uri, &text);
+    let hover = c.request(
+        "textDocument/hover",
+        json!({"textDocument": {"uri": uri}, "position": pos(&text, "attaching ", 0)}),
+    );
+    let value = hover["contents"]["value"].as_str().unwrap();
+    assert!(
+        value.contains(&format!("Model (live, from the service at {url}")),
+        "{value}"
+    );
+    assert!(
+        value.contains(&format!("`attach_timeout` {:.1}%", timeout * 100.0)),
+        "{value}"
+    );
+    drop(svc);
+    drop(stdin);
+    // The service gone, hover falls back to the open text's model and says why.
+    let hover = c.request(
+        "textDocument/hover",
+        json!({"textDocument": {"uri": uri}, "position": pos(&text, "attaching ", 0)}),
+    );
+    let value = hover["contents"]["value"].as_str().unwrap();
+    assert!(value.contains("Model (a priori; the service at"), "{value}");
+    c.stop();
+}

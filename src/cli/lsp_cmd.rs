@@ -29,6 +29,9 @@ pub struct LspArgs {
     /// there, not only the a priori ones.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<std::path::PathBuf>,
+    /// A running service's HTTP address (`http://127.0.0.1:9464`): hover shows its live model.
+    #[arg(long, value_name = "URL")]
+    pub service: Option<String>,
 }
 
 /// Learned counts by flow name, and the file they came from.
@@ -178,7 +181,11 @@ pub fn run(args: LspArgs) -> anyhow::Result<ExitCode> {
                 if connection.handle_shutdown(&req)? {
                     break;
                 }
-                let resp = handle_request(&docs, &paths, learned.as_ref(), req);
+                let from = ModelSource {
+                    learned: learned.as_ref(),
+                    service: args.service.as_deref(),
+                };
+                let resp = handle_request(&docs, &paths, &from, req);
                 connection.sender.send(Message::Response(resp))?;
             }
             Message::Notification(n) => {
@@ -309,7 +316,7 @@ fn offset(text: &str, pos: &Value) -> Option<usize> {
 fn handle_request(
     docs: &HashMap<String, Document>,
     paths: &[(String, usize)],
-    learned: Option<&Learned>,
+    from: &ModelSource,
     req: Request,
 ) -> Response {
     let uri = req.params["textDocument"]["uri"]
@@ -374,7 +381,7 @@ fn handle_request(
                 None => Value::Null,
             }
         }
-        "textDocument/hover" => hover(doc, &req.params, learned).unwrap_or(Value::Null),
+        "textDocument/hover" => hover(doc, &req.params, from).unwrap_or(Value::Null),
         "textDocument/completion" => completion(doc, paths),
         _ => {
             return Response::new_err(
@@ -421,7 +428,7 @@ fn location(doc: &Document, uri: &str, s: Span) -> Value {
     json!({"uri": uri, "range": span_range(&src, s)})
 }
 
-fn hover(doc: &Document, params: &Value, learned: Option<&Learned>) -> Option<Value> {
+fn hover(doc: &Document, params: &Value, from: &ModelSource) -> Option<Value> {
     let (text, file) = doc.parsed.as_ref()?;
     if *text != doc.text {
         return None;
@@ -430,7 +437,7 @@ fn hover(doc: &Document, params: &Value, learned: Option<&Learned>) -> Option<Va
     let occs = index::occurrences(file);
     let o = index::at(&occs, at)?;
     let mut value = index::describe_state(file, o.flow, &o.name)?;
-    if let Some(model) = model_row(text, &file.flows[o.flow].name.name, &o.name, learned) {
+    if let Some(model) = model_row(text, &file.flows[o.flow].name.name, &o.name, from) {
         value.push_str("\n\n");
         value.push_str(&model);
     }
@@ -441,44 +448,124 @@ fn hover(doc: &Document, params: &Value, learned: Option<&Learned>) -> Option<Va
     }))
 }
 
+/// Where hover's model figures come from.
+struct ModelSource<'a> {
+    learned: Option<&'a Learned>,
+    /// A running service's HTTP address (`http://127.0.0.1:9464`).
+    service: Option<&'a str>,
+}
+
 /// What the model predicts from a state (FIG. 11's row): next states, the risk of each
-/// artifact, the expected time left; learned counts blended in when a state directory is given.
-/// `None` when the flow does not compile.
-fn model_row(text: &str, flow: &str, state: &str, learned: Option<&Learned>) -> Option<String> {
+/// artifact, the expected time left. From a running service when one is given and answers,
+/// else from the open text's flow, with learned counts blended in from a state directory.
+/// `None` when the flow does not compile and no service answers.
+fn model_row(text: &str, flow: &str, state: &str, from: &ModelSource) -> Option<String> {
+    let mut note = String::new();
+    if let Some(url) = from.service {
+        match service_model(url, flow) {
+            Ok(table) => {
+                let version = table["model_version"].as_u64().unwrap_or(0);
+                return row_text(
+                    &format!("live, from the service at {url}, model version {version}"),
+                    &table,
+                    state,
+                );
+            }
+            Err(e) => note = format!("; the service at {url} did not answer: {e}"),
+        }
+    }
     let comp = crate::model::compile_files([("doc.flow".to_string(), text.as_bytes().to_vec())]);
     let compiled = comp.flows.into_iter().find(|f| f.name == flow)?;
     let mut engine = crate::engine::Engine::new(vec![compiled]);
-    let source = match learned {
+    let source = match from.learned {
         Some((path, counts)) if engine.import_learned(counts).0 > 0 => {
             format!("learned, from {}", path.display())
         }
         Some((path, _)) => format!("a priori: {} has nothing for this flow", path.display()),
         None => "a priori".to_string(),
     };
-    let table = crate::engine::table::build(&mut engine.flows[0]);
-    let row = table.states.iter().find(|r| r.state == state)?;
-    let pct = |m: &std::collections::BTreeMap<String, f64>| {
-        let mut v: Vec<(&String, &f64)> = m.iter().filter(|(_, p)| **p > 0.0).collect();
-        v.sort_by(|a, b| b.1.total_cmp(a.1));
+    let table = serde_json::to_value(crate::engine::table::build(&mut engine.flows[0])).ok()?;
+    row_text(&format!("{source}{note}"), &table, state)
+}
+
+/// One state's row of a model table (`flowcast model --format json`, `/api/flows/F/model`).
+fn row_text(source: &str, table: &Value, state: &str) -> Option<String> {
+    let row = table["states"]
+        .as_array()?
+        .iter()
+        .find(|r| r["state"] == state)?;
+    let pct = |m: &Value| {
+        let mut v: Vec<(&String, f64)> = m
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter_map(|(k, p)| p.as_f64().map(|p| (k, p)))
+                    .filter(|(_, p)| *p > 0.0)
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
         v.iter()
-            .map(|(k, p)| format!("`{k}` {:.1}%", *p * 100.0))
+            .map(|(k, p)| format!("`{k}` {:.1}%", p * 100.0))
             .collect::<Vec<_>>()
             .join(", ")
     };
     let mut out = format!("Model ({source}):");
-    if !row.next.is_empty() {
-        out.push_str(&format!("\n- next: {}", pct(&row.next)));
+    let next = pct(&row["next"]);
+    if !next.is_empty() {
+        out.push_str(&format!("\n- next: {next}"));
     }
-    if !row.risk.is_empty() {
-        out.push_str(&format!("\n- risk: {}", pct(&row.risk)));
+    let risk = pct(&row["risk"]);
+    if !risk.is_empty() {
+        out.push_str(&format!("\n- risk: {risk}"));
     }
-    if row.expected_remaining_ms.is_finite() && row.expected_remaining_ms > 0.0 {
-        out.push_str(&format!(
-            "\n- expected time left: {}",
-            crate::syntax::format_duration_ms(row.expected_remaining_ms.round() as i64)
-        ));
+    if let Some(ms) = row["expected_remaining_ms"].as_f64() {
+        if ms.is_finite() && ms > 0.0 {
+            out.push_str(&format!(
+                "\n- expected time left: {}",
+                crate::syntax::format_duration_ms(ms.round() as i64)
+            ));
+        }
     }
     Some(out)
+}
+
+/// A flow's model table from a running service's HTTP API (`GET /api/flows/F/model`), over a
+/// plain HTTP/1.0 connection with short timeouts: a hover must not hang the editor.
+fn service_model(url: &str, flow: &str) -> Result<Value, String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("only http:// addresses are supported")?;
+    let (host, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let addr = host
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("no address")?;
+    let timeout = std::time::Duration::from_millis(1500);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let prefix = prefix.trim_end_matches('/');
+    let path = if prefix.is_empty() {
+        format!("/api/flows/{flow}/model")
+    } else {
+        format!("/{prefix}/api/flows/{flow}/model")
+    };
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.take(16 << 20)
+        .read_to_end(&mut buf)
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("not an HTTP answer")?;
+    let status = head.split(' ').nth(1).unwrap_or("");
+    if status != "200" {
+        return Err(format!("HTTP {status} for {path}"));
+    }
+    serde_json::from_str(body).map_err(|e| e.to_string())
 }
 
 fn completion(doc: &Document, paths: &[(String, usize)]) -> Value {
