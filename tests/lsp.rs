@@ -400,3 +400,25 @@ fn hover_shows_a_running_services_live_model() {
     assert!(value.contains("Model (a priori; the service at"), "{value}");
     c.stop();
 }
+
+#[test]
+fn with_a_sample_diagnostics_include_the_sample_checks() {
+    let mut c = Client::start_with(&["--sample", "examples/nova_volume_attach/events.jsonl"]);
+    let text = TEXT.replace("key payload.id", "key payload.nova_object.data.volume_id");
+    let d = c.open(URI, &text);
+    let w106 = d
+        .iter()
+        .find(|d| d["code"] == "W106")
+        .unwrap_or_else(|| panic!("{d:?}"));
+    assert_eq!(w106["severity"], 2);
+    assert!(
+        w106["message"]
+            .as_str()
+            .unwrap()
+            .contains(r#"help: the sample has `payload."nova_object.data".volume_id`"#),
+        "{w106}"
+    );
+    // The sample's own findings (its event types no rule matches) are not this file's.
+    assert!(d.iter().all(|d| d["code"] != "W108"), "{d:?}");
+    c.stop();
+}

@@ -40,6 +40,9 @@ type Learned = (
     std::collections::BTreeMap<String, crate::engine::markov::LearnedCounts>,
 );
 
+/// Sample messages the diagnostics check an edit against (`check --sample`'s W106-W109).
+const MAX_SAMPLE_CHECKED: usize = 1_000;
+
 /// Field paths collected from a sample at most, and how deep into a message.
 const MAX_SAMPLE_PATHS: usize = 5_000;
 const MAX_PATH_DEPTH: usize = 8;
@@ -130,16 +133,24 @@ struct Document {
 }
 
 pub fn run(args: LspArgs) -> anyhow::Result<ExitCode> {
-    let paths = match &args.sample {
+    let mut sample = match &args.sample {
         Some(p) => match super::check::read_sample(p) {
-            Ok(messages) => sample_paths(&messages),
+            Ok(messages) => Some((p.display().to_string(), messages)),
             Err(e) => {
                 eprintln!("error: sample {e}");
                 return Ok(ExitCode::Usage);
             }
         },
-        None => Vec::new(),
+        None => None,
     };
+    let paths = sample
+        .as_ref()
+        .map(|(_, m)| sample_paths(m))
+        .unwrap_or_default();
+    // Diagnostics run on every edit: the sample checks read its first messages only.
+    if let Some((_, m)) = &mut sample {
+        m.truncate(MAX_SAMPLE_CHECKED);
+    }
     let learned: Option<Learned> = match &args.state_dir {
         Some(dir) => match super::model_cmd::learned_counts(dir) {
             Ok(Some(l)) => Some(l),
@@ -189,7 +200,7 @@ pub fn run(args: LspArgs) -> anyhow::Result<ExitCode> {
                 connection.sender.send(Message::Response(resp))?;
             }
             Message::Notification(n) => {
-                if let Some(publish) = handle_notification(&mut docs, n) {
+                if let Some(publish) = handle_notification(&mut docs, sample.as_ref(), n) {
                     connection.sender.send(Message::Notification(publish))?;
                 }
             }
@@ -201,8 +212,12 @@ pub fn run(args: LspArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::Ok)
 }
 
+/// A sample's name and its messages.
+type Sample = (String, Vec<Value>);
+
 fn handle_notification(
     docs: &mut HashMap<String, Document>,
+    sample: Option<&Sample>,
     n: Notification,
 ) -> Option<Notification> {
     let uri = n.params["textDocument"]["uri"].as_str()?.to_string();
@@ -225,7 +240,7 @@ fn handle_notification(
         Ok(f) => Some((text.clone(), f)),
         Err(_) => docs.remove(&uri).and_then(|d| d.parsed),
     };
-    let diagnostics = diagnostics(&uri, &text);
+    let diagnostics = diagnostics(&uri, &text, sample);
     docs.insert(uri.clone(), Document { text, parsed });
     Some(publish(&uri, diagnostics))
 }
@@ -238,12 +253,18 @@ fn publish(uri: &str, diagnostics: Vec<Value>) -> Notification {
 }
 
 /// `check`'s diagnostics of one document, as LSP diagnostics.
-fn diagnostics(uri: &str, text: &str) -> Vec<Value> {
+fn diagnostics(uri: &str, text: &str, sample: Option<&Sample>) -> Vec<Value> {
     let name = uri.rsplit('/').next().unwrap_or(uri).to_string();
-    let comp = crate::model::compile_files([(name, text.as_bytes().to_vec())]);
+    let mut comp = crate::model::compile_files([(name, text.as_bytes().to_vec())]);
+    if let Some((name, messages)) = sample {
+        crate::model::check_sample(&mut comp, name, messages);
+    }
     let src = SourceFile::new("", text);
     comp.diagnostics
         .iter()
+        // The document is file 0; the sample's own findings (W108: its event types no rule
+        // matches) are about the sample, not this text.
+        .filter(|(f, _)| *f == 0)
         .map(|(_, d)| {
             let range = d
                 .span
