@@ -178,6 +178,13 @@ tests:
     assert!(written.contains("outcome: done"), "{written}");
     assert!(written.contains("outcome: hung"), "{written}");
     assert!(written.contains("unmatched: 0"), "{written}");
+    // One record a line, as people write them.
+    assert!(
+        written.contains(
+            "        - {at: \"5s\", flow: attach, object: a1, outcome: done, kind: success}\n"
+        ),
+        "{written}"
+    );
     // The written expectations hold, and would catch a change.
     std::fs::rename(&new, dir.path().join("attach.test.yaml")).unwrap();
     let out = flowcast().arg("test").arg(dir.path()).output().unwrap();

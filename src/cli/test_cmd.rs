@@ -379,8 +379,8 @@ fn run_file(path: &Path, update: bool) -> Result<FileReport, FileOutcome> {
         let mut new = path.as_os_str().to_owned();
         new.push(".new");
         let new = PathBuf::from(new);
-        let yaml = serde_norway::to_string(&updated)
-            .map_err(|e| FileError(format!("cannot write the update: {e}")))?;
+        let yaml =
+            to_yaml(&updated).map_err(|e| FileError(format!("cannot write the update: {e}")))?;
         std::fs::write(&new, yaml).map_err(|e| FileError(format!("{}: {e}", new.display())))?;
         let _ = writeln!(
             report.text,
@@ -856,5 +856,116 @@ fn show_time_spec(t: &TimeSpec) -> String {
     match t {
         TimeSpec::At(s) => s.clone(),
         TimeSpec::Between([a, b]) => format!("[{a}, {b}]"),
+    }
+}
+
+/// A test file as YAML, one message or record a line (YAML's flow style), so that the update
+/// reads like the files people write and a review shows one changed line per changed record.
+fn to_yaml(file: &TestFile) -> Result<String, serde_json::Error> {
+    let v = serde_json::to_value(file)?;
+    let mut out = String::from(
+        "# Written by `flowcast test --update`: the actual output. Review it, then move it over\n# the test file.\n",
+    );
+    if let Some(flows) = v.get("flows") {
+        out.push_str(&format!("flows: {}\n", flow_yaml(flows)));
+    }
+    if let Some(start) = v.get("start") {
+        out.push_str(&format!("start: {}\n", flow_yaml(start)));
+    }
+    out.push_str("tests:\n");
+    for t in v["tests"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  - name: {}\n", flow_yaml(&t["name"])));
+        for key in ["messages_file", "until"] {
+            if let Some(x) = t.get(key) {
+                out.push_str(&format!("    {key}: {}\n", flow_yaml(x)));
+            }
+        }
+        if let Some(ms) = t.get("messages").and_then(Value::as_array) {
+            out.push_str("    messages:\n");
+            for m in ms {
+                out.push_str(&format!("      - {}\n", flow_yaml(m)));
+            }
+        }
+        let Some(expect) = t["expect"].as_object() else {
+            continue;
+        };
+        out.push_str("    expect:");
+        if expect.is_empty() {
+            out.push_str(" {}\n");
+            continue;
+        }
+        out.push('\n');
+        for (key, x) in expect {
+            match x.as_array() {
+                Some(items) if !items.is_empty() => {
+                    out.push_str(&format!("      {key}:\n"));
+                    for it in items {
+                        out.push_str(&format!("        - {}\n", flow_yaml(it)));
+                    }
+                }
+                _ => out.push_str(&format!("      {key}: {}\n", flow_yaml(x))),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A JSON value in YAML's flow style: `{flow: a, at: "5s", probability: [0.3, 0.32]}`.
+fn flow_yaml(v: &Value) -> String {
+    match v {
+        Value::Object(map) => {
+            // Fields in the order a reader looks for them; others after, by name.
+            const ORDER: &[&str] = &[
+                "at",
+                "event_type",
+                "flow",
+                "object",
+                "state",
+                "from",
+                "to",
+                "artifact",
+                "severity",
+                "outcome",
+                "kind",
+                "reason",
+                "probability",
+                "risk",
+                "alerting",
+            ];
+            let rank = |k: &str| ORDER.iter().position(|o| *o == k).unwrap_or(ORDER.len());
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by_key(|(k, _)| (rank(k), (*k).clone()));
+            let parts: Vec<String> = entries
+                .iter()
+                .map(|(k, x)| format!("{}: {}", yaml_str(k), flow_yaml(x)))
+                .collect();
+            format!("{{{}}}", parts.join(", "))
+        }
+        Value::Array(items) => {
+            let parts: Vec<String> = items.iter().map(flow_yaml).collect();
+            format!("[{}]", parts.join(", "))
+        }
+        Value::String(s) => yaml_str(s),
+        other => other.to_string(),
+    }
+}
+
+/// A string plain when YAML reads it back as the same string, else double-quoted (JSON's
+/// escapes are a subset of YAML's).
+fn yaml_str(s: &str) -> String {
+    let plain = s
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))
+        && !matches!(
+            s.to_ascii_lowercase().as_str(),
+            "y" | "n" | "yes" | "no" | "true" | "false" | "on" | "off" | "null"
+        );
+    if plain {
+        s.to_string()
+    } else {
+        Value::String(s.to_string()).to_string()
     }
 }
