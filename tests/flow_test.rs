@@ -296,3 +296,55 @@ fn no_test_files_is_a_usage_error() {
     let out = flowcast().arg("test").arg(dir.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn an_improbable_step_is_an_expected_anomaly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("w.flow"),
+        r#"flow w {
+    key payload.id
+    initial start
+    terminal usual, rare
+    on "start" -> start
+    on "usual" -> usual
+    on "rare" -> rare
+    transitions {
+        start -> usual 99
+        start -> rare   1
+    }
+    anomaly { min_probability 0.05 }
+}
+"#,
+    )
+    .unwrap();
+    let test = r#"
+tests:
+  - name: the rare ending is flagged, the usual one is not
+    messages:
+      - {at: 0s, event_type: start, payload: {id: u}}
+      - {at: 1s, event_type: usual, payload: {id: u}}
+      - {at: 2s, event_type: start, payload: {id: r}}
+      - {at: 3s, event_type: rare, payload: {id: r}}
+    expect:
+      anomalies:
+        - {flow: w, object: r, from: start, state: rare, probability: [0.005, 0.015], at: 3s}
+"#;
+    std::fs::write(dir.path().join("w.test.yaml"), test).unwrap();
+    let out = flowcast().arg("test").arg(dir.path()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    // Expecting none fails, showing the one that came.
+    std::fs::write(
+        dir.path().join("w.test.yaml"),
+        test.replace(
+            "      anomalies:\n        - {flow: w, object: r, from: start, state: rare, probability: [0.005, 0.015], at: 3s}\n",
+            "      anomalies: []\n",
+        ),
+    )
+    .unwrap();
+    let out = flowcast().arg("test").arg(dir.path()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("anomalies: expected 0, got 1"), "{stdout}");
+}
