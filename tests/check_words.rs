@@ -107,8 +107,11 @@ fn json_check_of_clean_files_prints_a_summary_object() {
     assert_eq!(last["type"], "summary");
     assert_eq!(last["errors"], 0);
     assert_eq!(last["warnings"], 0);
-    assert_eq!(last["files"], 4);
-    assert_eq!(last["flows"], 5);
+    let files = flowcast::model::collect_flow_files(&["models".into()])
+        .unwrap()
+        .len();
+    assert_eq!(last["files"], files);
+    assert!(last["flows"].as_u64().unwrap() >= files as u64, "{last}");
 }
 
 #[test]
