@@ -391,8 +391,12 @@ fn unquoted_event_type(text: &str, pos: usize) -> Option<String> {
         !(c.is_alphanumeric() || matches!(c, '_' | '.' | '*' | '?' | '-'))
     });
     let word = &before[start..];
-    let keyword_before = before[..start].trim_end();
-    if word.is_empty() || !keyword_before.ends_with("on") {
+    let head = before[..start].trim_end();
+    // The word before the path is `on` itself, not a word ending in it (`region`).
+    let after_on = head
+        .strip_suffix("on")
+        .is_some_and(|h| !h.ends_with(|c: char| c.is_alphanumeric() || c == '_'));
+    if word.is_empty() || !after_on {
         return None;
     }
     Some(format!(
