@@ -9,7 +9,7 @@
 #   QUICK=1 bash bench/run.sh    # smaller inputs, one repetition: a smoke test of the script
 #   SKIP_PM4PY=1 ...             # skip the PM4Py comparison (needs PyPI for its virtualenv)
 #   SECTIONS="replay nats" ...   # run some sections only: replay memory objects flows check
-#                                # discover eval nats amqp (default: all)
+#                                # fmt lsp discover eval nats amqp (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -18,7 +18,7 @@ mkdir -p "$OUT"
 QUICK=${QUICK:-0}
 REPS=${REPS:-$([ "$QUICK" = 1 ] && echo 1 || echo 3)}
 scale() { if [ "$QUICK" = 1 ]; then echo $(( $1 / 20 )); else echo "$1"; fi; }
-SECTIONS=${SECTIONS:-replay memory objects flows check discover eval nats amqp}
+SECTIONS=${SECTIONS:-replay memory objects flows check fmt lsp discover eval nats amqp}
 want() { case " $SECTIONS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 cargo build --release --quiet
@@ -203,6 +203,33 @@ done
 read -r T _ < <(measure $FC check "$OUT/check")
 row "check of $(ls "$OUT/check" | wc -l) flow files ($(du -sh "$OUT/check" | cut -f1)) | $T s | - | - | < 1 s"
 rm -rf "$OUT/check"
+
+fi
+
+if want fmt; then
+# ---------------------------------------------------------------- fmt of 1,000 flow files
+# The bundled models with their alignment squashed (runs of spaces to one): every file needs
+# rewriting on the first repetition; the later ones find them formatted (format, compare).
+rm -rf "$OUT/fmt"; mkdir -p "$OUT/fmt"
+for i in $(seq 0 249); do
+    for m in models/*.flow; do
+        sed -E "s/^flow ([a-z_]+)/flow \1_$i/; s/([^ ])  +/\1 /g" "$m" > "$OUT/fmt/$(basename "$m" .flow)_$i.flow"
+    done
+done
+N=$(ls "$OUT/fmt" | wc -l); SIZE=$(du -sh "$OUT/fmt" | cut -f1)
+read -r T M < <(measure $FC fmt "$OUT/fmt")
+row "fmt of $N flow files ($SIZE) | $T s | - | $((M / 1024)) MB | < 1 s"
+read -r T M < <(measure $FC fmt --check "$OUT/fmt")
+row "fmt --check of $N formatted flow files | $T s | - | $((M / 1024)) MB | < 1 s"
+rm -rf "$OUT/fmt"
+
+fi
+
+if want lsp; then
+# ---------------------------------------------------------------- language server latency
+# 50 edits of a 1,000-line file (the bundled models repeated), each answered by its diagnostics.
+read -r L MED P95 MAX FMT < <(python3 bench/lsp_latency.py "$FC" "$([ "$QUICK" = 1 ] && echo 10 || echo 50)")
+row "lsp: edit -> diagnostics, $L-line file | median $MED ms, p95 $P95 ms, max $MAX ms | formatting the file: $FMT ms | - | < 50 ms"
 
 fi
 

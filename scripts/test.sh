@@ -38,3 +38,8 @@ export FLOWCAST_OSLO_PYTHON="$OSLO_VENV/bin/python"
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets
+
+# The bundled models' own test files (models/*.test.yaml), as an operator's CI would run them.
+target/debug/flowcast test models/
+# ... and they are in the canonical layout.
+target/debug/flowcast fmt --check models/

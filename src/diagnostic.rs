@@ -62,6 +62,10 @@ pub enum Code {
     ArtifactUnreachable,
     ShadowedRule,
     UnusedState,
+    SamplePathMissing,
+    SampleUnmatchedRule,
+    SampleUnmatchedEvents,
+    SampleWrongType,
 }
 
 impl Code {
@@ -90,6 +94,10 @@ impl Code {
             Code::ArtifactUnreachable => "W103",
             Code::ShadowedRule => "W104",
             Code::UnusedState => "W105",
+            Code::SamplePathMissing => "W106",
+            Code::SampleUnmatchedRule => "W107",
+            Code::SampleUnmatchedEvents => "W108",
+            Code::SampleWrongType => "W109",
         }
     }
 
@@ -239,6 +247,9 @@ impl SourceSet {
 }
 
 /// Renders diagnostics the way rustc does, without colour so that snapshots stay readable.
+///
+/// The gutter (the column of line numbers) is as wide as the largest line number shown, and
+/// the arrow, the bars and the `=` of help all line up with it, as in rustc.
 pub fn render_human(sources: &SourceSet, file: FileId, diag: &Diagnostic) -> String {
     let mut out = String::new();
     let sev = match diag.severity {
@@ -247,12 +258,22 @@ pub fn render_human(sources: &SourceSet, file: FileId, diag: &Diagnostic) -> Str
     };
     let _ = writeln!(out, "{sev}[{}]: {}", diag.code.as_str(), diag.message);
     let src = sources.get(diag.span.map(|s| s.file).unwrap_or(file));
+    let gutter = diag
+        .span
+        .iter()
+        .chain(diag.labels.iter().map(|l| &l.span))
+        .map(|s| {
+            let line = sources.get(s.file).line_col(s.start as usize).0;
+            line.to_string().len()
+        })
+        .max()
+        .unwrap_or(1);
     match diag.span {
         None => {
-            let _ = writeln!(out, "  --> {}", src.name);
+            let _ = writeln!(out, "{:gutter$}--> {}", "", src.name);
         }
         Some(span) => {
-            render_snippet(&mut out, src, span, None);
+            render_snippet(&mut out, src, span, None, gutter);
         }
     }
     for label in &diag.labels {
@@ -261,27 +282,33 @@ pub fn render_human(sources: &SourceSet, file: FileId, diag: &Diagnostic) -> Str
             sources.get(label.span.file),
             label.span,
             Some(&label.message),
+            gutter,
         );
     }
     if let Some(help) = &diag.help {
-        let _ = writeln!(out, "   = help: {help}");
+        let _ = writeln!(out, "{:gutter$} = help: {help}", "");
     }
     out
 }
 
-fn render_snippet(out: &mut String, src: &SourceFile, span: Span, note: Option<&str>) {
+fn render_snippet(
+    out: &mut String,
+    src: &SourceFile,
+    span: Span,
+    note: Option<&str>,
+    gutter: usize,
+) {
     let (line, col) = src.line_col(span.start as usize);
     let (end_line, end_col) = src.line_col(span.end as usize);
-    let _ = writeln!(out, "  --> {}:{}:{}", src.name, line, col);
+    let _ = writeln!(out, "{:gutter$}--> {}:{}:{}", "", src.name, line, col);
     let text = src.line_text(line);
     // Tabs would misplace the caret; show them as single spaces.
     let shown: String = text
         .chars()
         .map(|c| if c == '\t' { ' ' } else { c })
         .collect();
-    let gutter = line.to_string().len();
     let _ = writeln!(out, "{:gutter$} |", "");
-    let _ = writeln!(out, "{line} | {shown}");
+    let _ = writeln!(out, "{line:>gutter$} | {shown}");
     let width = if end_line == line {
         end_col.saturating_sub(col).max(1)
     } else {
@@ -368,6 +395,32 @@ pub fn to_json<'a>(
     }
 }
 
+/// The closest known name within a small edit distance, for "did you mean" help. Lives here,
+/// at the start of the data path, so that the parser and the compiler can both use it.
+pub fn did_you_mean<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = name.chars().count().div_ceil(3).max(1);
+    known
+        .map(|k| (levenshtein(name, k), k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,7 +447,7 @@ mod tests {
         let out = render_human(&set, id, &d);
         assert_eq!(
             out,
-            "warning[W105]: state `x` is never used\n  --> m.flow:2:9\n  |\n2 |   state x\n  |         ^\n   = help: remove it\n"
+            "warning[W105]: state `x` is never used\n --> m.flow:2:9\n  |\n2 |   state x\n  |         ^\n  = help: remove it\n"
         );
     }
 }

@@ -4,10 +4,14 @@
 pub mod bench_cmd;
 pub mod check;
 pub mod eval_cmd;
+pub mod fmt_cmd;
 pub mod graph;
+pub mod lsp_cmd;
 pub mod model_cmd;
 pub mod replay;
 pub mod run_cmd;
+pub mod shell_cmd;
+pub mod test_cmd;
 
 use crate::model::{self, CompiledFlow};
 use clap::{Parser, Subcommand};
@@ -28,6 +32,11 @@ pub struct Cli {
 pub enum Command {
     /// Parse and validate .flow files; report every problem.
     Check(check::CheckArgs),
+    /// Run test files (`*.test.yaml`): given messages, the alerts, outcomes and states a flow
+    /// must produce.
+    Test(test_cmd::TestArgs),
+    /// Rewrite .flow files in the canonical layout (comments kept); `--check` only reports.
+    Fmt(fmt_cmd::FmtArgs),
     /// Draw a flow as Graphviz dot or Mermaid.
     Graph(graph::GraphArgs),
     /// Show a flow's model: transition counts (FIG. 10) and predictions (FIG. 11).
@@ -44,6 +53,13 @@ pub enum Command {
     Simulate(eval_cmd::SimulateArgs),
     /// Measure prediction quality on a log: next state, remaining time, outcomes, alerts.
     Eval(eval_cmd::EvalArgs),
+    /// A language server over stdio for editors: diagnostics, formatting, definitions,
+    /// references, rename, hover, completion.
+    Lsp(lsp_cmd::LspArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(shell_cmd::CompletionsArgs),
+    /// Print the man page (roff), or write one page per command with `--out-dir`.
+    Man(shell_cmd::ManArgs),
     /// Measuring tools for bench/run.sh.
     #[command(subcommand, hide = true)]
     Bench(bench_cmd::BenchTool),
@@ -61,6 +77,8 @@ pub fn main() -> std::process::ExitCode {
     init_tracing();
     let result = match cli.command {
         Command::Check(a) => check::run(a),
+        Command::Test(a) => test_cmd::run(a),
+        Command::Fmt(a) => fmt_cmd::run(a),
         Command::Graph(a) => graph::run(a),
         Command::Model(a) => model_cmd::run(a),
         Command::Replay(a) => replay::run(a),
@@ -69,6 +87,9 @@ pub fn main() -> std::process::ExitCode {
         Command::Discover(a) => eval_cmd::discover(a),
         Command::Simulate(a) => eval_cmd::simulate(a),
         Command::Eval(a) => eval_cmd::eval(a),
+        Command::Lsp(a) => lsp_cmd::run(a),
+        Command::Completions(a) => shell_cmd::completions(a),
+        Command::Man(a) => shell_cmd::man(a),
         Command::Bench(t) => bench_cmd::run(t),
     };
     match result {

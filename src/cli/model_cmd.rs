@@ -40,25 +40,7 @@ pub fn run(args: ModelArgs) -> anyhow::Result<ExitCode> {
             eprintln!("error: {}: {e}", dir.display());
             return Ok(ExitCode::Usage);
         }
-        let snap_path = dir.join(SNAPSHOT_FILE);
-        let learned = match std::fs::read(&snap_path) {
-            Ok(bytes) => {
-                let snap: EngineSnapshot = serde_json::from_slice(&bytes).with_context(|| {
-                    format!("{} is not a flowcast snapshot", snap_path.display())
-                })?;
-                Some((
-                    snap_path,
-                    snap.flows
-                        .into_iter()
-                        .map(|(n, f)| (n, f.learned))
-                        .collect(),
-                ))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                state_dir::load_learned(dir)?.map(|l| (state_dir::learned_path(dir), l))
-            }
-            Err(e) => return Err(e).with_context(|| format!("reading {}", snap_path.display())),
-        };
+        let learned = learned_counts(dir)?;
         match learned {
             Some((path, learned)) => {
                 let (n, _) = engine.import_learned(&learned);
@@ -86,4 +68,35 @@ pub fn run(args: ModelArgs) -> anyhow::Result<ExitCode> {
         first = false;
     }
     Ok(ExitCode::Ok)
+}
+
+/// The learned counts in a state directory: the service's snapshot, else replay's
+/// `learned.json`; `None` when it holds neither. With the file they came from.
+pub(super) fn learned_counts(
+    dir: &std::path::Path,
+) -> anyhow::Result<
+    Option<(
+        PathBuf,
+        std::collections::BTreeMap<String, crate::engine::markov::LearnedCounts>,
+    )>,
+> {
+    let snap_path = dir.join(SNAPSHOT_FILE);
+    let learned = match std::fs::read(&snap_path) {
+        Ok(bytes) => {
+            let snap: EngineSnapshot = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a flowcast snapshot", snap_path.display()))?;
+            Some((
+                snap_path,
+                snap.flows
+                    .into_iter()
+                    .map(|(n, f)| (n, f.learned))
+                    .collect(),
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            state_dir::load_learned(dir)?.map(|l| (state_dir::learned_path(dir), l))
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", snap_path.display())),
+    };
+    Ok(learned)
 }

@@ -8,9 +8,33 @@
 use super::checks;
 use super::cond::{Cond, FieldPath, Glob};
 use super::flow::*;
+pub use crate::diagnostic::did_you_mean;
 use crate::diagnostic::{Code, Diagnostic, FileId, SourceFile, SourceSet, Span};
 use crate::syntax::ast::{self, Expr, Item, StateKind, ValueKind};
 use std::collections::HashMap;
+
+/// The settings of each block, for did-you-mean help and the language server's completion.
+pub const LEARN_SETTINGS: &[&str] = &[
+    "model",
+    "half_life",
+    "prior_weight",
+    "history",
+    "min_observations",
+    "expire",
+    "repeats",
+    "calendar",
+    "features",
+];
+pub const ANOMALY_SETTINGS: &[&str] = &[
+    "unknown_events",
+    "min_probability",
+    "top",
+    "window",
+    "window_surprise",
+    "false_alarm_rate",
+    "min_learned",
+];
+pub const ALERT_SETTINGS: &[&str] = &["threshold", "resolve", "severity"];
 
 /// The result of compiling a set of files: the flows that compiled, and every diagnostic.
 #[derive(Debug, Default)]
@@ -667,17 +691,7 @@ impl FlowCompiler<'_> {
                 other => self.unknown_setting(
                     &s.name,
                     other,
-                    &[
-                        "model",
-                        "half_life",
-                        "prior_weight",
-                        "history",
-                        "min_observations",
-                        "expire",
-                        "repeats",
-                        "calendar",
-                        "features",
-                    ],
+                    LEARN_SETTINGS,
                     "learn",
                 ),
             }
@@ -741,15 +755,7 @@ impl FlowCompiler<'_> {
                 other => self.unknown_setting(
                     &s.name,
                     other,
-                    &[
-                        "unknown_events",
-                        "min_probability",
-                        "top",
-                        "window",
-                        "window_surprise",
-                        "false_alarm_rate",
-                        "min_learned",
-                    ],
+                    ANOMALY_SETTINGS,
                     "anomaly",
                 ),
             }
@@ -817,12 +823,7 @@ impl FlowCompiler<'_> {
                         .help = Some("use `info`, `warning` or `critical`".into());
                     }
                 },
-                other => self.unknown_setting(
-                    &s.name,
-                    other,
-                    &["threshold", "resolve", "severity"],
-                    "alert",
-                ),
+                other => self.unknown_setting(&s.name, other, ALERT_SETTINGS, "alert"),
             }
         }
         if !resolve_given && threshold_span.is_some() {
@@ -1015,29 +1016,4 @@ fn negate(negated: bool, c: Cond) -> Cond {
     } else {
         c
     }
-}
-
-/// The closest known name within a small edit distance, for "did you mean" help.
-pub fn did_you_mean<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    let limit = name.chars().count().div_ceil(3).max(1);
-    known
-        .map(|k| (levenshtein(name, k), k))
-        .filter(|(d, _)| *d <= limit)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k)
-}
-
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }

@@ -26,6 +26,9 @@ pub struct Flow {
     pub name: Ident,
     pub span: Span,
     pub items: Vec<Item>,
+    /// The whole text of each item, keyword to closing brace, parallel to `items` (the
+    /// formatter places comments and blank lines by them).
+    pub item_spans: Vec<Span>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

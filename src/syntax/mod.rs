@@ -2,8 +2,11 @@
 //! the engine or any IO; all its errors are `Diagnostic`s.
 
 pub mod ast;
+mod format;
+pub mod index;
 mod parser;
 
+pub use format::format;
 pub use parser::{
     format_duration_ms, parse, parse_duration_ms, parse_path, MAX_FILE_BYTES, MAX_NESTING,
 };

@@ -73,7 +73,7 @@ pub fn parse_path(text: &str) -> Result<Vec<Segment>, String> {
 
 /// The positions and bytes of `text` outside strings and comments: what brackets are counted
 /// on, so that a `(` inside a string or a comment does not count.
-fn structural_bytes(text: &str) -> impl Iterator<Item = (usize, u8)> + '_ {
+pub(super) fn structural_bytes(text: &str) -> impl Iterator<Item = (usize, u8)> + '_ {
     let bytes = text.as_bytes();
     let mut i = 0;
     std::iter::from_fn(move || {
@@ -102,6 +102,34 @@ fn structural_bytes(text: &str) -> impl Iterator<Item = (usize, u8)> + '_ {
         }
         None
     })
+}
+
+/// The byte ranges of the comments of `text` (`#` or `//` to the end of the line, outside
+/// strings), in order: the formatter puts them back, since the AST does not hold them.
+pub(super) fn structural_comments(text: &str) -> Vec<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\n' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'#' | b'/' if bytes[i] == b'#' || bytes.get(i + 1) == Some(&b'/') => {
+                let start = i;
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                out.push((start, i));
+            }
+            _ => i += 1,
+        }
+    }
+    out
 }
 
 /// Refuses input the parser must not see: too deeply nested.
@@ -235,18 +263,178 @@ fn syntax_error(file: FileId, text: &str, err: pest::error::Error<Rule>) -> Diag
             format!("expected {} or {last}, found {found}", expected.join(", "))
         }
     };
-    let end = pos + text[pos..].chars().next().map(char::len_utf8).unwrap_or(0);
+    let word = found_word(&text[pos..]);
+    let end = pos
+        + if word.is_empty() {
+            text[pos..].chars().next().map(char::len_utf8).unwrap_or(0)
+        } else {
+            word.len()
+        };
     let mut d = Diagnostic::new(Code::Syntax, Span::new(file, pos, end), message);
     if found.starts_with("`=`") {
         d = d.with_help("comparisons use `==`");
     } else if found == "`&`" || found == "`|`" {
         d = d.with_help("conditions combine with `and`, `or` and `not`");
+    } else if let Some(help) = spaced_duration(text, pos) {
+        d = d.with_help(help);
+    } else if text[pos..].starts_with("->") {
+        if let Some(help) = unquoted_event_type(text, pos) {
+            d = d.with_help(help);
+        }
+    } else if let Some((open, block)) = open_inner_block(text, pos, word) {
+        d = d
+            .with_label(
+                Span::new(file, open, open + 1),
+                format!("this `{block} {{` is still open"),
+            )
+            .with_help(format!("close `{block} {{` with `}}` before `{word}`"));
+    } else if !word.is_empty() {
+        // A misspelled keyword: `keys` for `key`, `flwo` for `flow`.
+        let known: &[&str] = match open_braces(&text[..pos]).len() {
+            0 => &["flow"],
+            1 => ITEM_KEYWORDS,
+            _ => &[],
+        };
+        if let Some(k) = crate::diagnostic::did_you_mean(word, known.iter().copied()) {
+            d = d.with_help(format!("did you mean `{k}`?"));
+        }
     }
     d
 }
 
+/// The words that start a flow item.
+const ITEM_KEYWORDS: &[&str] = &[
+    "description",
+    "key",
+    "match",
+    "initial",
+    "state",
+    "terminal",
+    "artifact",
+    "on",
+    "transitions",
+    "unlisted",
+    "timeout",
+    "learn",
+    "alert",
+    "anomaly",
+];
+
+/// The word (letters, digits, `_`) at the start of `rest`, or "".
+fn found_word(rest: &str) -> &str {
+    let end = rest
+        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// The byte position just after the last character of `s` that `pred` holds for, or 0: where
+/// the word at the end of `s` starts (a character boundary even after a multi-byte one).
+fn after_last(s: &str, pred: impl Fn(char) -> bool) -> usize {
+    s.char_indices()
+        .rev()
+        .find(|(_, c)| pred(*c))
+        .map_or(0, |(i, c)| i + c.len_utf8())
+}
+
+/// `30 min` near the error: the duration it should have been (`30m`), as help.
+fn spaced_duration(text: &str, pos: usize) -> Option<String> {
+    let line_start = text[..pos].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[pos..].find('\n').map_or(text.len(), |i| pos + i);
+    let line = &text[line_start..line_end];
+    let bytes = line.as_bytes();
+    let at = pos - line_start;
+    let mut i = 0;
+    while i < bytes.len() {
+        if !bytes[i].is_ascii_digit()
+            || (i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_'))
+        {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        let digits = &line[start..i];
+        let gap_end = i + line[i..].len() - line[i..].trim_start_matches([' ', '\t']).len();
+        if gap_end == i {
+            continue;
+        }
+        let unit_word = found_word(&line[gap_end..]);
+        let unit = match unit_word.to_ascii_lowercase().as_str() {
+            "ms" | "msec" | "msecs" | "millisecond" | "milliseconds" => "ms",
+            "s" | "sec" | "secs" | "second" | "seconds" => "s",
+            "m" | "min" | "mins" | "minute" | "minutes" => "m",
+            "h" | "hr" | "hrs" | "hour" | "hours" => "h",
+            "d" | "day" | "days" => "d",
+            "w" | "wk" | "wks" | "week" | "weeks" => "w",
+            _ => continue,
+        };
+        let end = gap_end + unit_word.len();
+        let after = end + line[end..].len() - line[end..].trim_start().len();
+        // The error is on the number, the unit, or just after them.
+        if start <= at && at <= after {
+            return Some(format!(
+                "write a duration without a space: `{digits}{unit}`"
+            ));
+        }
+        i = end;
+    }
+    None
+}
+
+/// `on instance.resize.start -> s`: the path before the arrow was meant as an event type.
+fn unquoted_event_type(text: &str, pos: usize) -> Option<String> {
+    let before = text[..pos].trim_end();
+    let start = after_last(before, |c| {
+        !(c.is_alphanumeric() || matches!(c, '_' | '.' | '*' | '?' | '-'))
+    });
+    let word = &before[start..];
+    let head = before[..start].trim_end();
+    // The word before the path is `on` itself, not a word ending in it (`region`).
+    let after_on = head
+        .strip_suffix("on")
+        .is_some_and(|h| !h.ends_with(|c: char| c.is_alphanumeric() || c == '_'));
+    if word.is_empty() || !after_on {
+        return None;
+    }
+    Some(format!(
+        "an event type is matched by a string: `on \"{word}\" -> ...`"
+    ))
+}
+
+/// When the error is a flow item keyword inside a block other than the flow's own (an
+/// unclosed `transitions {`): where that block opens and its keyword.
+fn open_inner_block<'t>(text: &'t str, pos: usize, word: &str) -> Option<(usize, &'t str)> {
+    if !ITEM_KEYWORDS.contains(&word) {
+        return None;
+    }
+    let open = open_braces(&text[..pos]);
+    if open.len() < 2 {
+        return None;
+    }
+    let at = *open.last()?;
+    let head = text[..at].trim_end();
+    let kw_start = after_last(head, |c| !(c.is_alphanumeric() || c == '_'));
+    let mut block = &head[kw_start..];
+    // `for artifact {` inside `alert`: name the `for`.
+    if !ITEM_KEYWORDS.contains(&block) {
+        let before = head[..kw_start].trim_end();
+        if before.ends_with("for") {
+            block = "for";
+        }
+    }
+    Some((at, block))
+}
+
 /// The position of the last `{` that is never closed.
 fn unclosed_brace(text: &str) -> Option<usize> {
+    open_braces(text).pop()
+}
+
+/// The positions of the `{` still open at the end of `text`, outermost first.
+fn open_braces(text: &str) -> Vec<usize> {
     let mut open = Vec::new();
     for (i, b) in structural_bytes(text) {
         match b {
@@ -257,7 +445,7 @@ fn unclosed_brace(text: &str) -> Option<usize> {
             _ => {}
         }
     }
-    open.pop()
+    open
 }
 
 /// How the text at an error position reads in a message: a word, a symbol, or end of file.
@@ -295,8 +483,19 @@ impl Lower {
         let mut inner = p.into_inner();
         inner.next(); // `flow`
         let name = self.ident(inner.next().expect("flow name"));
-        let items = inner.map(|i| self.item(i)).collect();
-        Flow { name, span, items }
+        let mut item_spans = Vec::new();
+        let items = inner
+            .map(|i| {
+                item_spans.push(self.span(&i));
+                self.item(i)
+            })
+            .collect();
+        Flow {
+            name,
+            span,
+            items,
+            item_spans,
+        }
     }
 
     fn item(&mut self, p: Pair<Rule>) -> Item {
