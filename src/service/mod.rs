@@ -2,7 +2,11 @@
 //! service (`flowcast run`): sources (file, core NATS, JetStream), sinks (stdout, NATS, webhook,
 //! Alertmanager), the HTTP API and metrics, hot reload of the flow files, and snapshots.
 
+pub mod api;
 pub mod config;
+pub mod dashboard;
+pub mod feed;
+pub mod graph;
 pub mod http;
 pub mod metrics;
 pub mod run;
