@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The dashboard's browser test (tests/dashboard_browser.rs): Debian's chromium and its WebDriver.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing from Debian's packages: ${missing[*]}"
     SUDO=""

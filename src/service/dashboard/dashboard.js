@@ -261,7 +261,7 @@ function objectsPage(params) {
           el("thead", {}, el("tr", {}, head("Object", "object"), head("Flow", "flow"), head("State", "state"),
             head("In state", "time_in_state_ms", true), head("State risk", "state_risk", true), head("Top risk", "top_risk", true),
             head("Artifact", "top_artifact"), head("Expected remaining", "expected_remaining_ms", true), head("Alerting", "alerting"))),
-          el("tbody", {}, rows.map((o) => el("tr", { class: o.alerting ? "alerting" : "", "data-object": o.object },
+          el("tbody", {}, rows.length ? [] : none(9, "No object in flight matches."), rows.map((o) => el("tr", { class: o.alerting ? "alerting" : "", "data-object": o.object },
             el("td", {}, el("a", { href: objectHref(o.flow, o.object) }, o.object)),
             el("td", {}, o.flow), el("td", {}, o.state),
             el("td", { class: "num" }, fmtMs(o.time_in_state_ms)),
@@ -296,7 +296,7 @@ function riskPlot(steps, thresholds) {
   add("line", { class: "axis", x1: L, y1: y(0), x2: L, y2: y(1) });
   add("text", { x: 4, y: y(1) + 4 }, "1.0");
   add("text", { x: 4, y: y(0) + 4 }, "0");
-  for (const th of thresholds) {
+  for (const th of [...new Set(thresholds)]) {
     add("line", { class: "thr", x1: L, y1: y(th), x2: W - R, y2: y(th) });
     add("text", { x: W - R - 60, y: y(th) - 3 }, `alert ${th}`);
   }
@@ -356,6 +356,8 @@ function objectPage(flow, key) {
 
 // ---- alerts ---------------------------------------------------------------------------------
 
+const none = (cols, text) => el("tr", { class: "empty" }, el("td", { colspan: cols, class: "muted" }, text));
+
 const liveLog = []; // records seen on this page since it opened, newest first
 
 function alertsPage() {
@@ -375,10 +377,10 @@ function alertsPage() {
       return el("div", {},
         el("h1", {}, "Alerts"),
         el("h2", {}, `Firing (${a.firing.length})`),
-        el("table", { id: "firing" }, head(), el("tbody", {}, a.firing.map(row))),
+        el("table", { id: "firing" }, head(), el("tbody", {}, a.firing.length ? a.firing.map(row) : none(7, "No alert is firing."))),
         a.not_listed ? el("p", { class: "muted" }, `${a.not_listed} more not listed.`) : null,
         el("h2", {}, `Anomalous objects (${a.anomalies.length})`),
-        el("table", { id: "anomalies" }, head(), el("tbody", {}, a.anomalies.map(row))),
+        el("table", { id: "anomalies" }, head(), el("tbody", {}, a.anomalies.length ? a.anomalies.map(row) : none(7, "No object is anomalous."))),
         el("h2", {}, "Recently resolved"),
         el("table", { id: "resolved" },
           el("thead", {}, el("tr", {}, el("th", {}, "Object"), el("th", {}, "Flow"), el("th", {}, "Kind"), el("th", {}, "State"),
