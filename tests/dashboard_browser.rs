@@ -58,7 +58,9 @@ impl Browser {
             },
             "goog:loggingPrefs": {"browser": "ALL"},
         }}});
-        let v = b.raw("POST", "/session", Some(caps)).expect("a browser session");
+        let v = b
+            .raw("POST", "/session", Some(caps))
+            .expect("a browser session");
         b.session = v["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no session: {v}"))
@@ -118,10 +120,7 @@ impl Browser {
     }
 
     fn count(&self, css: &str) -> u64 {
-        let s = format!(
-            "return document.querySelectorAll({}).length;",
-            json!(css)
-        );
+        let s = format!("return document.querySelectorAll({}).length;", json!(css));
         self.js(&s).as_u64().unwrap_or(0)
     }
 
@@ -222,9 +221,15 @@ mod base64_png {
 fn patent_in_flight(path: &Path) {
     let mut lines = String::new();
     let steps: [(&str, &[&str]); 4] = [
-        ("r1", &["disk.attach.request", "xyz.start", "xyz.x", "xyz.y"]),
+        (
+            "r1",
+            &["disk.attach.request", "xyz.start", "xyz.x", "xyz.y"],
+        ),
         ("r2", &["disk.attach.request", "xyz.start"]),
-        ("r3", &["disk.attach.request", "xyz.start", "xyz.x", "xyz.z"]),
+        (
+            "r3",
+            &["disk.attach.request", "xyz.start", "xyz.x", "xyz.z"],
+        ),
         ("r4", &["disk.attach.request"]),
     ];
     let mut t = 0;
@@ -341,7 +346,11 @@ fn the_dashboard_shows_alerts_flows_timelines_and_reload_errors_live() {
     browser.go(&format!("{base}/#/"));
     browser.wait("the overview", |b| b.count("#flows tbody tr") == 5);
     let broken = models.join("broken.flow");
-    std::fs::write(&broken, "flow broken {\n    key payload.id\n    initial a\n    on \"x\" -> nowhere\n}\n").unwrap();
+    std::fs::write(
+        &broken,
+        "flow broken {\n    key payload.id\n    initial a\n    on \"x\" -> nowhere\n}\n",
+    )
+    .unwrap();
     browser.wait("the reload diagnostic", |b| {
         b.text("#reload-error").contains("nowhere")
     });

@@ -289,7 +289,13 @@ impl Engine {
                     let Some(Reverse(worst)) = scan.heap.peek() else {
                         continue;
                     };
-                    if cmp_rank(rank, worst.rank) != Ordering::Greater {
+                    // Better than the worst kept, ties broken as `Candidate` orders them.
+                    let better = match cmp_rank(rank, worst.rank) {
+                        Ordering::Greater => true,
+                        Ordering::Less => false,
+                        Ordering::Equal => (scan.pos as u32, key) < (worst.flow, &worst.key),
+                    };
+                    if !better {
                         continue;
                     }
                     scan.heap.pop();
