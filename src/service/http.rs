@@ -411,16 +411,17 @@ async fn overview(State(s): State<AppState>) -> Response {
 /// Server-sent events: every record as it is emitted, `?flow=` and `?type=` (comma-separated)
 /// filtering. A client too slow for `feed::EVENTS_BUFFER` records gets `event: lagged` with
 /// how many it lost, and goes on from the oldest record still buffered.
+///
+/// Records are written in batches: after the first of a quiet spell, what arrives within
+/// `EVENTS_WINDOW` goes out in one write, so that a viewer costs a few wake-ups and writes a
+/// second under any load, not one per record (a busy service emits thousands a second).
 async fn events(State(s): State<AppState>, RawQuery(q): RawQuery) -> Response {
-    use axum::response::sse::{Event, KeepAlive, Sse};
-    use tokio::sync::broadcast::error::RecvError;
-    let mut flow = None;
-    let mut kinds: Option<Vec<String>> = None;
+    let mut filter = EventFilter::default();
     for (k, v) in query_pairs(q.as_deref()) {
         match k.as_str() {
-            "flow" if !v.is_empty() => flow = Some(v),
+            "flow" if !v.is_empty() => filter.flow = Some(v),
             "type" if !v.is_empty() => {
-                kinds = Some(v.split(',').map(|t| t.trim().to_string()).collect())
+                filter.kinds = Some(v.split(',').map(|t| t.trim().to_string()).collect())
             }
             "flow" | "type" => {}
             _ => {
@@ -429,37 +430,87 @@ async fn events(State(s): State<AppState>, RawQuery(q): RawQuery) -> Response {
         }
     }
     let rx = s.feed.subscribe();
-    let stream = futures::stream::unfold(rx, move |mut rx| {
-        let flow = flow.clone();
-        let kinds = kinds.clone();
-        async move {
-            loop {
-                match rx.recv().await {
-                    Ok(e) => {
-                        if flow.as_ref().is_some_and(|f| *f != e.flow)
-                            || kinds
-                                .as_ref()
-                                .is_some_and(|k| !k.iter().any(|k| k == e.kind))
-                        {
-                            continue;
+    let stream = futures::stream::unfold((rx, filter), |(mut rx, filter)| async move {
+        use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+        loop {
+            let mut out = String::new();
+            let mut closed = false;
+            match tokio::time::timeout(EVENTS_KEEPALIVE, rx.recv()).await {
+                // Nothing for a while: a comment keeps proxies from closing the stream.
+                Err(_) => out.push_str(": keep-alive\n\n"),
+                Ok(Ok(e)) => filter.write(&e, &mut out),
+                Ok(Err(RecvError::Lagged(n))) => lagged(n, &mut out),
+                Ok(Err(RecvError::Closed)) => return None,
+            }
+            if !out.starts_with(':') {
+                tokio::time::sleep(EVENTS_WINDOW).await;
+                while out.len() < EVENTS_BATCH_BYTES {
+                    match rx.try_recv() {
+                        Ok(e) => filter.write(&e, &mut out),
+                        Err(TryRecvError::Lagged(n)) => lagged(n, &mut out),
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Closed) => {
+                            closed = true;
+                            break;
                         }
-                        let ev = Event::default().event(e.kind).data(e.json.as_str());
-                        return Some((Ok::<_, std::convert::Infallible>(ev), rx));
                     }
-                    Err(RecvError::Lagged(n)) => {
-                        let ev = Event::default()
-                            .event("lagged")
-                            .data(format!("{{\"dropped\":{n}}}"));
-                        return Some((Ok(ev), rx));
-                    }
-                    Err(RecvError::Closed) => return None,
                 }
+            }
+            if closed && out.is_empty() {
+                return None;
+            }
+            if !out.is_empty() {
+                let chunk = Ok::<_, std::convert::Infallible>(bytes::Bytes::from(out));
+                return Some((chunk, (rx, filter)));
             }
         }
     });
-    Sse::new(stream)
-        .keep_alive(KeepAlive::default())
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
         .into_response()
+}
+
+/// How long records are gathered into one write of an event stream.
+const EVENTS_WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
+/// At most this much is gathered into one write.
+const EVENTS_BATCH_BYTES: usize = 256 * 1024;
+/// A comment is sent after this long without a record.
+const EVENTS_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// What one event stream client asked for.
+#[derive(Default)]
+struct EventFilter {
+    flow: Option<String>,
+    kinds: Option<Vec<String>>,
+}
+
+impl EventFilter {
+    /// Appends the record as an event if the client wants it.
+    fn write(&self, e: &super::feed::Event, out: &mut String) {
+        if self.flow.as_ref().is_some_and(|f| *f != e.flow)
+            || self
+                .kinds
+                .as_ref()
+                .is_some_and(|k| !k.iter().any(|k| k == e.kind))
+        {
+            return;
+        }
+        // The JSON is one line (serde_json's compact form), as a `data:` field needs.
+        out.push_str("event: ");
+        out.push_str(e.kind);
+        out.push_str("\ndata: ");
+        out.push_str(&e.json);
+        out.push_str("\n\n");
+    }
+}
+
+fn lagged(n: u64, out: &mut String) {
+    out.push_str(&format!("event: lagged\ndata: {{\"dropped\":{n}}}\n\n"));
 }
 
 async fn graph(
@@ -532,6 +583,30 @@ mod tests {
         assert_eq!(
             query_pairs(Some("a=%4")),
             [("a".to_string(), "%4".to_string())]
+        );
+    }
+
+    #[test]
+    fn an_event_stream_writes_the_records_its_client_asked_for() {
+        let f = EventFilter {
+            flow: Some("a".into()),
+            kinds: Some(vec!["alert".into(), "resolved".into()]),
+        };
+        let ev = |flow: &str, kind: &'static str| super::super::feed::Event {
+            flow: flow.into(),
+            kind,
+            json: format!("{{\"flow\":\"{flow}\"}}"),
+        };
+        let mut out = String::new();
+        f.write(&ev("a", "alert"), &mut out);
+        f.write(&ev("b", "alert"), &mut out);
+        f.write(&ev("a", "outcome"), &mut out);
+        f.write(&ev("a", "resolved"), &mut out);
+        lagged(7, &mut out);
+        assert_eq!(
+            out,
+            "event: alert\ndata: {\"flow\":\"a\"}\n\nevent: resolved\ndata: {\"flow\":\"a\"}\n\n\
+             event: lagged\ndata: {\"dropped\":7}\n\n"
         );
     }
 
