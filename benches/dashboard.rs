@@ -1,8 +1,11 @@
 //! The dashboard's questions at scale (divan): `cargo bench --bench dashboard`. The top-100 of
 //! 1,000,000 objects in flight, as `GET /api/objects` asks it (every chunk of the scan, then
-//! the rows of the 100), and the longest the engine is held for it (one chunk). Figures in
-//! BENCHMARKS.md; nothing here asserts a time.
+//! the rows of the 100), the longest the engine is held for it (one chunk), and an object's
+//! timeline (a scan of the full journal). Figures in BENCHMARKS.md; nothing here asserts a
+//! time.
 
+use flowcast::engine::journal::{self, Journal};
+use flowcast::engine::key::ObjectKey;
 use flowcast::engine::message::from_value;
 use flowcast::engine::query::{ObjectQuery, Scan, SCAN_CHUNK};
 use flowcast::engine::Engine;
@@ -22,6 +25,8 @@ fn engine() -> &'static Mutex<Engine> {
         let src = std::fs::read("models/patent_disk_attach.flow").unwrap();
         let flows = compile_files([("patent.flow".to_string(), src)]).flows;
         let mut e = Engine::new(flows);
+        // As in the service: the journal of steps that timelines are rebuilt from.
+        e.journal = Some(Journal::new(journal::DEFAULT_ENTRIES));
         let mut out = Vec::new();
         let steps = [
             "disk.attach.request",
@@ -108,5 +113,54 @@ fn rows_for_25_objects(b: divan::Bencher) {
             .take(25)
             .filter_map(|(f, k)| e.object_row(f, k))
             .count()
+    });
+}
+
+/// One object's timeline: a scan of the whole journal (full: 65,536 steps).
+#[divan::bench(sample_count = 50)]
+fn timeline_of_one_object(b: divan::Bencher) {
+    let e = engine();
+    let key = ObjectKey::parse(&format!("req-{:07}", OBJECTS - 1));
+    b.bench(|| {
+        let e = e.lock().unwrap();
+        let t = e.timeline(0, &key);
+        assert!(!t.steps.is_empty());
+        t.steps.len()
+    });
+}
+
+/// What the journal costs the intake: one state update (match, move, learn, predict, alert
+/// check, and with the journal its entry) without and with it.
+#[divan::bench(args = [false, true])]
+fn state_update_journal(b: divan::Bencher, journal_on: bool) {
+    let src = std::fs::read("models/patent_disk_attach.flow").unwrap();
+    let flows = compile_files([("patent.flow".to_string(), src)]).flows;
+    let mut e = Engine::new(flows);
+    if journal_on {
+        e.journal = Some(Journal::new(journal::DEFAULT_ENTRIES));
+    }
+    let steps = [
+        "disk.attach.request",
+        "xyz.start",
+        "xyz.x",
+        "xyz.z",
+        "xyz.complete",
+    ];
+    let msgs: Vec<_> = (0..5000)
+        .map(|i| {
+            from_value(serde_json::json!({
+                "event_type": steps[i % 5],
+                "timestamp": 1_767_225_600.0 + i as f64 * 0.01,
+                "payload": {"request_id": format!("r{}", i / 5)},
+            }))
+            .unwrap()
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    b.bench_local(|| {
+        e.observe(&msgs[i % msgs.len()], &mut out);
+        out.clear();
+        i += 1;
     });
 }
