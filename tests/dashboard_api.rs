@@ -492,3 +492,40 @@ fn a_broken_flow_file_is_on_the_overview_until_it_is_fixed() {
     });
     assert_eq!(get_json(port, "/api/overview").1["reload"]["ok"], true);
 }
+
+#[test]
+fn alerts_firing_before_a_restart_are_listed_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "models: models\nstate_dir: {:?}\nsource: {{ kind: file, path: \"-\" }}\nclock: {{ mode: event, idle_after_ms: \"0\" }}",
+        dir.path().join("state").display().to_string()
+    );
+    let (svc, mut stdin) = start_with_stdin(dir.path(), &config);
+    let port = svc.http_port;
+    let inflight = dir.path().join("inflight.jsonl");
+    patent_in_flight(&inflight);
+    stdin.write_all(&std::fs::read(&inflight).unwrap()).unwrap();
+    stdin.flush().unwrap();
+    svc.wait_until("r1's alert", || {
+        get_json(port, "/api/alerts").1["firing"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|a| a["object"] == "r1"))
+    });
+    let before = get_json(port, "/api/alerts").1["firing"][0].clone();
+    svc.stop();
+    drop(stdin);
+
+    let (svc, _stdin) = start_with_stdin(dir.path(), &config);
+    let port = svc.http_port;
+    svc.wait_until("ready", || http(port, "GET", "/readyz").0 == 200);
+    let (_, v) = get_json(port, "/api/alerts");
+    let firing = v["firing"].as_array().unwrap();
+    assert_eq!(firing.len(), 1, "{v}");
+    for field in ["object", "flow", "state", "since", "what"] {
+        assert_eq!(firing[0][field], before[field], "{field}");
+    }
+    assert_eq!(firing[0]["probability"], 0.133333);
+    // Its steps before the restart are not in the journal: the timeline says it is cut.
+    let (_, o) = get_json(port, "/api/objects/r1");
+    assert_eq!(o["flows"][0]["timeline"]["cut"], true, "{o}");
+}

@@ -45,7 +45,7 @@ impl Step {
 }
 
 /// One step, 32 bytes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Entry {
     pub key_hash: u64,
     pub at_ms: i64,
@@ -117,12 +117,11 @@ impl Journal {
         }
     }
 
-    /// The steps kept for one object of one flow, oldest first, and whether older ones may
-    /// have been overwritten (the ring is full and the first kept step is not its first
-    /// sighting).
+    /// The steps kept for one object of one flow, oldest first, and whether earlier ones are
+    /// missing (its first sighting is not among them).
     pub fn timeline(&self, flow: &str, key: &ObjectKey) -> (Vec<Entry>, bool) {
         let Some(fid) = self.flows.iter().position(|f| f == flow) else {
-            return (Vec::new(), false);
+            return (Vec::new(), true);
         };
         let h = key_hash(key);
         let (newer, older) = self.entries.split_at(self.next.min(self.entries.len()));
@@ -135,14 +134,12 @@ impl Journal {
         // An alert is journaled while its step is being applied, before the step itself: at
         // one time, steps come first (a stable sort keeps the rest in ring order).
         steps.sort_by_key(|e| (e.at_ms, e.step as u8));
-        let full = self.entries.len() == self.capacity;
-        let cut = full && steps.first().is_none_or(|e| e.step != Step::Entered);
-        // A new life of the same key starts at its last sighting.
-        let start = steps
-            .iter()
-            .rposition(|e| e.step == Step::Entered)
-            .unwrap_or(0);
-        (steps[start..].to_vec(), cut && start == 0)
+        // A new life of the same key starts at its last sighting. Without one, earlier steps
+        // were overwritten, or happened before the journal began (a restart).
+        match steps.iter().rposition(|e| e.step == Step::Entered) {
+            Some(start) => (steps[start..].to_vec(), false),
+            None => (steps, true),
+        }
     }
 }
 
@@ -205,7 +202,7 @@ mod tests {
         let (steps, cut) = j.timeline("f", &ObjectKey::parse("a"));
         assert_eq!(steps.iter().map(|e| e.to).collect::<Vec<_>>(), [2, 3]);
         assert!(cut);
-        assert!(j.timeline("other", &ObjectKey::parse("a")).0.is_empty());
+        assert_eq!(j.timeline("other", &ObjectKey::parse("a")), (vec![], true));
     }
 
     #[test]

@@ -179,8 +179,8 @@ pub struct TimelineStep {
 #[derive(Debug, Clone, Serialize)]
 pub struct Timeline {
     pub steps: Vec<TimelineStep>,
-    /// Earlier steps were overwritten in the journal (it keeps the last `capacity` steps of
-    /// all objects).
+    /// Earlier steps are missing: overwritten in the journal (it keeps the last steps of all
+    /// objects together), or from before it began (a restart).
     pub cut: bool,
 }
 

@@ -5,6 +5,7 @@
 //! Each answer is bounded: a scan chunk looks at `SCAN_CHUNK` objects, rows come
 //! `ROWS_PER_CALL` at a time; the HTTP task asks again for the rest, so batches run between.
 
+use super::feed::{Firing, FIRING_LISTED};
 use super::http::Query;
 use crate::engine::key::ObjectKey;
 use crate::engine::query::{ObjectRow, SCAN_CHUNK};
@@ -72,6 +73,48 @@ pub fn answer(engine: &mut Engine, q: Query) {
         // The rest are answered in `run.rs`.
         Query::Flows(_) | Query::Model(..) | Query::Object(..) => {}
     }
+}
+
+/// The alerts firing now, for a board that starts after a restore (at most `FIRING_LISTED`,
+/// and how many more): each from its object's row (the artifact it is most at risk of).
+pub fn firing_now(engine: &mut Engine) -> (Vec<Firing>, u64) {
+    let mut keys = Vec::new();
+    let mut more = 0u64;
+    for rt in &engine.flows {
+        for (k, o) in &rt.objects {
+            if !o.alerting {
+                continue;
+            }
+            if keys.len() < FIRING_LISTED {
+                keys.push((rt.flow.name.clone(), k.clone()));
+            } else {
+                more += 1;
+            }
+        }
+    }
+    let firing = keys
+        .iter()
+        .filter_map(|(flow, key)| {
+            let row = engine.object_row(flow, key)?;
+            let fi = engine.flow_index(flow)?;
+            let f = &engine.flows[fi].flow;
+            let artifact = row.top_artifact.clone().unwrap_or_default();
+            let level = f.state_id(&artifact).map(|a| f.alerts[a as usize]);
+            Some(Firing {
+                kind: "alert",
+                flow: row.flow.clone(),
+                object: row.object.clone(),
+                state: row.state.clone(),
+                since: row.alerting_since.clone().unwrap_or_default(),
+                severity: level.map(|l| l.severity.as_str().to_string()),
+                what: artifact,
+                probability: row.top_risk,
+                threshold: level.map(|l| l.threshold),
+                record: serde_json::to_value(&row).unwrap_or_default(),
+            })
+        })
+        .collect();
+    (firing, more)
 }
 
 /// One flow's view of an object for `GET /api/objects/{key}`: the prediction, the timeline and

@@ -151,6 +151,16 @@ impl Feed {
         }
     }
 
+    /// Lists alerts that were firing before this board existed (restored from a snapshot: no
+    /// record announced them). `more` counts those beyond `FIRING_LISTED`.
+    pub fn seed(&self, firing: Vec<Firing>, more: u64) {
+        let mut b = self.board.lock().unwrap_or_else(|e| e.into_inner());
+        for f in firing {
+            b.fire(f);
+        }
+        b.unlisted += more;
+    }
+
     pub fn alerts(&self) -> AlertsView {
         let b = self.board.lock().unwrap_or_else(|e| e.into_inner());
         let (mut firing, mut anomalies) = (Vec::new(), Vec::new());

@@ -174,6 +174,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // steps its timelines are rebuilt from (fixed size, `engine/journal.rs`).
     let feed = Arc::new(super::feed::Feed::new());
     sinks.watch(feed.clone());
+    // Alerts restored from a snapshot fired in an earlier run: no record announces them.
+    let (firing, more) = super::api::firing_now(&mut engine);
+    feed.seed(firing, more);
     engine.journal = Some(crate::engine::journal::Journal::new(
         crate::engine::journal::DEFAULT_ENTRIES,
     ));
