@@ -152,7 +152,7 @@ pub fn build(d: &GraphData, counts: &[u64]) -> Graph {
 
 const NODE_W: f64 = 210.0;
 const NODE_H: f64 = 72.0;
-const GAP_X: f64 = 40.0;
+const GAP_X: f64 = 70.0;
 const GAP_Y: f64 = 70.0;
 const MARGIN: f64 = 90.0;
 
@@ -245,8 +245,18 @@ pub fn svg(g: &Graph) -> String {
                 x1 + (x2 - x1) / 3.0 + 4.0,
                 sy + (ey - sy) / 3.0,
             )
+        } else if l2 == l1 && (x2 - x1).abs() > NODE_W + GAP_X + 1.0 {
+            // Within a layer, past others: an arc under them, bottom to bottom.
+            let (sy, ey) = (y1 + NODE_H / 2.0, y2 + NODE_H / 2.0);
+            let cy = sy + 30.0 + 0.1 * (x2 - x1).abs();
+            let cx = (x1 + x2) / 2.0;
+            (
+                format!("M{x1:.1},{sy:.1} Q{cx:.1},{cy:.1} {x2:.1},{ey:.1}"),
+                cx - 12.0,
+                (sy + cy) / 2.0 + 12.0,
+            )
         } else if l2 == l1 {
-            // Within a layer: side to facing side.
+            // Within a layer, next to each other: side to facing side.
             let side = if x2 >= x1 { 1.0 } else { -1.0 };
             let (sx, ex) = (x1 + side * NODE_W / 2.0, x2 - side * NODE_W / 2.0);
             (
@@ -260,9 +270,10 @@ pub fn svg(g: &Graph) -> String {
             let (sx, ex) = (x1 + side * NODE_W / 2.0, x2 + side * NODE_W / 2.0);
             let bulge = side * (60.0 + (l1 as f64 - l2 as f64).abs() * 10.0);
             let (cx, cy) = ((sx + ex) / 2.0 + bulge, (y1 + y2) / 2.0);
+            // Labelled on the curve's apex, halfway from the chord to the control point.
             (
                 format!("M{sx:.1},{y1:.1} Q{cx:.1},{cy:.1} {ex:.1},{y2:.1}"),
-                cx,
+                ((sx + ex) / 2.0 + cx) / 2.0 + 3.0,
                 cy,
             )
         };
