@@ -150,24 +150,37 @@ impl Browser {
         path
     }
 
-    /// Focuses the element and presses keys there (WebDriver "Element Send Keys").
+    /// Focuses the element and presses keys there (WebDriver "Element Send Keys"). The page
+    /// redraws itself when the data changes: an element replaced between being found and being
+    /// typed into is found again.
     fn keys(&self, css: &str, keys: &str) {
-        let e = self.cmd(
-            "POST",
-            "/element",
-            Some(json!({"using": "css selector", "value": css})),
-        );
-        let id = e
-            .as_object()
-            .and_then(|o| o.values().next())
-            .and_then(|v| v.as_str())
-            .unwrap_or_else(|| panic!("no element {css}"))
-            .to_string();
-        self.cmd(
-            "POST",
-            &format!("/element/{id}/value"),
-            Some(json!({ "text": keys })),
-        );
+        let session = format!("/session/{}", self.session);
+        let mut last = String::new();
+        for _ in 0..10 {
+            let found = self.raw(
+                "POST",
+                &format!("{session}/element"),
+                Some(json!({"using": "css selector", "value": css})),
+            );
+            let id = found.ok().and_then(|e| {
+                e.as_object()
+                    .and_then(|o| o.values().next())
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+            });
+            if let Some(id) = id {
+                match self.raw(
+                    "POST",
+                    &format!("{session}/element/{id}/value"),
+                    Some(json!({ "text": keys })),
+                ) {
+                    Ok(_) => return,
+                    Err(e) => last = e,
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("could not type into {css}: {last}");
     }
 
     /// The browser's console messages since the last call.

@@ -78,9 +78,11 @@ pub fn key_hash(key: &ObjectKey) -> u64 {
 
 impl Journal {
     pub fn new(capacity: usize) -> Journal {
+        let capacity = capacity.max(1);
         Journal {
-            entries: Vec::new(),
-            capacity: capacity.max(1),
+            // Allocated once, exactly: its memory is what `bytes` says from the start.
+            entries: Vec::with_capacity(capacity),
+            capacity,
             next: 0,
             flows: Vec::new(),
         }
@@ -181,8 +183,16 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_is_32_bytes() {
+    fn an_entry_is_32_bytes_and_the_ring_never_grows_past_its_capacity() {
         assert_eq!(std::mem::size_of::<Entry>(), 32);
+        let mut j = Journal::new(100);
+        j.flow_id("f");
+        for i in 0..1000 {
+            j.push(entry(&i.to_string(), Step::Entered, 0));
+        }
+        assert_eq!(j.entries.len(), 100);
+        assert_eq!(j.entries.capacity(), 100);
+        assert_eq!(j.bytes(), 100 * 32 + 1 + 24);
     }
 
     #[test]

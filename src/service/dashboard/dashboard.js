@@ -81,8 +81,11 @@ async function refresh(first) {
   const page = current;
   try {
     const body = await page.render(first);
-    if (page === current && body) {
-      // Keep the focus where it was when the same page is redrawn.
+    // Redrawn only when something changed: a poll that finds nothing new leaves the page (its
+    // focus, its scroll, a half-typed filter) alone. When it changed, the focus goes back to
+    // the element with the same id (rows' links have one).
+    const old = $main().firstElementChild;
+    if (page === current && body && !(old && old.outerHTML === body.outerHTML)) {
       const focusId = document.activeElement && document.activeElement.id;
       $main().replaceChildren(body);
       if (focusId) { const f = document.getElementById(focusId); if (f) f.focus(); }
@@ -262,7 +265,7 @@ function objectsPage(params) {
             head("In state", "time_in_state_ms", true), head("State risk", "state_risk", true), head("Top risk", "top_risk", true),
             head("Artifact", "top_artifact"), head("Expected remaining", "expected_remaining_ms", true), head("Alerting", "alerting"))),
           el("tbody", {}, rows.length ? [] : none(9, "No object in flight matches."), rows.map((o) => el("tr", { class: o.alerting ? "alerting" : "", "data-object": o.object },
-            el("td", {}, el("a", { href: objectHref(o.flow, o.object) }, o.object)),
+            el("td", {}, el("a", { href: objectHref(o.flow, o.object), id: `o-${o.flow}-${o.object}` }, o.object)),
             el("td", {}, o.flow), el("td", {}, o.state),
             el("td", { class: "num" }, fmtMs(o.time_in_state_ms)),
             el("td", { class: "num" }, fmtP(o.state_risk)), el("td", { class: "num" }, fmtP(o.top_risk)),
