@@ -1259,11 +1259,14 @@ impl Engine {
     }
 
     /// The probability the model gives the step `before.state -> to` for this object (what
-    /// `score_step` computes, for flows with `anomaly off` when the journal wants it).
+    /// `score_step` computes, for flows with `anomaly off` when the journal wants it). From
+    /// the cached solution only: asking for a fresh one would move the solve schedule, and the
+    /// service would then predict differently from a replay of the same stream.
     fn step_probability(&mut self, fi: usize, before: &ObjectState, to: StateId) -> f64 {
-        let rt = &mut self.flows[fi];
-        rt.model.solution();
-        let sol = rt.model.cached().expect("solved");
+        let rt = &self.flows[fi];
+        let Some(sol) = rt.model.cached() else {
+            return f64::NAN;
+        };
         rt.model
             .probability_of(sol, before.past(), before.state, to, &mut self.scratch)
     }

@@ -213,7 +213,14 @@ impl Engine {
     /// The worst artifact risk from each state of flow `fi` (FIG. 11, first order, at entry).
     fn state_risks(&mut self, fi: usize) -> Vec<f64> {
         let rt = &mut self.flows[fi];
-        let sol = rt.model.solution();
+        // The cached solution, as the engine last used it: solving here would move the solve
+        // schedule for a question (only a flow never solved yet is solved).
+        if rt.model.cached().is_none() {
+            rt.model.solution();
+        }
+        let Some(sol) = rt.model.cached() else {
+            return vec![0.0; rt.flow.states.len()];
+        };
         let flow = &rt.flow;
         (0..flow.states.len())
             .map(|s| {

@@ -135,12 +135,12 @@ impl Sinks {
         }
     }
 
-    /// Hands a record to every sink without waiting.
     /// Hands every record sent from now on to `feed` as well.
     pub fn watch(&mut self, feed: Arc<super::feed::Feed>) {
         self.feed = Some(feed);
     }
 
+    /// Hands a record to every sink without waiting (and to the dashboard's feed).
     pub fn send(&self, record: Record) {
         if let Some(f) = &self.feed {
             f.publish(&record);
