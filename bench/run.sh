@@ -9,7 +9,7 @@
 #   QUICK=1 bash bench/run.sh    # smaller inputs, one repetition: a smoke test of the script
 #   SKIP_PM4PY=1 ...             # skip the PM4Py comparison (needs PyPI for its virtualenv)
 #   SECTIONS="replay nats" ...   # run some sections only: replay memory objects flows check
-#                                # fmt lsp discover eval nats amqp (default: all)
+#                                # fmt lsp discover eval nats amqp viewers (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -18,7 +18,7 @@ mkdir -p "$OUT"
 QUICK=${QUICK:-0}
 REPS=${REPS:-$([ "$QUICK" = 1 ] && echo 1 || echo 3)}
 scale() { if [ "$QUICK" = 1 ]; then echo $(( $1 / 20 )); else echo "$1"; fi; }
-SECTIONS=${SECTIONS:-replay memory objects flows check fmt lsp discover eval nats amqp}
+SECTIONS=${SECTIONS:-replay memory objects flows check fmt lsp discover eval nats amqp viewers}
 want() { case " $SECTIONS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 cargo build --release --quiet
@@ -482,6 +482,71 @@ for MODE in nostate state; do
     row "AMQP intake, ${AMQP_BYTES}-byte nova notifications in the oslo envelope, prefetch 20,000, $WHAT (RabbitMQ's CPU share while flowcast reads: $SHARE cores; publish with confirms: $PUB/s) | $(python3 -c "print(f'{$FRATE:,}')") msgs/s | bare lapin consumer, same prefetch, one ack per batch: $(python3 -c "print(f'{$BARE_RATE:,.0f}')")/s | $(ratio "$FRATE" "$BARE_RATE") | >= 0.7"
 done
 rmq_stop
+fi
+
+if want viewers; then
+# ---------------------------------------------------------------- dashboard viewers
+# Intake is not slowed by viewers: the same JetStream stream read by a fresh consumer with no
+# viewer, then with 10 clients on /api/events and the API polled every second (the
+# dashboard's objects, alerts and overview), alternately, REPS times each; medians compared.
+V_DIR=$(mktemp -d)
+V_PORT=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
+V_HTTP=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
+V_URL=nats://127.0.0.1:$V_PORT
+nats-server -a 127.0.0.1 -p "$V_PORT" -js -sd "$V_DIR" > "$V_DIR/log" 2>&1 &
+V_NATS=$!
+V_SVC=
+V_VIEWERS=()
+v_cleanup() {
+    kill "$V_NATS" ${V_SVC:+"$V_SVC"} ${V_VIEWERS[@]+"${V_VIEWERS[@]}"} 2> /dev/null || true; rm -rf "$V_DIR"
+    # The NATS section's server, when it ran: this trap replaced its own.
+    if declare -F cleanup > /dev/null; then cleanup; fi
+    return 0
+}
+trap v_cleanup EXIT
+sleep 0.5
+N_VIEW=$(scale 300000)
+head -n "$N_VIEW" "$OUT/nova.jsonl" > "$OUT/viewers.jsonl"
+# The stream is created by a service's first start (`create` is on by default), then filled.
+printf 'models: models\nsource: { kind: jetstream, stream: VIEW, subjects: ["view.>"], consumer: setup }\nnats: { url: "%s" }\nsinks: []\nwatch: false\nhttp: { listen: "127.0.0.1:%s" }\n' "$V_URL" "$V_HTTP" > "$OUT/view.yaml"
+$FC run --config "$OUT/view.yaml" > /dev/null 2> "$OUT/view.log" & V_SVC=$!
+for _ in $(seq 200); do curl -sf "127.0.0.1:$V_HTTP/readyz" > /dev/null && break; sleep 0.05; done
+kill "$V_SVC"; wait "$V_SVC" 2> /dev/null || true; V_SVC=
+$FC publish "$OUT/viewers.jsonl" --subject view.nova --url "$V_URL" --jetstream 2> /dev/null
+v_messages() { curl -s "127.0.0.1:$V_HTTP/metrics" | awk '/^flowcast_messages_total/ { s += $2 } END { print s + 0 }'; }
+v_run() { # consumer-name with-viewers(0/1) -> prints msgs/s
+    printf 'models: models\nsource: { kind: jetstream, stream: VIEW, subjects: ["view.>"], consumer: %s }\nnats: { url: "%s" }\nsinks: []\nwatch: false\nhttp: { listen: "127.0.0.1:%s" }\n' "$1" "$V_URL" "$V_HTTP" > "$OUT/view.yaml"
+    local start; start=$(python3 -c "import time; print(time.time())")
+    $FC run --config "$OUT/view.yaml" > /dev/null 2> "$OUT/view.log" & V_SVC=$!
+    for _ in $(seq 400); do curl -sf "127.0.0.1:$V_HTTP/healthz" > /dev/null && break; sleep 0.01; done
+    V_VIEWERS=()
+    if [ "$2" = 1 ]; then
+        for _ in $(seq 10); do curl -sN "127.0.0.1:$V_HTTP/api/events" > /dev/null 2>&1 & V_VIEWERS+=($!); done
+        ( while true; do
+            for p in "/api/objects?limit=100" /api/alerts /api/overview; do curl -s "127.0.0.1:$V_HTTP$p" > /dev/null; done
+            sleep 1
+          done ) > /dev/null 2>&1 & V_VIEWERS+=($!)
+    fi
+    for _ in $(seq 24000); do [ "$(v_messages)" -ge "$N_VIEW" ] && break; sleep 0.005; done
+    local got; got=$(v_messages)
+    python3 -c "import time; print(f'{$got / (time.time() - $start):.0f}')"
+    if [ "$2" = 1 ]; then
+        curl -s "127.0.0.1:$V_HTTP/api/overview" | python3 -c "import json,sys; print(json.load(sys.stdin)['event_listeners'])" > "$OUT/view.listeners"
+    fi
+    kill ${V_VIEWERS[@]+"${V_VIEWERS[@]}"} 2> /dev/null || true; V_VIEWERS=()
+    kill "$V_SVC"; wait "$V_SVC" 2> /dev/null || true; V_SVC=
+}
+WITHOUT=(); WITH=()
+for i in $(seq "$REPS"); do
+    WITHOUT+=("$(v_run "plain$i" 0)")
+    WITH+=("$(v_run "viewed$i" 1)")
+done
+med() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+MW=$(med "${WITHOUT[@]}"); MV=$(med "${WITH[@]}")
+note "  JetStream replay without viewers: ${WITHOUT[*]} msgs/s; with 10 event streams ($(cat "$OUT/view.listeners") connected) and the API polled each second: ${WITH[*]} msgs/s"
+row "JetStream replay with 10 /api/events clients and the API polled every second (start included) | $(python3 -c "print(f'{$MV:,.0f}')") msgs/s | the same without viewers: $(python3 -c "print(f'{$MW:,.0f}')") msgs/s | $(ratio "$MV" "$MW") | >= 0.90"
+v_cleanup
+trap - EXIT
 fi
 
 note ""

@@ -14,6 +14,9 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # RabbitMQ: the tests start their own brokers (no system service is used).
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+# The dashboard's browser test (tests/dashboard_browser.rs): Debian's chromium and its WebDriver.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing from Debian's packages: ${missing[*]}"
     SUDO=""
@@ -23,6 +26,15 @@ if [ ${#missing[@]} -gt 0 ]; then
     RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 nats-server --version
+# promtool (tests/ecosystem_files.rs checks the example alerting rules): Debian's prometheus
+# package, without its recommends (about 20 MB, seconds). The test says loudly when it is missing.
+if ! command -v promtool >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+        || echo "promtool could not be installed: the alerting rules will not be checked"
+fi
 
 # OpenStack's own oslo.messaging, which the amqp tests publish with (tests/oslo/notify.py).
 OSLO_VENV="${CARGO_TARGET_DIR:-target}/oslo-venv"

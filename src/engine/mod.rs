@@ -9,12 +9,14 @@
 
 pub mod dwell;
 pub mod features;
+pub mod journal;
 pub mod key;
 pub mod markov;
 pub mod message;
 pub mod mixture;
 pub mod output;
 pub mod projection;
+pub mod query;
 pub mod remaining;
 pub mod snapshot;
 pub mod surprise;
@@ -268,6 +270,8 @@ pub struct FlowRuntime {
     /// million objects, and removal stays O(1) by swapping with the last entry.
     pub objects: IndexMap<ObjectKey, ObjectState, foldhash::fast::RandomState>,
     pub alert_log: HashMap<ObjectKey, AlertLog>,
+    /// Messages this flow classified (for the dashboard's messages per second per flow).
+    pub matched: u64,
     finished: Finished,
     timers: BinaryHeap<Timer>,
     timer_seq: u64,
@@ -297,6 +301,7 @@ impl FlowRuntime {
             flow,
             objects: IndexMap::default(),
             alert_log: HashMap::default(),
+            matched: 0,
             finished: Finished::with_capacity(Limits::default().finished_bytes),
             timers: BinaryHeap::new(),
             timer_seq: 0,
@@ -443,6 +448,12 @@ pub struct Engine {
     /// time so that a flow that comes back gets its counts and objects back (`snapshot.rs`).
     retired: BTreeMap<String, snapshot::Retired>,
     pub retire_grace_ms: i64,
+    /// The last steps of every object, for timelines (`journal.rs`); off unless set.
+    pub journal: Option<journal::Journal>,
+    /// With the journal on: the worst artifact risk of the last `evaluate`, and the
+    /// probability the model gave the step being applied.
+    last_risk: f32,
+    last_step_p: f32,
 }
 
 impl Engine {
@@ -469,6 +480,9 @@ impl Engine {
             limits: Limits::default(),
             retired: BTreeMap::new(),
             retire_grace_ms: snapshot::RETIRE_GRACE_MS,
+            journal: None,
+            last_risk: f32::NAN,
+            last_step_p: f32::NAN,
         };
         e.build_index();
         e
@@ -613,6 +627,7 @@ impl Engine {
                 }
             };
             matched += 1;
+            self.flows[fi].matched += 1;
             let trig = Trigger::Message {
                 event_type,
                 message_id: msg.message_id.as_deref(),
@@ -808,6 +823,16 @@ impl Engine {
                 },
             );
             self.entered(fi, &key, now, trig, out);
+            let risk = self.last_risk;
+            self.log_step(
+                fi,
+                &key,
+                now,
+                (markov::NONE, target),
+                journal::Step::Entered,
+                f32::NAN,
+                risk,
+            );
             return;
         };
         obj.last_seen_ms = now;
@@ -823,8 +848,11 @@ impl Engine {
         };
         let before = *obj;
         let learn = before.teaches;
+        self.last_step_p = f32::NAN;
         if !rt.flow.anomaly.off {
             self.score_step(fi, &key, &before, target, now, trig, out);
+        } else if self.journal.is_some() {
+            self.last_step_p = self.step_probability(fi, &before, target) as f32;
         }
         let rt = &mut self.flows[fi];
         if !rt.model.learns(from, target) {
@@ -870,6 +898,8 @@ impl Engine {
             }));
         }
         self.entered(fi, &key, now, trig, out);
+        let (p, risk) = (self.last_step_p, self.last_risk);
+        self.log_step(fi, &key, now, (from, target), journal::Step::Moved, p, risk);
     }
 
     /// Ends an object's run: at a final state (`end` = its id and the dwell before it), or by
@@ -886,6 +916,24 @@ impl Engine {
         let Some(obj) = self.flows[fi].objects.get(&key).cloned() else {
             return;
         };
+        match end {
+            Some((t, _)) => {
+                let p = self.last_step_p;
+                self.log_step(
+                    fi,
+                    &key,
+                    now,
+                    (obj.state, t),
+                    journal::Step::Moved,
+                    p,
+                    f32::NAN,
+                );
+            }
+            None => {
+                let s = (obj.state, obj.state);
+                self.log_step(fi, &key, now, s, journal::Step::Expired, f32::NAN, f32::NAN);
+            }
+        }
         self.flows[fi].model.set_now(now);
         let predicted = self.risk_map(fi, &obj, 0.0);
         let rt = &mut self.flows[fi];
@@ -983,6 +1031,7 @@ impl Engine {
         let p = rt
             .model
             .probability_of(sol, before.past(), before.state, to, &mut self.scratch);
+        self.last_step_p = p as f32;
         // The rank needs the whole distribution: only for `top`, or for a record.
         let rank = cfg.top.map(|_| {
             rt.model
@@ -1181,6 +1230,61 @@ impl Engine {
         }
     }
 
+    /// Writes one step into the journal, when it is on.
+    #[allow(clippy::too_many_arguments)]
+    fn log_step(
+        &mut self,
+        fi: usize,
+        key: &ObjectKey,
+        at_ms: i64,
+        (from, to): (StateId, StateId),
+        step: journal::Step,
+        probability: f32,
+        risk: f32,
+    ) {
+        let Some(j) = &mut self.journal else {
+            return;
+        };
+        let flow = j.flow_id(&self.flows[fi].flow.name);
+        j.push(journal::Entry {
+            key_hash: journal::key_hash(key),
+            at_ms,
+            probability,
+            risk,
+            flow,
+            from,
+            to,
+            step,
+        });
+    }
+
+    /// The probability the model gives the step `before.state -> to` for this object (what
+    /// `score_step` computes, for flows with `anomaly off` when the journal wants it). From
+    /// the cached solution only: asking for a fresh one would move the solve schedule, and the
+    /// service would then predict differently from a replay of the same stream.
+    fn step_probability(&mut self, fi: usize, before: &ObjectState, to: StateId) -> f64 {
+        let rt = &self.flows[fi];
+        let Some(sol) = rt.model.cached() else {
+            return f64::NAN;
+        };
+        rt.model
+            .probability_of(sol, before.past(), before.state, to, &mut self.scratch)
+    }
+
+    /// The largest artifact risk in `self.risk` (as `predict_into` left it).
+    fn worst_risk(&self, fi: usize) -> f64 {
+        let rt = &self.flows[fi];
+        let Some(sol) = rt.model.cached() else {
+            return f64::NAN;
+        };
+        sol.finals
+            .iter()
+            .zip(self.risk.iter())
+            .filter(|(s, _)| rt.flow.state(**s).kind == Kind::Artifact)
+            .map(|(_, r)| *r)
+            .fold(0.0, f64::max)
+    }
+
     /// Artifact risks of an object at `elapsed` ms in its state, by artifact name.
     fn risk_map(&mut self, fi: usize, obj: &ObjectState, elapsed: f64) -> BTreeMap<String, f64> {
         self.predict_into(fi, obj, elapsed);
@@ -1222,6 +1326,9 @@ impl Engine {
         let obj = *obj;
         let elapsed = (now - obj.entered_ms) as f64;
         self.predict_into(fi, &obj, elapsed);
+        if self.journal.is_some() {
+            self.last_risk = self.worst_risk(fi) as f32;
+        }
         let rt = &mut self.flows[fi];
         let sol = rt.model.cached().expect("solved");
         let flow = &rt.flow;
@@ -1257,6 +1364,8 @@ impl Engine {
                     reason: "risk_below_resolve".into(),
                     firing_ms: now - since,
                 }));
+                let (s, r) = ((obj.state, obj.state), self.last_risk);
+                self.log_step(fi, key, now, s, journal::Step::Resolved, f32::NAN, r);
             }
             return;
         }
@@ -1312,6 +1421,8 @@ impl Engine {
                 });
             self.stats.alerts += 1;
             out.push(Record::Alert(alert));
+            let (s, r) = ((obj.state, obj.state), self.last_risk);
+            self.log_step(fi, key, now, s, journal::Step::Alert, f32::NAN, r);
             return;
         }
         // Not alerting: if waiting longer will raise the risk over a threshold, look again then.

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     pub last_reload_unix: AtomicI64,
+    /// The diagnostics of the last reload that failed, rendered; `None` once one succeeds.
+    pub reload_error: Mutex<Option<String>>,
     pub nats_connected: AtomicI64,
     pub nats_events: Mutex<BTreeMap<String, u64>>,
     pub amqp_connected: AtomicI64,

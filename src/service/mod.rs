@@ -3,7 +3,11 @@
 //! Alertmanager), the HTTP API and metrics, hot reload of the flow files, and snapshots.
 
 pub mod amqp;
+pub mod api;
 pub mod config;
+pub mod dashboard;
+pub mod feed;
+pub mod graph;
 pub mod http;
 pub mod metrics;
 pub mod run;

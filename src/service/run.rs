@@ -173,12 +173,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     } else {
         None
     };
-    let sinks = Sinks::spawn(
+    let mut sinks = Sinks::spawn(
         &config.sinks,
         client.clone(),
         metrics.clone(),
         &config.delivery,
     );
+    // The dashboard: every record for its alerts board and event streams, and the journal of
+    // steps its timelines are rebuilt from (fixed size, `engine/journal.rs`).
+    let feed = Arc::new(super::feed::Feed::new());
+    sinks.watch(feed.clone());
+    // Alerts restored from a snapshot fired in an earlier run: no record announces them.
+    let (firing, more) = super::api::firing_now(&mut engine);
+    feed.seed(firing, more);
+    engine.journal = Some(crate::engine::journal::Journal::new(
+        crate::engine::journal::DEFAULT_ENTRIES,
+    ));
     for r in dropped_alerts {
         sinks.send(r);
     }
@@ -204,6 +214,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 token,
             },
             metrics.clone(),
+            feed.clone(),
             query_tx.clone(),
             control_tx.clone(),
             http_stop_rx,
@@ -323,6 +334,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                         metrics.reload_success.store(1, Relaxed);
                         metrics.reloads_ok.fetch_add(1, Relaxed);
                         metrics.last_reload_unix.store(unix_ms() / 1000, Relaxed);
+                        *metrics.reload_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                         tracing::info!(
                             kept = ?report.flows_kept, added = ?report.flows_added, removed = ?report.flows_removed,
                             returned = ?report.flows_returned, dropped = ?report.flows_dropped,
@@ -339,6 +351,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     Err(rendered) => {
                         metrics.reload_success.store(0, Relaxed);
                         metrics.reloads_failed.fetch_add(1, Relaxed);
+                        *metrics.reload_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(rendered.to_string());
                         tracing::error!("The flow files have errors; the running flows are kept.\n{rendered}");
                     }
                 }
@@ -735,6 +749,7 @@ fn answer(engine: &mut Engine, q: Query) {
                         "origin": rt.flow.origin,
                         "states": rt.flow.states,
                         "in_flight": rt.objects.len(),
+                        "matched": rt.matched,
                         "observed_transitions": rt.model.total_observed(),
                     })
                 })
@@ -750,14 +765,15 @@ fn answer(engine: &mut Engine, q: Query) {
         Query::Object(key, reply) => {
             let key = crate::engine::key::ObjectKey::parse(&key);
             let found: Vec<serde_json::Value> = (0..engine.flows.len())
-                .filter_map(|fi| engine.predict_object(fi, &key))
-                .map(|p| serde_json::to_value(p).unwrap_or_default())
+                .filter_map(|fi| super::api::object_view(engine, fi, &key))
                 .collect();
             let _ = reply.send(
                 (!found.is_empty())
                     .then(|| serde_json::json!({ "object": key.to_string(), "flows": found })),
             );
         }
+        // The dashboard's questions.
+        q => super::api::answer(engine, q),
     }
 }
 

@@ -60,6 +60,8 @@ impl SinkMark {
 pub struct Sinks {
     handles: Vec<SinkHandle>,
     metrics: Arc<Metrics>,
+    /// The dashboard's feed, which sees every record the sinks get (`feed.rs`).
+    feed: Option<Arc<super::feed::Feed>>,
 }
 
 impl Sinks {
@@ -126,11 +128,23 @@ impl Sinks {
                 finished,
             });
         }
-        Sinks { handles, metrics }
+        Sinks {
+            handles,
+            metrics,
+            feed: None,
+        }
     }
 
-    /// Hands a record to every sink without waiting.
+    /// Hands every record sent from now on to `feed` as well.
+    pub fn watch(&mut self, feed: Arc<super::feed::Feed>) {
+        self.feed = Some(feed);
+    }
+
+    /// Hands a record to every sink without waiting (and to the dashboard's feed).
     pub fn send(&self, record: Record) {
+        if let Some(f) = &self.feed {
+            f.publish(&record);
+        }
         let r = Arc::new(record);
         for h in &self.handles {
             // Counted before the send, so that the task never sees a record it was not told of.
