@@ -261,7 +261,7 @@ fn kills_of_flowcast_and_rabbitmq_under_a_backlog_lose_nothing_and_count_nothing
     assert!(replay_open.is_empty());
     assert!(
         live_alerts == replay_alerts,
-        "alerts (seed {seed}): only live {:?}, only replay {:?}",
+        "alerts (seed {seed}): only live {:?}, only replay {:?}; live stats {}; replay summary {}",
         live_alerts
             .difference(&replay_alerts)
             .take(20)
@@ -269,7 +269,9 @@ fn kills_of_flowcast_and_rabbitmq_under_a_backlog_lose_nothing_and_count_nothing
         replay_alerts
             .difference(&live_alerts)
             .take(20)
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>(),
+        snap["stats"],
+        String::from_utf8_lossy(&out.stderr)
     );
     assert!(
         live_open.is_empty(),

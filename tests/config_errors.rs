@@ -188,13 +188,13 @@ fn the_bundled_example_configuration_parses() {
             max_future_ms: 300_000
         }
     ));
-    assert!(matches!(
-        c.source,
-        flowcast::service::config::Source::Jetstream {
-            ack_wait_ms: 30_000,
-            create: true,
-            ..
-        }
-    ));
+    // OpenStack's bus: RabbitMQ, read with flowcast's own queue (docs/openstack.md).
+    let flowcast::service::config::Source::Amqp(a) = &c.source else {
+        panic!("the example reads RabbitMQ: {:?}", c.source)
+    };
+    assert_eq!(a.prefetch, 20_000);
+    assert_eq!(a.queue, "flowcast");
+    assert!(a.exchanges.iter().any(|e| e == "nova"));
+    assert_eq!(c.learning, flowcast::service::config::Learning::Live);
     assert_eq!(c.sinks.len(), 3);
 }
