@@ -11,95 +11,7 @@
 mod common;
 
 use common::*;
-use std::collections::BTreeSet;
-use std::io::Write as _;
-use std::path::Path;
 use std::time::{Duration, Instant};
-
-const FLOW: &str = r#"flow chaos {
-    key payload.id
-    initial a
-    state b, x
-    terminal c
-    artifact failed "Error State Failure"
-    on "a" -> a
-    on "b" -> b
-    on "x" -> x
-    on "c" -> c
-    on "f" -> failed
-    learn { expire 30d }
-    alert { threshold 0.3 }
-}
-"#;
-
-/// xorshift64*: a small deterministic generator, so a seed replays a run.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// `objects` objects, three messages each (a, then b, then c or f), interleaved in time order:
-/// object i's steps are 500 slots apart, so a batch holds the steps of many objects.
-fn write_stream(path: &Path, objects: usize) -> usize {
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut n = 0;
-    for slot in 0..objects + 1000 {
-        for step in 0..3 {
-            let Some(obj) = slot.checked_sub(step * 500).filter(|o| *o < objects) else {
-                continue;
-            };
-            // One object in a hundred takes the risky branch x (half of them fail: alerts);
-            // of the rest, one in seventeen fails from b (no alert at this threshold).
-            let ty = match step {
-                0 => "a",
-                1 if obj % 100 == 0 => "x",
-                1 => "b",
-                _ if obj % 100 == 0 && obj % 200 == 0 => "f",
-                _ if obj % 100 == 0 => "c",
-                _ if obj % 17 == 0 => "f",
-                _ => "c",
-            };
-            writeln!(
-                out,
-                r#"{{"event_type":"{ty}","message_id":"m-{n}","timestamp":{}.{:03},"payload":{{"id":"obj-{obj}"}}}}"#,
-                1_767_225_600 + slot / 100,
-                (slot % 100) * 10,
-            )
-            .unwrap();
-            n += 1;
-        }
-    }
-    n
-}
-
-/// Alerts (object, state) and, per object, whether its last alert was followed by a resolution,
-/// over every stdout file the service wrote across its restarts (or one replay's output).
-fn alerts(records: &[serde_json::Value]) -> (BTreeSet<(String, String)>, BTreeSet<String>) {
-    let mut fired = BTreeSet::new();
-    let mut open = BTreeSet::new();
-    for r in records {
-        let object = r["object"].as_str().unwrap_or_default().to_string();
-        match r["type"].as_str() {
-            Some("alert") => {
-                fired.insert((object.clone(), r["state"].as_str().unwrap().to_string()));
-                open.insert(object);
-            }
-            Some("resolved") => {
-                open.remove(&object);
-            }
-            _ => {}
-        }
-    }
-    (fired, open)
-}
 
 #[test]
 fn kills_of_flowcast_and_rabbitmq_under_a_backlog_lose_nothing_and_count_nothing_twice() {
@@ -119,9 +31,9 @@ fn kills_of_flowcast_and_rabbitmq_under_a_backlog_lose_nothing_and_count_nothing
     let dir = tmp.path().to_owned();
     let models = dir.join("models");
     std::fs::create_dir(&models).unwrap();
-    std::fs::write(models.join("chaos.flow"), FLOW).unwrap();
+    std::fs::write(models.join("chaos.flow"), CHAOS_FLOW).unwrap();
     let input = dir.join("stream.jsonl");
-    let total = write_stream(&input, 100_000);
+    let total = write_chaos_stream(&input, 100_000, true);
     assert_eq!(total, 300_000);
 
     let mut rabbit = RabbitMq::start();
@@ -255,8 +167,8 @@ fn kills_of_flowcast_and_rabbitmq_under_a_backlog_lose_nothing_and_count_nothing
     for (_, path) in &outputs {
         live_records.extend(parse(&std::fs::read_to_string(path).unwrap()));
     }
-    let (replay_alerts, replay_open) = alerts(&parse(&String::from_utf8_lossy(&out.stdout)));
-    let (live_alerts, live_open) = alerts(&live_records);
+    let (replay_alerts, replay_open) = chaos_alerts(&parse(&String::from_utf8_lossy(&out.stdout)));
+    let (live_alerts, live_open) = chaos_alerts(&live_records);
     assert!(replay_alerts.len() >= 900, "{}", replay_alerts.len());
     assert!(replay_open.is_empty());
     assert!(

@@ -601,23 +601,7 @@ fn tls_with_a_private_ca() {
     // A CA and a server certificate for 127.0.0.1, made with openssl for this test.
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let sh = |args: &str| {
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(args)
-            .current_dir(d)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=flowcast-test-ca");
-    sh("openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1");
-    std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    sh("openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile san.ext");
+    make_certificates(d);
     let tls = format!(
         "tls {{ cert_file: {:?}, key_file: {:?} }}",
         d.join("server.pem").display().to_string(),

@@ -774,3 +774,102 @@ pub fn oslo_python() -> PathBuf {
     );
     p
 }
+
+// ---------------------------------------------------------------- the chaos tests' stream
+
+/// The flow of the chaos tests (`chaos.rs`, `amqp_chaos.rs`).
+pub const CHAOS_FLOW: &str = r#"flow chaos {
+    key payload.id
+    initial a
+    state b, x
+    terminal c
+    artifact failed "Error State Failure"
+    on "a" -> a
+    on "b" -> b
+    on "x" -> x
+    on "c" -> c
+    on "f" -> failed
+    learn { expire 30d }
+    alert { threshold 0.3 }
+}
+"#;
+
+/// xorshift64*: a small deterministic generator, so a seed replays a run.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// `objects` objects, three messages each (a, then b, then c or f), interleaved in time order:
+/// object i's steps are 500 slots apart, so a batch holds the steps of many objects.
+/// With `ids`, each message has its own `message_id` (as oslo gives them).
+pub fn write_chaos_stream(path: &Path, objects: usize, ids: bool) -> usize {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut n = 0;
+    for slot in 0..objects + 1000 {
+        for step in 0..3 {
+            let Some(obj) = slot.checked_sub(step * 500).filter(|o| *o < objects) else {
+                continue;
+            };
+            // One object in a hundred takes the risky branch x (half of them fail: alerts);
+            // of the rest, one in seventeen fails from b (no alert at this threshold).
+            let ty = match step {
+                0 => "a",
+                1 if obj % 100 == 0 => "x",
+                1 => "b",
+                _ if obj % 100 == 0 && obj % 200 == 0 => "f",
+                _ if obj % 100 == 0 => "c",
+                _ if obj % 17 == 0 => "f",
+                _ => "c",
+            };
+            let id = if ids {
+                format!(r#""message_id":"m-{n}","#)
+            } else {
+                String::new()
+            };
+            writeln!(
+                out,
+                r#"{{"event_type":"{ty}",{id}"timestamp":{}.{:03},"payload":{{"id":"obj-{obj}"}}}}"#,
+                1_767_225_600 + slot / 100,
+                (slot % 100) * 10,
+            )
+            .unwrap();
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Alerts (object, state) and, per object, whether its last alert was followed by a resolution,
+/// over every stdout file the service wrote across its restarts (or one replay's output).
+pub fn chaos_alerts(
+    records: &[serde_json::Value],
+) -> (
+    std::collections::BTreeSet<(String, String)>,
+    std::collections::BTreeSet<String>,
+) {
+    let mut fired = std::collections::BTreeSet::new();
+    let mut open = std::collections::BTreeSet::new();
+    for r in records {
+        let object = r["object"].as_str().unwrap_or_default().to_string();
+        match r["type"].as_str() {
+            Some("alert") => {
+                fired.insert((object.clone(), r["state"].as_str().unwrap().to_string()));
+                open.insert(object);
+            }
+            Some("resolved") => {
+                open.remove(&object);
+            }
+            _ => {}
+        }
+    }
+    (fired, open)
+}
