@@ -144,6 +144,21 @@ fn config(dir: &Path, source: &str) -> String {
     )
 }
 
+/// Runs `flowcast run` with `config` written in `dir`, which must fail to start: its stderr.
+fn failed_start(dir: &Path, config: &str) -> String {
+    let conf = dir.join("flowcast.yaml");
+    std::fs::write(&conf, config).unwrap();
+    let out = flowcast()
+        .args(["run", "--config"])
+        .arg(&conf)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "flowcast started:\n{err}");
+    err
+}
+
 fn without_emitted_at(records: &[serde_json::Value]) -> Vec<String> {
     let mut out: Vec<String> = records
         .iter()
@@ -324,23 +339,13 @@ fn a_refused_login_or_an_unknown_vhost_stops_the_start_with_the_brokers_reason()
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("flowcast.yaml");
-        std::fs::write(
-            &conf,
-            config(
+        let err = failed_start(
+            dir.path(),
+            &config(
                 dir.path(),
                 &format!("{{ kind: amqp, url: {url:?}, exchanges: [nova_login] }}"),
             ),
-        )
-        .unwrap();
-        let out = flowcast()
-            .args(["run", "--config"])
-            .arg(&conf)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{err}");
+        );
         assert!(
             err.contains("connecting to RabbitMQ") && err.contains(expect),
             "no reason `{expect}` in:\n{err}"
@@ -365,15 +370,7 @@ fn amqp_settings_are_checked_before_anything_starts() {
         ("{ kind: amqp, queue_type: stream }", "queue_type"),
         ("{ kind: amqp, exchanges: [] }", "`exchanges`"),
     ] {
-        let conf = dir.path().join("flowcast.yaml");
-        std::fs::write(&conf, config(dir.path(), source)).unwrap();
-        let out = flowcast()
-            .args(["run", "--config"])
-            .arg(&conf)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success());
+        let err = failed_start(dir.path(), &config(dir.path(), source));
         assert!(err.contains(expect), "{source}: no `{expect}` in:\n{err}");
     }
 }
@@ -385,23 +382,13 @@ fn amqps_with_a_private_ca_into_a_quorum_queue_with_limits() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("amqps://guest:guest@127.0.0.1:{tls}/%2F");
     // Without the CA the broker's certificate is not trusted: the start fails and says why.
-    let conf = dir.path().join("flowcast.yaml");
-    std::fs::write(
-        &conf,
-        config(
+    let err = failed_start(
+        dir.path(),
+        &config(
             dir.path(),
             &format!("{{ kind: amqp, url: {url:?}, exchanges: [nova_tls], queue: flowcast_tls }}"),
         ),
-    )
-    .unwrap();
-    let out = flowcast()
-        .args(["run", "--config"])
-        .arg(&conf)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    );
     assert!(err.contains("connecting to RabbitMQ"), "{err}");
 
     let source = format!(

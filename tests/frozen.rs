@@ -8,23 +8,6 @@ use common::*;
 use std::io::Write as _;
 use std::path::Path;
 
-/// Normal jobs go start -> check -> (ok | retry) -> done; failing ones go check -> rare.
-const BRANCHES: &str = r#"
-flow job {
-    key payload.id
-    initial start
-    state check, ok, retry, rare
-    terminal done
-    on "start" -> start
-    on "check" -> check
-    on "ok" -> ok
-    on "retry" -> retry
-    on "rare" -> rare
-    on "done" -> done
-    learn { half_life off }
-}
-"#;
-
 /// `n` jobs one after another from `t0` seconds; every `rare_every`-th takes the rare branch
 /// (0: none), one in ten of the others retries.
 fn write_jobs(path: &Path, prefix: &str, n: usize, t0: u64, rare_every: usize) {

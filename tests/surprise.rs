@@ -4,28 +4,10 @@
 
 mod common;
 
-use common::{compile, msg};
+use common::{compile, msg, BRANCHES};
 use flowcast::engine::message::Message;
 use flowcast::engine::output::{Anomaly, Record};
 use flowcast::engine::Engine;
-
-/// Normal objects go start -> check -> (ok 90% | retry 10%) -> done; failing ones go
-/// check -> rare, a branch no normal object takes.
-const BRANCHES: &str = r#"
-flow job {
-    key payload.id
-    initial start
-    state check, ok, retry, rare
-    terminal done
-    on "start" -> start
-    on "check" -> check
-    on "ok" -> ok
-    on "retry" -> retry
-    on "rare" -> rare
-    on "done" -> done
-    learn { half_life off }
-}
-"#;
 
 /// A small deterministic generator (the tests must give the same stream every time).
 struct Lcg(u64);

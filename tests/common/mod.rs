@@ -873,3 +873,22 @@ pub fn chaos_alerts(
     }
     (fired, open)
 }
+
+/// Normal objects go start -> check -> (ok 90% | retry 10%) -> done; failing ones go
+/// check -> rare, a branch no normal object takes.
+/// (`surprise.rs`, `frozen.rs`)
+pub const BRANCHES: &str = r#"
+flow job {
+    key payload.id
+    initial start
+    state check, ok, retry, rare
+    terminal done
+    on "start" -> start
+    on "check" -> check
+    on "ok" -> ok
+    on "retry" -> retry
+    on "rare" -> rare
+    on "done" -> done
+    learn { half_life off }
+}
+"#;
