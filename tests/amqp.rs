@@ -418,3 +418,39 @@ fn amqps_with_a_private_ca_into_a_quorum_queue_with_limits() {
     svc.stop();
     assert_eq!(ready(&b.url(), "flowcast_tls"), 0);
 }
+
+#[test]
+fn without_a_state_directory_messages_are_acknowledged_once_applied() {
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let svc = Service::start(
+        dir.path(),
+        &format!(
+            "models: {:?}\nsource: {{ kind: amqp, url: {:?}, exchanges: [nova_nostate], queue: flowcast_nostate }}\n\
+             clock: {{ mode: event, idle_after_ms: \"0\" }}\n",
+            models.display().to_string(),
+            b.url()
+        ),
+    );
+    let events =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/nova_volume_attach/events.jsonl");
+    let out = flowcast()
+        .arg("publish")
+        .arg(&events)
+        .args(["--amqp", &b.url(), "--exchange", "nova_nostate"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    svc.wait_messages(203);
+    // Acknowledged as applied: a SIGKILL now leaves nothing for the broker to send again
+    // (it puts back what its consumer had not acknowledged).
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    svc.kill9();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(ready(&b.url(), "flowcast_nostate"), 0, "messages came back");
+}
