@@ -117,6 +117,11 @@ SCAN=$(python3 -c "import json; print(json.load(open('$OUT/parse.json'))['scan_p
 R=$(rate "$N_NOVA" "$T_REPLAY" | tr -d ,)
 row "replay, real nova notifications (${NOVA_BYTES} B each), all 5 bundled flows (one core) | $(rate "$N_NOVA" "$T_REPLAY") events/s | serde_json to Value: $(python3 -c "print(f'{$PARSE:,.0f}')")/s; validate only: $(python3 -c "print(f'{$SCAN:,.0f}')")/s | $(ratio "$R" "$PARSE") of Value parsing | >= 150,000/s (1.5 KB)"
 
+# Shards in one process (issue 16): the same stream on 2 engines and threads against one, in
+# the same run (the issue asks >= 1.7x on this 2-core machine).
+read -r T_SHARDS2 RSS_SHARDS2 < <(measure $FC replay --models models --shards 2 "$OUT/nova.jsonl")
+row "replay, the same nova notifications, --shards 2 (two threads) | $(rate "$N_NOVA" "$T_SHARDS2") events/s (peak RSS ${RSS_SHARDS2} KB) | one shard: $(rate "$N_NOVA" "$T_REPLAY")/s | $(ratio "$T_REPLAY" "$T_SHARDS2")x | >= 1.7x"
+
 fi
 
 if want memory; then

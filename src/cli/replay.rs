@@ -42,6 +42,16 @@ pub struct ReplayArgs {
     /// left unchanged.
     #[arg(long, requires = "state_dir")]
     pub frozen: bool,
+    /// Engines to run on as many threads, each owning the objects whose key hashes to it and
+    /// sharing what it learns with the others after every `--shard-batch` lines (`0`: one per
+    /// core). The records are one engine's, in another order; predictions may differ by what
+    /// the other shards learned within the last batch.
+    #[arg(long, default_value_t = 1)]
+    pub shards: usize,
+    /// Lines per batch with `--shards`, at most (from 64, growing with the lines read: a
+    /// sixteenth of them): the most steps a shard predicts without the others' learning.
+    #[arg(long, default_value_t = 4096, hide = true)]
+    pub shard_batch: usize,
 }
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
@@ -49,8 +59,18 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         Ok(f) => f,
         Err(code) => return Ok(code),
     };
-    let mut engine = Engine::new(flows);
-    engine.trace = args.trace;
+    let shards = match args.shards {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n.min(256),
+    };
+    let mut engines = Vec::with_capacity(shards);
+    for index in 0..shards {
+        let mut engine = Engine::new(flows.clone());
+        if shards > 1 {
+            engine.set_shard(index as u32, shards as u32);
+        }
+        engines.push(engine);
+    }
     let max_future = match args.max_future.as_str() {
         "off" => None,
         d => match crate::syntax::parse_duration_ms(d) {
@@ -64,15 +84,23 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
-    engine.set_horizon(max_future.map(|ms| wall.saturating_add(ms)));
-    engine.set_limits(crate::engine::Limits {
-        max_key_bytes: args.max_key_bytes,
-        finished_bytes: args.finished_budget_bytes,
-    });
-    if let Some(dir) = &args.state_dir {
-        if let Some(learned) = state_dir::load_learned(dir)? {
-            let (loaded, dropped) = engine.import_learned(&learned);
-            tracing::info!(flows = loaded, dropped, dir = %dir.display(), "Loaded learned counts.");
+    let learned = match &args.state_dir {
+        Some(dir) => state_dir::load_learned(dir)?,
+        None => None,
+    };
+    for engine in &mut engines {
+        engine.trace = args.trace;
+        engine.set_horizon(max_future.map(|ms| wall.saturating_add(ms)));
+        engine.set_limits(crate::engine::Limits {
+            max_key_bytes: args.max_key_bytes,
+            finished_bytes: args.finished_budget_bytes / shards,
+        });
+        if let Some(learned) = &learned {
+            let (loaded, dropped) = engine.import_learned(learned);
+            if engine.shard().is_none_or(|s| s.index == 0) {
+                let dir = args.state_dir.as_ref().map(|d| d.display().to_string());
+                tracing::info!(flows = loaded, dropped, dir, "Loaded learned counts.");
+            }
         }
         if args.frozen {
             engine.freeze();
@@ -91,17 +119,24 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     };
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    let stats = replay(
-        &mut engine,
-        BufReader::with_capacity(1 << 20, input),
-        &mut out,
-        args.alerts_only,
-    )?;
+    let input = BufReader::with_capacity(1 << 20, input);
+    let stats = if shards == 1 {
+        replay(&mut engines[0], input, &mut out, args.alerts_only)?
+    } else {
+        replay_sharded(
+            &mut engines,
+            input,
+            &mut out,
+            args.alerts_only,
+            args.shard_batch.max(1),
+        )?
+    };
     out.flush()?;
     if let Some(dir) = args.state_dir.as_ref().filter(|_| !args.frozen) {
-        state_dir::save_learned(dir, engine.export_learned())?;
+        // After the last exchange every shard's model holds every learned step.
+        state_dir::save_learned(dir, engines[0].export_learned())?;
     }
-    let in_flight = engine.objects_in_flight();
+    let in_flight: usize = engines.iter().map(Engine::objects_in_flight).sum();
     if args.summary_json {
         let mut v = serde_json::to_value(&stats)?;
         v["in_flight"] = in_flight.into();
@@ -169,21 +204,258 @@ pub fn replay(
                 }
             }
         }
-        for r in records.drain(..) {
-            if alerts_only
-                && !matches!(
-                    r,
-                    crate::engine::output::Record::Alert(_)
-                        | crate::engine::output::Record::Resolved(_)
-                )
-            {
-                continue;
-            }
-            serde_json::to_writer(&mut *out, &r)?;
-            out.write_all(b"\n")?;
-        }
+        write_records(&mut records, out, alerts_only)?;
     }
     Ok(engine.stats.clone())
+}
+
+/// One batch of lines for the shards: the text, each line's span (or its length when it was
+/// over the limit) and number.
+#[derive(Default)]
+struct Lines {
+    text: Vec<u8>,
+    spans: Vec<(usize, usize, LineEnd, u64)>,
+}
+
+/// A batch as the shards share it: each decodes its slice of the lines, all apply all of them
+/// (each to the objects it owns), then each adds what the others learned.
+struct ShardBatch {
+    lines: Lines,
+    decoded: Vec<std::sync::Mutex<Vec<Decoded>>>,
+    deltas: Vec<std::sync::Mutex<crate::engine::shard::ShardDelta>>,
+}
+
+/// A decoded message with the flows, keys and shards it goes to (decoded lines only).
+type Decoded = (crate::engine::message::Message, crate::engine::Routed);
+
+/// `replay` on several engines (`--shards`), one thread each. The lines are read here and
+/// handed over in batches; the shards decode a batch together (each its share), then each
+/// applies every message to the objects it owns, then they exchange what they learned. The
+/// steps are the same at every run: the records come out batch by batch, shard by shard.
+pub fn replay_sharded(
+    engines: &mut [Engine],
+    mut input: impl BufRead,
+    out: &mut impl Write,
+    alerts_only: bool,
+    batch_lines: usize,
+) -> anyhow::Result<Stats> {
+    use std::sync::mpsc;
+    use std::sync::{Arc, Barrier, Mutex};
+    let n = engines.len();
+    let barrier = Barrier::new(n);
+    let projection = engines[0].projection();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let (done_tx, done_rx) = mpsc::sync_channel::<(usize, Vec<u8>)>(2 * n);
+        let mut senders = Vec::with_capacity(n);
+        let mut handles = Vec::with_capacity(n);
+        for (w, engine) in engines.iter_mut().enumerate() {
+            let (tx, rx) = mpsc::sync_channel::<Arc<ShardBatch>>(2);
+            senders.push(tx);
+            let (barrier, projection, done) = (&barrier, projection.clone(), done_tx.clone());
+            handles.push(scope.spawn(move || -> anyhow::Result<()> {
+                let mut records = Vec::new();
+                // A shard never leaves between two barriers (the others would wait for it for
+                // good): an error is kept and returned when the input ends.
+                let mut failed = None;
+                while let Ok(batch) = rx.recv() {
+                    // 1. Decode this shard's share of the lines.
+                    let spans = &batch.lines.spans;
+                    let (from, to) = (spans.len() * w / n, spans.len() * (w + 1) / n);
+                    let mut mine = Vec::with_capacity(to - from);
+                    for &(start, end, kind, line_no) in &spans[from..to] {
+                        let d = match kind {
+                            LineEnd::TooLong(len) => {
+                                Err(crate::engine::message::DecodeError::TooLarge(len))
+                            }
+                            LineEnd::Line => {
+                                decode_projected(&batch.lines.text[start..end], &projection)
+                            }
+                        };
+                        match d {
+                            Ok(msg) => {
+                                let routed = engine.route(&msg);
+                                mine.push((msg, routed));
+                            }
+                            Err(e) => {
+                                engine.count_malformed();
+                                let m = engine.stats.malformed;
+                                if m <= 10 || m.is_multiple_of(1000) {
+                                    tracing::warn!(
+                                        line = line_no,
+                                        shard = w,
+                                        malformed = m,
+                                        "Skipped a malformed message: {e}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    *batch.decoded[w].lock().expect("not poisoned") = mine;
+                    barrier.wait();
+                    // 2. Apply every message, in order, to the objects this shard owns.
+                    let mut text = Vec::new();
+                    for slice in &batch.decoded {
+                        let slice = slice.lock().expect("not poisoned");
+                        for (msg, routed) in slice.iter() {
+                            engine.observe_routed(msg, routed, &mut records);
+                            if let Err(e) = write_records(&mut records, &mut text, alerts_only) {
+                                records.clear();
+                                failed.get_or_insert(e);
+                            }
+                        }
+                    }
+                    *batch.deltas[w].lock().expect("not poisoned") = engine.take_deltas();
+                    barrier.wait();
+                    // The messages this shard decoded are freed by it (a free on another
+                    // thread than the allocation's is slow).
+                    drop(std::mem::take(
+                        &mut *batch.decoded[w].lock().expect("not poisoned"),
+                    ));
+                    // 3. Add what the others learned, in shard order.
+                    for (o, d) in batch.deltas.iter().enumerate() {
+                        if o != w {
+                            engine.apply_deltas(&d.lock().expect("not poisoned"));
+                        }
+                    }
+                    // Sent in vain when the writer stopped; the batches already handed out are
+                    // still gone through, by every shard alike.
+                    let _ = done.send((w, text));
+                }
+                failed.map_or(Ok(()), Err)
+            }));
+        }
+        drop(done_tx);
+        let mut cutter = crate::engine::message::LineCutter::default();
+        let mut line_no = 0u64;
+        let mut in_flight = 0usize;
+        // Batches handed out, oldest first: their buffers are used again once the shards are
+        // done with them (fresh ones cost page faults and copies as they grow).
+        let mut sent: std::collections::VecDeque<Arc<ShardBatch>> = Default::default();
+        let mut spare: Option<Lines> = None;
+        let mut pending: Vec<Option<Vec<u8>>> = vec![None; n];
+        let mut collect = |in_flight: &mut usize, out: &mut dyn Write| -> anyhow::Result<bool> {
+            // Waits for one batch's outputs and writes them in shard order.
+            while pending.iter().any(Option::is_none) {
+                match done_rx.recv() {
+                    Ok((w, text)) => pending[w] = Some(text),
+                    Err(_) => return Ok(false),
+                }
+            }
+            for p in pending.iter_mut() {
+                out.write_all(&p.take().unwrap_or_default())?;
+            }
+            *in_flight -= 1;
+            Ok(true)
+        };
+        let mut eof = false;
+        while !eof {
+            let mut lines = spare.take().unwrap_or_default();
+            lines.text.clear();
+            lines.spans.clear();
+            // Small batches while the model is young (what the others learned within a batch
+            // is a large part of all it knows), up to `batch_lines`: at most 1/16 of the lines
+            // so far go unshared.
+            let size = (line_no as usize / 16).clamp(64.min(batch_lines), batch_lines);
+            while lines.spans.len() < size {
+                // Straight into the batch's text: one copy of each line.
+                let start = lines.text.len();
+                let end = loop {
+                    let chunk = input.fill_buf()?;
+                    if chunk.is_empty() {
+                        break cutter.finish();
+                    }
+                    let (used, end) = cutter.feed_at(chunk, &mut lines.text, start);
+                    input.consume(used);
+                    if end.is_some() {
+                        break end;
+                    }
+                };
+                let Some(end) = end else {
+                    eof = true;
+                    break;
+                };
+                line_no += 1;
+                if end != LineEnd::Line {
+                    lines.text.truncate(start);
+                    lines.spans.push((start, start, end, line_no));
+                    continue;
+                }
+                let line = &lines.text[start..];
+                let inner = strip_bom(line);
+                let text = trim_ascii(inner);
+                if text.is_empty() {
+                    lines.text.truncate(start);
+                    continue;
+                }
+                // Where the trimmed text starts: after the BOM and the leading blanks.
+                let lead =
+                    (line.len() - inner.len()) + (inner.len() - inner.trim_ascii_start().len());
+                let (from, to) = (start + lead, start + lead + text.len());
+                lines.spans.push((from, to, end, line_no));
+            }
+            if lines.spans.is_empty() {
+                break;
+            }
+            let batch = Arc::new(ShardBatch {
+                lines,
+                decoded: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
+                deltas: (0..n).map(|_| Mutex::new(Default::default())).collect(),
+            });
+            for tx in &senders {
+                if tx.send(Arc::clone(&batch)).is_err() {
+                    eof = true;
+                }
+            }
+            sent.push_back(batch);
+            in_flight += 1;
+            // One batch ahead: the next is read while this one is applied.
+            if in_flight > 1 {
+                if !collect(&mut in_flight, out)? {
+                    break;
+                }
+                if let Some(done) = sent.pop_front() {
+                    spare = Arc::try_unwrap(done).ok().map(|b| b.lines);
+                }
+            }
+        }
+        drop(senders);
+        while in_flight > 0 {
+            if !collect(&mut in_flight, out)? {
+                break;
+            }
+        }
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a shard's thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let mut stats = Stats::default();
+    for e in engines.iter() {
+        stats.add(&e.stats);
+    }
+    Ok(stats)
+}
+
+fn write_records(
+    records: &mut Vec<crate::engine::output::Record>,
+    out: &mut impl Write,
+    alerts_only: bool,
+) -> anyhow::Result<()> {
+    for r in records.drain(..) {
+        if alerts_only
+            && !matches!(
+                r,
+                crate::engine::output::Record::Alert(_)
+                    | crate::engine::output::Record::Resolved(_)
+            )
+        {
+            continue;
+        }
+        serde_json::to_writer(&mut *out, &r)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
 }
 
 /// The process's peak resident memory (`VmHWM`), on Linux.

@@ -164,6 +164,39 @@ pub struct FlowModel {
     frozen: bool,
     /// The surprises of learned steps, for calibrated anomaly thresholds (`surprise.rs`).
     pub surprise: super::surprise::Calibration,
+    /// With shards (`engine::shard`): what this model learned since the last exchange, for
+    /// the other shards' copies of the model.
+    pub outbox: Option<Vec<Delta>>,
+}
+
+/// What one shard's model learned, applied to the other shards' models (`apply_delta`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delta {
+    Learn(Box<Learned>),
+    /// A scored step's surprise for the calibration.
+    Surprise {
+        step: u8,
+        window: u32,
+    },
+}
+
+/// One learned transition with what the model read of the object's past.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Learned {
+    pub from: StateId,
+    pub to: StateId,
+    pub dwell_ms: i64,
+    /// The model's clock when it was learned: its weight under decay.
+    pub at_ms: i64,
+    /// The states before `from`, oldest first: `history[..history_len]`.
+    pub history: [StateId; 4],
+    pub history_len: u8,
+    pub last_dwell: u8,
+    pub prev_dwell: u8,
+    pub entered_ms: i64,
+    pub age_ms: i64,
+    /// The self-tuning members' losses on the step, scored where it was learned.
+    pub losses: Option<super::mixture::Losses>,
 }
 
 impl FlowModel {
@@ -233,6 +266,7 @@ impl FlowModel {
             version: 0,
             frozen: false,
             surprise: Default::default(),
+            outbox: None,
         }
     }
 
@@ -282,6 +316,14 @@ impl FlowModel {
         2f64.powf(exp)
     }
 
+    /// The stored weight of an observation made at `at_ms`, no later than the clock.
+    fn weight_at(&self, at_ms: i64) -> f64 {
+        match self.half_life_ms {
+            None => 1.0,
+            Some(hl) => 2f64.powf((at_ms - self.epoch_ms) as f64 / hl as f64),
+        }
+    }
+
     fn rescale(&mut self, f: f64) {
         for x in self.obs.iter_mut() {
             *x *= f;
@@ -315,7 +357,7 @@ impl FlowModel {
 
     /// Learns one transition. `history` holds the states before `from`, oldest first.
     pub fn observe(&mut self, past: Past<'_>, from: StateId, to: StateId, dwell_ms: i64) {
-        if let Some(mut mx) = self.mixture.take() {
+        let losses = self.mixture.take().map(|mut mx| {
             // Scored before it is learned: each member is judged on what it did not know. The
             // base row is computed from the counts as they are, not read from the cached
             // solution: which solution is cached depends on when predictions were asked for
@@ -336,12 +378,78 @@ impl FlowModel {
                 .map(|(t, p)| (t as StateId, *p))
                 .collect();
             let rows = self.rows(Some((&base[..], weight)), past, from);
-            mx.score(&rows, from, to);
+            let losses = mx.losses(&rows, to);
+            mx.add_losses(from, &losses);
             self.mixture = Some(mx);
             self.row_buf = dense;
+            losses
+        });
+        let at_ms = self.now_ms;
+        self.learn(past, from, to, dwell_ms, at_ms);
+        if let Some(outbox) = self.outbox.as_mut() {
+            let mut history = [NONE; 4];
+            let len = past.history.len().min(4);
+            history[..len].copy_from_slice(&past.history[past.history.len() - len..]);
+            outbox.push(Delta::Learn(Box::new(Learned {
+                from,
+                to,
+                dwell_ms,
+                at_ms,
+                history,
+                history_len: len as u8,
+                last_dwell: past.last_dwell,
+                prev_dwell: past.prev_dwell,
+                entered_ms: past.entered_ms,
+                age_ms: past.age_ms,
+                losses,
+            })));
         }
+    }
+
+    /// Keeps one step's surprise for the calibrated thresholds (and sends it to the other
+    /// shards).
+    pub fn record_surprise(&mut self, min_learned: u64, step: u8, window: u32) {
+        self.surprise.record(min_learned, step, window);
+        if let Some(outbox) = self.outbox.as_mut() {
+            outbox.push(Delta::Surprise { step, window });
+        }
+    }
+
+    /// Applies what another shard learned (its `outbox`): the same counts as if the steps had
+    /// been learned here, at their own event times, without scoring them again.
+    pub fn apply_delta(&mut self, d: &Delta, min_learned: u64) {
+        match d {
+            Delta::Learn(l) => {
+                if l.from as usize >= self.n || l.to as usize >= self.n {
+                    return;
+                }
+                if let (Some(mx), Some(losses)) = (self.mixture.as_mut(), l.losses.as_ref()) {
+                    mx.add_losses(l.from, losses);
+                }
+                let past = Past {
+                    history: &l.history[..usize::from(l.history_len)],
+                    last_dwell: l.last_dwell,
+                    entered_ms: l.entered_ms,
+                    prev_dwell: l.prev_dwell,
+                    age_ms: l.age_ms,
+                };
+                // The other shard's model clock may have moved further (a timer of its own).
+                self.set_now(l.at_ms);
+                self.learn(past, l.from, l.to, l.dwell_ms, l.at_ms);
+            }
+            Delta::Surprise { step, window } => self.surprise.record(min_learned, *step, *window),
+        }
+    }
+
+    /// Learns one transition observed at `at_ms` (the model's clock, or earlier for a step
+    /// another shard learned): counts, dwell, contexts, feature examples.
+    fn learn(&mut self, past: Past<'_>, from: StateId, to: StateId, dwell_ms: i64, at_ms: i64) {
         let history = past.history;
-        let w = self.obs_weight();
+        let w = if at_ms >= self.now_ms {
+            self.obs_weight()
+        } else {
+            self.weight_at(at_ms)
+        };
         let n = self.n;
         self.obs[from as usize * n + to as usize] += w;
         self.obs_total += w;
@@ -372,7 +480,7 @@ impl FlowModel {
         }
         if let Some(fm) = self.features.as_mut() {
             fm.add(Example {
-                at_ms: self.now_ms,
+                at_ms,
                 from,
                 to,
                 values: super::features::values(&past, from),

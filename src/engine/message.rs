@@ -31,15 +31,26 @@ impl LineCutter {
     /// line is over the limit). Returns how many bytes were taken and, when a newline was among
     /// them, how the line ended. At the end of input, call [`finish`](Self::finish).
     pub fn feed(&mut self, chunk: &[u8], line: &mut Vec<u8>) -> (usize, Option<LineEnd>) {
+        self.feed_at(chunk, line, 0)
+    }
+
+    /// `feed` into a buffer that holds other lines before `start` (kept when this line turns
+    /// out to be over the limit).
+    pub fn feed_at(
+        &mut self,
+        chunk: &[u8],
+        buf: &mut Vec<u8>,
+        start: usize,
+    ) -> (usize, Option<LineEnd>) {
         let (part, ends) = match memchr::memchr(b'\n', chunk) {
             Some(i) => (&chunk[..=i], true),
             None => (chunk, false),
         };
         self.len += part.len();
         if self.len > MAX_MESSAGE_BYTES + 2 {
-            line.clear();
+            buf.truncate(start);
         } else {
-            line.extend_from_slice(part);
+            buf.extend_from_slice(part);
         }
         if !ends {
             return (part.len(), None);

@@ -238,6 +238,8 @@ struct Prepared {
 
 /// The most members a family has (`family()` has 28).
 const MAX_MEMBERS: usize = 32;
+/// One scored step's loss per member (the first `members.len()` are used).
+pub type Losses = [f64; MAX_MEMBERS];
 
 /// Groups of members with the same distribution for one object's rows (`Mixture::groups`):
 /// (key, a member of the group, summed weight).
@@ -505,10 +507,16 @@ impl Mixture {
 
     /// Scores every member on the transition `from -> to` before it is learned.
     pub fn score(&mut self, rows: &Rows<'_>, from: StateId, to: StateId) {
+        let losses = self.losses(rows, to);
+        self.add_losses(from, &losses);
+    }
+
+    /// Each member's log-loss on the step to `to` (`score` without keeping it): a shard
+    /// scores its own steps and sends the losses to the others (`engine::shard`).
+    pub fn losses(&self, rows: &Rows<'_>, to: StateId) -> Losses {
         let m = self.members.len();
         let q: [f64; SLOTS] = std::array::from_fn(|slot| rows.q(slot, to));
         let uniform = EPSILON / self.n.max(1) as f64;
-        let decay = 1.0 - 1.0 / WINDOW;
         let prep = Prepared::new(rows);
         let mut groups = Groups::default();
         self.groups(&prep, None, &mut groups);
@@ -519,11 +527,24 @@ impl Mixture {
             let p: f64 = a.iter().zip(&q).map(|(a, q)| a * q).sum();
             *l = -((1.0 - EPSILON) * p + uniform).ln();
         }
+        let mut out = [0.0; MAX_MEMBERS];
+        for (i, o) in out.iter_mut().enumerate().take(m) {
+            *o = group_loss[groups.of_member[i] as usize];
+        }
+        out
+    }
+
+    /// Keeps the losses of one scored step out of `from` (computed here or by another shard).
+    pub fn add_losses(&mut self, from: StateId, losses: &Losses) {
+        let m = self.members.len();
+        let decay = 1.0 - 1.0 / WINDOW;
         let s = from as usize;
+        if s >= self.n {
+            return;
+        }
         self.state_seen[s] = self.state_seen[s] * decay + 1.0;
         self.seen = self.seen * decay + 1.0;
-        for i in 0..m {
-            let loss = group_loss[groups.of_member[i] as usize];
+        for (i, &loss) in losses.iter().enumerate().take(m) {
             let own = &mut self.state_loss[s * m + i];
             *own = *own * decay + loss;
             self.loss[i] = self.loss[i] * decay + loss;

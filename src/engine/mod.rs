@@ -18,6 +18,7 @@ pub mod output;
 pub mod projection;
 pub mod query;
 pub mod remaining;
+pub mod shard;
 pub mod snapshot;
 pub mod surprise;
 pub mod table;
@@ -81,6 +82,15 @@ pub struct Stats {
     /// Steps scored for surprise.
     #[serde(default)]
     pub scored_steps: u64,
+}
+
+/// The flows a message matched (index, target state, object key, the key's shard), and
+/// whether some matching flow found no key or one over the limit (`Engine::route`).
+#[derive(Debug, Default, Clone)]
+pub struct Routed {
+    pub matches: Vec<(u32, StateId, ObjectKey, u32)>,
+    pub keyless: bool,
+    pub too_long: bool,
 }
 
 /// Where one object is in one flow. Kept to 56 bytes (48 without the surprise window):
@@ -454,6 +464,13 @@ pub struct Engine {
     /// probability the model gave the step being applied.
     last_risk: f32,
     last_step_p: f32,
+    /// The objects this engine owns when it is one of several (`shard.rs`).
+    shard: Option<shard::Shard>,
+    /// `observe`'s reused routing.
+    routed: Routed,
+    /// Messages given to `observe`, counted or not: with shards, who counts one that no flow
+    /// keyed.
+    seen: u64,
 }
 
 impl Engine {
@@ -483,6 +500,9 @@ impl Engine {
             journal: None,
             last_risk: f32::NAN,
             last_step_p: f32::NAN,
+            shard: None,
+            routed: Routed::default(),
+            seen: 0,
         };
         e.build_index();
         e
@@ -585,56 +605,108 @@ impl Engine {
 
     /// Processes one message, appending what it causes to `out`.
     pub fn observe(&mut self, msg: &Message, out: &mut Vec<Record>) {
-        self.stats.messages += 1;
+        let mut routed = std::mem::take(&mut self.routed);
+        self.route_into(msg, &mut routed);
+        self.observe_routed(msg, &routed, out);
+        self.routed = routed;
+    }
+
+    /// Which flows' rules match a message, with the object's key and its shard in each: what
+    /// `observe_routed` applies. Reads only the flows, so the thread that decoded a message
+    /// can route it for every shard (`shard.rs`).
+    pub fn route(&self, msg: &Message) -> Routed {
+        let mut r = Routed::default();
+        self.route_into(msg, &mut r);
+        r
+    }
+
+    fn route_into(&self, msg: &Message, r: &mut Routed) {
+        r.matches.clear();
+        r.keyless = false;
+        r.too_long = false;
+        let candidates = msg
+            .event_type()
+            .and_then(|e| self.flows_by_event.get(e))
+            .unwrap_or(&self.generic_flows);
+        for &fi in candidates.iter() {
+            let rt = &self.flows[fi as usize];
+            let Some(target) = rt.classify(msg) else {
+                continue;
+            };
+            let key = match rt.key_of(msg, self.limits.max_key_bytes) {
+                KeyOf::Key(k) => k,
+                KeyOf::Missing => {
+                    r.keyless = true;
+                    continue;
+                }
+                KeyOf::TooLong => {
+                    r.too_long = true;
+                    continue;
+                }
+            };
+            let shard = self.shard.map_or(0, |sh| shard::shard_of(&key, sh.count));
+            r.matches.push((fi, target, key, shard));
+        }
+    }
+
+    /// `observe` of a message already routed (by this engine or another with the same flows).
+    ///
+    /// With shards (`set_shard`) every shard is given every message: each moves its clock and
+    /// its models' clocks with it, applies it only to the objects it owns, and counts it (in
+    /// `Stats`) only if it owns the message: the shard of its first key, or by its sequence
+    /// number when no flow keyed it. Summed over the shards the counters are one engine's.
+    pub fn observe_routed(&mut self, msg: &Message, routed: &Routed, out: &mut Vec<Record>) {
+        let seq = self.seen;
+        self.seen += 1;
         // `now` is when the engine handles the message (its clock never goes back); `event_ms`
         // when it happened. A time beyond the horizon is not believed: it moves nothing.
-        let (now, event_ms) = match msg.time_ms {
-            Some(t) if self.horizon_ms.is_some_and(|h| t > h) => {
-                self.stats.future += 1;
-                (self.clock_ms, None)
-            }
-            Some(t) if t < self.clock_ms => {
-                self.stats.late += 1;
-                (self.clock_ms, Some(t))
-            }
-            Some(t) => (t, Some(t)),
-            None => (self.clock_ms, None),
+        let (now, event_ms, future, late) = match msg.time_ms {
+            Some(t) if self.horizon_ms.is_some_and(|h| t > h) => (self.clock_ms, None, true, false),
+            Some(t) if t < self.clock_ms => (self.clock_ms, Some(t), false, true),
+            Some(t) => (t, Some(t), false, false),
+            None => (self.clock_ms, None, false, false),
         };
         // Time passes first: timers due before this message fire before it is applied.
         self.advance(now, out);
         let event_type = msg.event_type();
-        let candidates: Arc<[u32]> = event_type
-            .and_then(|e| self.flows_by_event.get(e))
-            .unwrap_or(&self.generic_flows)
-            .clone();
-        let mut matched = 0;
-        let mut keyless = false;
-        let mut too_long = false;
-        for &fi in candidates.iter() {
-            let fi = fi as usize;
-            let Some(target) = self.flows[fi].classify(msg) else {
+        for (fi, target, key, shard) in &routed.matches {
+            let fi = *fi as usize;
+            if fi >= self.flows.len() {
                 continue;
-            };
-            let key = match self.flows[fi].key_of(msg, self.limits.max_key_bytes) {
-                KeyOf::Key(k) => k,
-                KeyOf::Missing => {
-                    keyless = true;
-                    continue;
-                }
-                KeyOf::TooLong => {
-                    too_long = true;
-                    continue;
-                }
-            };
-            matched += 1;
+            }
+            if self.shard.is_some_and(|sh| sh.index != *shard) {
+                // Another shard applies it; the model's clock moves here too, as it would in
+                // one engine, so that every copy of the model decays alike.
+                self.flows[fi].model.set_now(now);
+                continue;
+            }
             self.flows[fi].matched += 1;
             let trig = Trigger::Message {
                 event_type,
                 message_id: msg.message_id.as_deref(),
                 event_ms,
             };
-            self.apply(fi, key, target, now, trig, out);
+            self.apply(fi, key.clone(), *target, now, trig, out);
         }
+        let matched = routed.matches.len();
+        let (keyless, too_long) = (routed.keyless, routed.too_long);
+        if matched == 0 && !too_long && !keyless {
+            // Touches only objects this engine holds: every shard looks.
+            self.unknown_event(msg, now, out);
+        }
+        let counts = match self.shard {
+            None => true,
+            Some(sh) => {
+                let owner = routed.matches.first().map(|m| m.3);
+                owner.unwrap_or((seq % u64::from(sh.count)) as u32) == sh.index
+            }
+        };
+        if !counts {
+            return;
+        }
+        self.stats.messages += 1;
+        self.stats.future += u64::from(future);
+        self.stats.late += u64::from(late);
         match matched {
             0 if too_long => {
                 // Bad input, not a message: counted where the caller counts undecodable ones.
@@ -651,10 +723,7 @@ impl Engine {
                 }
             }
             0 if keyless => self.stats.missing_key += 1,
-            0 => {
-                self.stats.unmatched += 1;
-                self.unknown_event(msg, now, out);
-            }
+            0 => self.stats.unmatched += 1,
             1 => self.stats.matched += 1,
             _ => {
                 self.stats.matched += 1;
@@ -1051,7 +1120,7 @@ impl Engine {
         // never-seen step could cross them (EVALUATION.md, "Surprise").
         let never = p <= 0.0;
         if before.teaches && !never {
-            rt.model.surprise.record(cfg.min_learned, q, window);
+            rt.model.record_surprise(cfg.min_learned, q, window);
         }
         let crossed = if cfg.calibrated() {
             match rt.model.surprise.thresholds_cached(&cfg) {

@@ -1,0 +1,171 @@
+//! Shards in one process (issue 16): N engines, each owning the objects whose key hashes to it,
+//! with one model kept in N copies that exchange what they learned.
+//!
+//! Every shard is given every message (`Engine::observe`): decoding is what costs, and it is
+//! done once per message by whichever thread the caller picks, so a shard only pays for
+//! matching the rules and hashing the key of a message it does not own. Seeing every message
+//! keeps each shard's clock, and its models' clocks, exactly where one engine's would be: a
+//! timer fires at the same point of the stream, a message is late or not alike, and decay
+//! weighs an observation the same in every copy.
+//!
+//! Learned counts are additive: each shard learns its own objects' steps at once and keeps
+//! them in its models' outboxes (`markov::Delta`); at an exchange (`take_deltas`, then
+//! `apply_deltas` on every other shard, in shard order) the others add them at the event time
+//! they were learned, so after the last exchange every copy holds the counts one engine would
+//! have (the undecayed counts exactly; the decayed ones up to the rounding of the order they
+//! were added in). A step is scored (the self-tuning model's losses, the surprise calibration)
+//! once, by the shard that learned it, against its copy as it was: predictions between two
+//! exchanges miss at most what the other shards learned since the last one.
+
+use super::key::ObjectKey;
+use super::markov::Delta;
+use super::{Engine, Stats};
+
+/// Which objects an engine owns: those whose key hashes to `index` of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+/// The shard of `count` that owns an object.
+pub fn shard_of(key: &ObjectKey, count: u32) -> u32 {
+    (key.stable_hash() % u64::from(count.max(1))) as u32
+}
+
+/// What one shard learned since its last exchange, per flow.
+#[derive(Debug, Default, Clone)]
+pub struct ShardDelta {
+    pub flows: Vec<FlowDelta>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FlowDelta {
+    /// The flow's index and name (the index is checked against the name).
+    pub index: usize,
+    pub name: String,
+    /// The model's clock: timers move it in the shard that owns the object.
+    pub now_ms: i64,
+    pub deltas: Vec<Delta>,
+}
+
+impl ShardDelta {
+    /// Learned steps and surprises carried.
+    pub fn len(&self) -> usize {
+        self.flows.iter().map(|f| f.deltas.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Engine {
+    /// Makes this engine shard `index` of `count`: it applies only the objects it owns, counts
+    /// only the messages it owns, and keeps what it learns for `take_deltas`.
+    pub fn set_shard(&mut self, index: u32, count: u32) {
+        let count = count.max(1);
+        self.shard = Some(Shard {
+            index: index.min(count - 1),
+            count,
+        });
+        for rt in &mut self.flows {
+            rt.model.outbox.get_or_insert_with(Vec::new);
+        }
+    }
+
+    pub fn shard(&self) -> Option<Shard> {
+        self.shard
+    }
+
+    /// What this shard learned since the last call, to be applied by the others.
+    pub fn take_deltas(&mut self) -> ShardDelta {
+        let mut out = ShardDelta::default();
+        for (index, rt) in self.flows.iter_mut().enumerate() {
+            let deltas = match rt.model.outbox.as_mut() {
+                Some(o) => std::mem::take(o),
+                None if self.shard.is_some() => {
+                    // A flow loaded after `set_shard` (a reload): it keeps an outbox from now.
+                    rt.model.outbox = Some(Vec::new());
+                    Vec::new()
+                }
+                None => continue,
+            };
+            out.flows.push(FlowDelta {
+                index,
+                name: rt.flow.name.clone(),
+                now_ms: rt.model.now_ms,
+                deltas,
+            });
+        }
+        out
+    }
+
+    /// Adds what another shard learned. A flow this engine does not have (a reload that
+    /// reached the shards at different moments) is skipped.
+    pub fn apply_deltas(&mut self, delta: &ShardDelta) {
+        for fd in &delta.flows {
+            let fi = match self.flows.get(fd.index) {
+                Some(rt) if rt.flow.name == fd.name => fd.index,
+                _ => match self.flow_index(&fd.name) {
+                    Some(fi) => fi,
+                    None => continue,
+                },
+            };
+            let rt = &mut self.flows[fi];
+            let min_learned = rt.flow.anomaly.min_learned;
+            for d in &fd.deltas {
+                rt.model.apply_delta(d, min_learned);
+            }
+            rt.model.set_now(fd.now_ms);
+        }
+    }
+}
+
+impl Stats {
+    /// Adds another shard's counters.
+    pub fn add(&mut self, o: &Stats) {
+        let Stats {
+            messages,
+            matched,
+            unmatched,
+            malformed,
+            missing_key,
+            key_too_long,
+            late,
+            future,
+            after_end,
+            multi_flow,
+            joined_midway,
+            unexpected,
+            transitions,
+            alerts,
+            resolved,
+            outcomes,
+            timeouts,
+            expired,
+            anomalies,
+            scored_steps,
+        } = o;
+        self.messages += messages;
+        self.matched += matched;
+        self.unmatched += unmatched;
+        self.malformed += malformed;
+        self.missing_key += missing_key;
+        self.key_too_long += key_too_long;
+        self.late += late;
+        self.future += future;
+        self.after_end += after_end;
+        self.multi_flow += multi_flow;
+        self.joined_midway += joined_midway;
+        self.unexpected += unexpected;
+        self.transitions += transitions;
+        self.alerts += alerts;
+        self.resolved += resolved;
+        self.outcomes += outcomes;
+        self.timeouts += timeouts;
+        self.expired += expired;
+        self.anomalies += anomalies;
+        self.scored_steps += scored_steps;
+    }
+}
