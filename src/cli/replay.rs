@@ -249,7 +249,7 @@ pub fn replay_sharded(
         let mut senders = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
         for (w, engine) in engines.iter_mut().enumerate() {
-            let (tx, rx) = mpsc::sync_channel::<Arc<ShardBatch>>(2);
+            let (tx, rx) = mpsc::sync_channel::<Arc<ShardBatch>>(3);
             senders.push(tx);
             let (barrier, projection, done) = (&barrier, projection.clone(), done_tx.clone());
             handles.push(scope.spawn(move || -> anyhow::Result<()> {
@@ -257,69 +257,85 @@ pub fn replay_sharded(
                 // A shard never leaves between two barriers (the others would wait for it for
                 // good): an error is kept and returned when the input ends.
                 let mut failed = None;
-                while let Ok(batch) = rx.recv() {
-                    // 1. Decode this shard's share of the lines.
-                    let spans = &batch.lines.spans;
-                    let (from, to) = (spans.len() * w / n, spans.len() * (w + 1) / n);
-                    let mut mine = Vec::with_capacity(to - from);
-                    for &(start, end, kind, line_no) in &spans[from..to] {
-                        let d = match kind {
-                            LineEnd::TooLong(len) => {
-                                Err(crate::engine::message::DecodeError::TooLarge(len))
-                            }
-                            LineEnd::Line => {
-                                decode_projected(&batch.lines.text[start..end], &projection)
-                            }
-                        };
-                        match d {
-                            Ok(msg) => {
-                                let routed = engine.route(&msg);
-                                mine.push((msg, routed));
-                            }
-                            Err(e) => {
-                                engine.count_malformed();
-                                let m = engine.stats.malformed;
-                                if m <= 10 || m.is_multiple_of(1000) {
-                                    tracing::warn!(
-                                        line = line_no,
-                                        shard = w,
-                                        malformed = m,
-                                        "Skipped a malformed message: {e}"
-                                    );
+                // One barrier per batch: between two, a shard applies the batch decoded
+                // before it (`current`) and decodes its share of the next, so the two phases
+                // even each other out; after it, every share of the next batch is decoded and
+                // every shard's deltas from `current` are ready to be added.
+                let mut current: Option<Arc<ShardBatch>> = None;
+                loop {
+                    let next = rx.recv().ok();
+                    if next.is_none() && current.is_none() {
+                        break;
+                    }
+                    let mut text = Vec::new();
+                    if let Some(batch) = &current {
+                        // Apply every message, in order, to the objects this shard owns.
+                        for slice in &batch.decoded {
+                            let slice = slice.lock().expect("not poisoned");
+                            for (msg, routed) in slice.iter() {
+                                engine.observe_routed(msg, routed, &mut records);
+                                if let Err(e) = write_records(&mut records, &mut text, alerts_only)
+                                {
+                                    records.clear();
+                                    failed.get_or_insert(e);
                                 }
                             }
                         }
+                        *batch.deltas[w].lock().expect("not poisoned") = engine.take_deltas();
                     }
-                    *batch.decoded[w].lock().expect("not poisoned") = mine;
-                    barrier.wait();
-                    // 2. Apply every message, in order, to the objects this shard owns.
-                    let mut text = Vec::new();
-                    for slice in &batch.decoded {
-                        let slice = slice.lock().expect("not poisoned");
-                        for (msg, routed) in slice.iter() {
-                            engine.observe_routed(msg, routed, &mut records);
-                            if let Err(e) = write_records(&mut records, &mut text, alerts_only) {
-                                records.clear();
-                                failed.get_or_insert(e);
+                    if let Some(batch) = &next {
+                        // Decode this shard's share of the next batch.
+                        let spans = &batch.lines.spans;
+                        let (from, to) = (spans.len() * w / n, spans.len() * (w + 1) / n);
+                        let mut mine = Vec::with_capacity(to - from);
+                        for &(start, end, kind, line_no) in &spans[from..to] {
+                            let d = match kind {
+                                LineEnd::TooLong(len) => {
+                                    Err(crate::engine::message::DecodeError::TooLarge(len))
+                                }
+                                LineEnd::Line => {
+                                    decode_projected(&batch.lines.text[start..end], &projection)
+                                }
+                            };
+                            match d {
+                                Ok(msg) => {
+                                    let routed = engine.route(&msg);
+                                    mine.push((msg, routed));
+                                }
+                                Err(e) => {
+                                    engine.count_malformed();
+                                    let m = engine.stats.malformed;
+                                    if m <= 10 || m.is_multiple_of(1000) {
+                                        tracing::warn!(
+                                            line = line_no,
+                                            shard = w,
+                                            malformed = m,
+                                            "Skipped a malformed message: {e}"
+                                        );
+                                    }
+                                }
                             }
                         }
+                        *batch.decoded[w].lock().expect("not poisoned") = mine;
                     }
-                    *batch.deltas[w].lock().expect("not poisoned") = engine.take_deltas();
                     barrier.wait();
-                    // The messages this shard decoded are freed by it (a free on another
-                    // thread than the allocation's is slow).
-                    drop(std::mem::take(
-                        &mut *batch.decoded[w].lock().expect("not poisoned"),
-                    ));
-                    // 3. Add what the others learned, in shard order.
-                    for (o, d) in batch.deltas.iter().enumerate() {
-                        if o != w {
-                            engine.apply_deltas(&d.lock().expect("not poisoned"));
+                    if let Some(batch) = current.take() {
+                        // The messages this shard decoded are freed by it (a free on another
+                        // thread than the allocation's is slow).
+                        drop(std::mem::take(
+                            &mut *batch.decoded[w].lock().expect("not poisoned"),
+                        ));
+                        // Add what the others learned, in shard order.
+                        for (o, d) in batch.deltas.iter().enumerate() {
+                            if o != w {
+                                engine.apply_deltas(&d.lock().expect("not poisoned"));
+                            }
                         }
+                        // Sent in vain when the writer stopped; the batches already handed
+                        // out are still gone through, by every shard alike.
+                        let _ = done.send((w, text));
                     }
-                    // Sent in vain when the writer stopped; the batches already handed out are
-                    // still gone through, by every shard alike.
-                    let _ = done.send((w, text));
+                    current = next;
                 }
                 failed.map_or(Ok(()), Err)
             }));
@@ -408,8 +424,9 @@ pub fn replay_sharded(
             }
             sent.push_back(batch);
             in_flight += 1;
-            // One batch ahead: the next is read while this one is applied.
-            if in_flight > 1 {
+            // Two batches ahead: the shards decode one while they apply the other, and the
+            // next is read meanwhile.
+            if in_flight > 2 {
                 if !collect(&mut in_flight, out)? {
                     break;
                 }
