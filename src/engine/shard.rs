@@ -44,6 +44,10 @@ pub struct FlowDelta {
     /// The flow's index and name (the index is checked against the name).
     pub index: usize,
     pub name: String,
+    /// A hash of the flow's state names in order: deltas name states by index, so they are
+    /// added only to a flow with the same states (a reload that reached the shards at
+    /// different moments is skipped, not misread).
+    pub states: u64,
     /// The model's clock: timers move it in the shard that owns the object.
     pub now_ms: i64,
     pub deltas: Vec<Delta>,
@@ -94,6 +98,7 @@ impl Engine {
             out.flows.push(FlowDelta {
                 index,
                 name: rt.flow.name.clone(),
+                states: states_hash(&rt.flow),
                 now_ms: rt.model.now_ms,
                 deltas,
             });
@@ -113,6 +118,9 @@ impl Engine {
                 },
             };
             let rt = &mut self.flows[fi];
+            if states_hash(&rt.flow) != fd.states {
+                continue;
+            }
             let min_learned = rt.flow.anomaly.min_learned;
             for d in &fd.deltas {
                 rt.model.apply_delta(d, min_learned);
@@ -120,6 +128,18 @@ impl Engine {
             rt.model.set_now(fd.now_ms);
         }
     }
+}
+
+/// FNV-1a over the flow's state names, each ended by a zero byte.
+fn states_hash(flow: &crate::model::CompiledFlow) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for s in &flow.states {
+        for &b in s.name.as_bytes().iter().chain(&[0]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
 }
 
 impl Stats {
@@ -167,5 +187,123 @@ impl Stats {
         self.expired += expired;
         self.anomalies += anomalies;
         self.scored_steps += scored_steps;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::message::{from_value, Message};
+
+    fn compile(src: &str) -> Vec<crate::model::CompiledFlow> {
+        let c = crate::model::compile_files([("t.flow".to_string(), src.as_bytes().to_vec())]);
+        assert!(!c.has_errors(), "{}", c.render());
+        c.flows
+    }
+
+    const FLOW: &str = r#"flow f {
+    key id
+    initial a
+    state b
+    terminal c
+    artifact failed "Failed"
+    on "a" -> a
+    on "b" -> b
+    on "c" -> c
+    on "f" -> failed
+    learn { half_life 1h }
+}
+"#;
+
+    fn messages() -> Vec<Message> {
+        let mut out = Vec::new();
+        for i in 0..300u64 {
+            let t = 1_767_225_600_000 + i as i64 * 1_000;
+            let end = if i % 7 == 0 { "f" } else { "c" };
+            for (k, ty) in ["a", "b", end].iter().enumerate() {
+                let v = serde_json::json!({"event_type": ty, "id": format!("o{i}")});
+                let mut m = from_value(v).expect("an object");
+                m.time_ms = Some(t + k as i64 * 300_000);
+                out.push(m);
+            }
+        }
+        out.sort_by_key(|m| m.time_ms);
+        out
+    }
+
+    #[test]
+    fn shards_exchanging_deltas_learn_what_one_engine_learns() {
+        let flows = compile(FLOW);
+        let mut one = Engine::new(flows.clone());
+        let mut shards: Vec<Engine> = (0..3)
+            .map(|i| {
+                let mut e = Engine::new(flows.clone());
+                e.set_shard(i, 3);
+                e
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (n, m) in messages().iter().enumerate() {
+            one.observe(m, &mut out);
+            for e in shards.iter_mut() {
+                e.observe(m, &mut out);
+            }
+            if n % 50 == 49 {
+                let deltas: Vec<ShardDelta> = shards.iter_mut().map(|e| e.take_deltas()).collect();
+                for (i, e) in shards.iter_mut().enumerate() {
+                    for (j, d) in deltas.iter().enumerate() {
+                        if i != j {
+                            e.apply_deltas(d);
+                        }
+                    }
+                }
+            }
+        }
+        let deltas: Vec<ShardDelta> = shards.iter_mut().map(|e| e.take_deltas()).collect();
+        for (i, e) in shards.iter_mut().enumerate() {
+            for (j, d) in deltas.iter().enumerate() {
+                if i != j {
+                    e.apply_deltas(d);
+                }
+            }
+        }
+        let want = &one.export_learned()["f"];
+        let mut stats = Stats::default();
+        for e in &shards {
+            stats.add(&e.stats);
+            let got = &e.export_learned()["f"];
+            assert_eq!((got.epoch_ms, got.now_ms), (want.epoch_ms, want.now_ms));
+            let key = |t: &crate::engine::markov::LearnedTransition| (t.from.clone(), t.to.clone());
+            let mut a = got.transitions.clone();
+            let mut b = want.transitions.clone();
+            a.sort_by_key(key);
+            b.sort_by_key(key);
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!((&x.from, &x.to, x.count), (&y.from, &y.to, y.count));
+                assert!((x.weight - y.weight).abs() <= 1e-9 * y.weight.abs());
+            }
+        }
+        assert_eq!(stats.messages, one.stats.messages);
+        assert_eq!(stats.transitions, one.stats.transitions);
+        assert_eq!(stats.outcomes, one.stats.outcomes);
+    }
+
+    #[test]
+    fn deltas_for_other_states_are_not_added() {
+        let mut a = Engine::new(compile(FLOW));
+        a.set_shard(0, 2);
+        let mut out = Vec::new();
+        for m in messages() {
+            a.observe(&m, &mut out);
+        }
+        let d = a.take_deltas();
+        assert!(!d.is_empty());
+        // The same flow name with other states: the indices would mean other transitions.
+        let other = FLOW.replace("state b", "state b, b2");
+        let mut b = Engine::new(compile(&other));
+        let before = b.export_learned();
+        b.apply_deltas(&d);
+        assert_eq!(b.export_learned()["f"].transitions, before["f"].transitions);
     }
 }
