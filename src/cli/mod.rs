@@ -9,6 +9,7 @@ pub mod graph;
 pub mod lsp_cmd;
 pub mod model_cmd;
 pub mod replay;
+pub mod route_cmd;
 pub mod run_cmd;
 pub mod shell_cmd;
 pub mod test_cmd;
@@ -47,6 +48,9 @@ pub enum Command {
     Run(run_cmd::RunArgs),
     /// Play a JSONL file onto a NATS subject (or JetStream), for demos, tests and benchmarks.
     Publish(run_cmd::PublishArgs),
+    /// Put each message of a JetStream stream on its partition's subject (by object key), for
+    /// workers that own partitions.
+    Route(route_cmd::RouteArgs),
     /// Generate a flow from a log: states, transitions with counts, timeouts.
     Discover(eval_cmd::DiscoverArgs),
     /// Emit a JSONL stream of objects walking a flow with its probabilities.
@@ -84,6 +88,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Replay(a) => replay::run(a),
         Command::Run(a) => run_cmd::run(a),
         Command::Publish(a) => run_cmd::publish(a),
+        Command::Route(a) => route_cmd::run(a),
         Command::Discover(a) => eval_cmd::discover(a),
         Command::Simulate(a) => eval_cmd::simulate(a),
         Command::Eval(a) => eval_cmd::eval(a),

@@ -10,6 +10,7 @@ pub mod feed;
 pub mod graph;
 pub mod http;
 pub mod metrics;
+pub mod route;
 pub mod run;
 pub mod sink;
 pub mod source;
