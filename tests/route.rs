@@ -294,7 +294,7 @@ fn two_workers_on_a_partition_each_end_every_object_as_one_replay_does() {
     let file = tmp.path().join("in.jsonl");
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
     publish(&nats, &file, "src.nova", true);
-    let out = Command::new(env!("CARGO_BIN_EXE_flowcast"))
+    let mut router = Command::new(env!("CARGO_BIN_EXE_flowcast"))
         .args([
             "route",
             "--models",
@@ -330,7 +330,8 @@ fn two_workers_on_a_partition_each_end_every_object_as_one_replay_does() {
         assert!(start.elapsed() < Duration::from_secs(60), "routing stalled");
         std::thread::sleep(Duration::from_millis(20));
     }
-    sigterm(out.id());
+    sigterm(router.id());
+    assert!(router.wait().unwrap().success());
     // One worker per partition: `flowcast run` reading its partition's subject.
     let models = std::fs::canonicalize("models").unwrap();
     let mut records = Vec::new();
