@@ -91,6 +91,11 @@ pub struct Routed {
     pub matches: Vec<(u32, StateId, ObjectKey, u32)>,
     pub keyless: bool,
     pub too_long: bool,
+    /// The shards among `matches` (bit i: shard i; shards from 64 on set every bit), and the
+    /// flows (bit i: flow i; from 64 on, every bit): a shard that owns none of a message skips
+    /// it without reading `matches` or the message again.
+    pub shards: u64,
+    pub flows: u64,
 }
 
 /// Where one object is in one flow. Kept to 56 bytes (48 without the surprise window):
@@ -624,6 +629,8 @@ impl Engine {
         r.matches.clear();
         r.keyless = false;
         r.too_long = false;
+        r.shards = 0;
+        r.flows = 0;
         let candidates = msg
             .event_type()
             .and_then(|e| self.flows_by_event.get(e))
@@ -645,6 +652,8 @@ impl Engine {
                 }
             };
             let shard = self.shard.map_or(0, |sh| shard::shard_of(&key, sh.count));
+            r.shards |= 1u64.checked_shl(shard).unwrap_or(u64::MAX);
+            r.flows |= 1u64.checked_shl(fi).unwrap_or(u64::MAX);
             r.matches.push((fi, target, key, shard));
         }
     }
@@ -668,6 +677,26 @@ impl Engine {
         };
         // Time passes first: timers due before this message fire before it is applied.
         self.advance(now, out);
+        if let Some(sh) = self.shard {
+            let mine = 1u64.checked_shl(sh.index).unwrap_or(u64::MAX);
+            if routed.shards & mine == 0 && !routed.matches.is_empty() {
+                // Another shard's message: only the models' clocks move here (below), and it
+                // is counted where it is applied.
+                for fi in 0..self.flows.len().min(64) {
+                    if routed.flows & (1 << fi) != 0 {
+                        self.flows[fi].model.set_now(now);
+                    }
+                }
+                if self.flows.len() > 64 {
+                    for m in &routed.matches {
+                        if let Some(rt) = self.flows.get_mut(m.0 as usize) {
+                            rt.model.set_now(now);
+                        }
+                    }
+                }
+                return;
+            }
+        }
         let event_type = msg.event_type();
         for (fi, target, key, shard) in &routed.matches {
             let fi = *fi as usize;
