@@ -27,8 +27,16 @@ fn kills_of_flowcast_and_rabbitmq_under_a_backlog_lose_nothing_and_count_nothing
         });
     eprintln!("chaos seed {seed} (FLOWCAST_CHAOS_SEED={seed} replays it)");
     let mut rng = Rng(seed);
+    // FLOWCAST_CHAOS_KEEP=1 keeps the folder (logs, snapshots, outputs) for a post-mortem.
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_owned();
+    let _tmp = if std::env::var_os("FLOWCAST_CHAOS_KEEP").is_some() {
+        eprintln!("keeping {}", dir.display());
+        let _ = tmp.keep();
+        None
+    } else {
+        Some(tmp)
+    };
     let models = dir.join("models");
     std::fs::create_dir(&models).unwrap();
     std::fs::write(models.join("chaos.flow"), CHAOS_FLOW).unwrap();
@@ -144,6 +152,7 @@ fn kills_of_flowcast_and_rabbitmq_under_a_backlog_lose_nothing_and_count_nothing
         .output()
         .unwrap();
     assert!(out.status.success());
+    std::fs::write(dir.join("replay.jsonl"), &out.stdout).unwrap();
     let parse = |text: &str| -> Vec<serde_json::Value> {
         text.lines()
             .filter_map(|l| serde_json::from_str(l).ok())
