@@ -402,6 +402,38 @@ fn a_restore_fires_no_alert_that_the_uninterrupted_engine_would_not() {
     assert!(alerts(&all).is_empty(), "{all:?}");
 }
 
+/// Restored under flows whose thresholds changed while the service was down, the objects are
+/// judged again at once by the new thresholds, as a reload judges them; under the same flows
+/// they are not (above).
+#[test]
+fn a_restore_under_changed_thresholds_looks_at_every_object_as_a_reload_does() {
+    let msgs = [
+        msg("a", "early", 0.0),
+        msg("x", "early", 1.0),
+        msg("a", "teacher", 1.5),
+        msg("x", "teacher", 1.6),
+        msg("f", "teacher", 2.0),
+    ];
+    let mut a = Engine::new(compile(common::CHAOS_FLOW));
+    assert!(alerts(&run(&mut a, &msgs)).is_empty());
+    let snap = a.snapshot();
+    for (flow, judged_again) in [
+        (common::CHAOS_FLOW.to_string(), false),
+        (
+            common::CHAOS_FLOW.replace("threshold 0.3", "threshold 0.4"),
+            true,
+        ),
+    ] {
+        let mut b = Engine::new(compile(&flow));
+        b.restore(&snap);
+        // Time passes (a message that moves no object): the looks due are taken.
+        let after = run(&mut b, &[msg("c", "unknown", 3.0)]);
+        let fired: Vec<&str> = alerts(&after).iter().map(|a| a.object.as_str()).collect();
+        let expected: &[&str] = if judged_again { &["early"] } else { &[] };
+        assert_eq!(fired, expected, "{flow}");
+    }
+}
+
 /// The same over the chaos stream itself, cut where the AMQP chaos test's first snapshot falls
 /// (a snapshot when three quarters of `prefetch: 2000` wait: after six batches of 256) and at
 /// other points of its first seconds, when the early objects in x are still in flight.

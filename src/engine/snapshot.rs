@@ -62,10 +62,13 @@ pub struct FlowSnapshot {
     /// retired (engine time). Such a flow is restored only if the files define it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retired_ms: Option<i64>,
-    /// The objects' `risk_checks` are saved. A snapshot from before they were (false) is
-    /// restored as it always was: every object is looked at once at the restored clock.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub risk_checks_saved: bool,
+    /// A fingerprint of the definition the objects were judged by (`judged_by`). Restored
+    /// under the same one, the objects keep the looks at their risk that were due
+    /// (`risk_checks`) and get no other; under another one (thresholds changed while the
+    /// service was down), or from a snapshot without it (from before the looks were saved),
+    /// every object is looked at once at the restored clock, as a reload does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judged_by: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -200,8 +203,27 @@ fn flow_snapshot(rt: &FlowRuntime) -> FlowSnapshot {
         learned: rt.model.export(&names),
         objects,
         retired_ms: None,
-        risk_checks_saved: true,
+        judged_by: Some(judged_by(&rt.flow)),
     }
+}
+
+/// FNV-1a (64 bits) of what judging an object's risk depends on in a flow's definition: its
+/// states, a priori counts, policy for unlisted transitions, timeouts, learning and alert
+/// levels, as JSON (stable across builds, unlike `Debug` or std's hasher). Not its rules or
+/// keys: they decide which messages move an object, not how its risk is judged.
+fn judged_by(flow: &CompiledFlow) -> u64 {
+    let text = serde_json::to_vec(&(
+        &flow.states,
+        &flow.priors,
+        &flow.unlisted,
+        &flow.timeouts,
+        &flow.learning,
+        &flow.alerts,
+    ))
+    .unwrap_or_default();
+    text.iter().fold(0xcbf2_9ce4_8422_2325, |h: u64, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// The resolution of an alert whose object is dropped because its flow or state disappeared.
@@ -331,6 +353,7 @@ impl Engine {
     /// Puts a flow's counts and objects, by name, into runtime `fi`.
     fn restore_flow(&mut self, fi: usize, fs: &FlowSnapshot, report: &mut CarryReport) {
         let flow = self.flows[fi].flow.clone();
+        let same_judge = fs.judged_by == Some(judged_by(&flow));
         report.transitions_dropped += self.flows[fi]
             .model
             .import(&fs.learned, |n| flow.state_id(n));
@@ -376,7 +399,7 @@ impl Engine {
                     anomalous: o.anomalous,
                 },
             );
-            if fs.risk_checks_saved {
+            if same_judge {
                 self.schedule_restored(fi, &key, &o.risk_checks);
             } else {
                 self.schedule(fi, &key);
@@ -521,10 +544,10 @@ impl Engine {
         self.retired.keys().cloned().collect()
     }
 
-    /// Sets the timers of an object carried over by a reload (or whose clock was pulled
-    /// back, or restored from a snapshot that did not save its looks): its state's timeout,
-    /// and a look at its risk now (the next `advance` evaluates it), since its flow's
-    /// definition, and so its thresholds, may have changed.
+    /// Sets the timers of an object carried over by a reload (or whose clock was pulled back,
+    /// or restored under another definition than it was judged by): its state's timeout, and
+    /// a look at its risk now (the next `advance` evaluates it), since its thresholds (or its
+    /// times) may have changed.
     pub(super) fn schedule(&mut self, fi: usize, key: &ObjectKey) {
         let Some(generation) = self.schedule_timeout(fi, key) else {
             return;
