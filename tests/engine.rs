@@ -305,7 +305,7 @@ enum Compare {
     /// All but the risk numbers: a restored model solves its chain afresh, where an
     /// uninterrupted one may use a solution up to 1% of its observed weight old
     /// (`markov::needs_refresh`), so predicted risks differ in their digits (ARCHITECTURE.md,
-    /// "A restart is invisible"). Which objects alert, when, and why must not.
+    /// "A restart is invisible to the alerts"). Which objects alert, when, and why must not.
     AllButRiskNumbers,
 }
 
