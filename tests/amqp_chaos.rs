@@ -5,8 +5,10 @@
 //! its snapshot), the queue ends empty with nothing unacknowledged, and the learned counts and
 //! alerts equal one uninterrupted replay of the same messages.
 //!
-//! The moments are drawn from a seeded generator; the seed is printed, and
-//! `FLOWCAST_CHAOS_SEED=N cargo test --test amqp_chaos` replays a failing run.
+//! The moments are drawn from a seeded generator, but for the first kill of flowcast, which
+//! comes right after its first snapshot; the seed is printed, and
+//! `FLOWCAST_CHAOS_SEED=N cargo test --test amqp_chaos` replays a failing run
+//! (`FLOWCAST_CHAOS_KEEP=1` keeps its folder: logs, snapshots, every run's output, the replay's).
 
 mod common;
 
@@ -27,8 +29,16 @@ fn kills_of_flowcast_and_rabbitmq_under_a_backlog_lose_nothing_and_count_nothing
         });
     eprintln!("chaos seed {seed} (FLOWCAST_CHAOS_SEED={seed} replays it)");
     let mut rng = Rng(seed);
+    // FLOWCAST_CHAOS_KEEP=1 keeps the folder (logs, snapshots, outputs) for a post-mortem.
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_owned();
+    let _tmp = if std::env::var_os("FLOWCAST_CHAOS_KEEP").is_some() {
+        eprintln!("keeping {}", dir.display());
+        let _ = tmp.keep();
+        None
+    } else {
+        Some(tmp)
+    };
     let models = dir.join("models");
     std::fs::create_dir(&models).unwrap();
     std::fs::write(models.join("chaos.flow"), CHAOS_FLOW).unwrap();
@@ -66,7 +76,20 @@ fn kills_of_flowcast_and_rabbitmq_under_a_backlog_lose_nothing_and_count_nothing
     // Six kills at random moments while the backlog is being applied: at least two of the
     // broker, some right after a restart of flowcast.
     for i in 0..6 {
-        std::thread::sleep(Duration::from_millis(300 + rng.below(2700)));
+        let pause = Duration::from_millis(300 + rng.below(2700));
+        if i == 0 {
+            // The first comes right after the run's first snapshot, early in the stream (about
+            // message 1,536: three quarters of `prefetch`), where objects in flight had been
+            // judged with less than the model knows by then. A restore from there fired alerts
+            // that no uninterrupted replay fires, in about one run of twelve when this moment
+            // was random (ARCHITECTURE.md, "A restart is invisible to the alerts").
+            let s = svc.as_ref().unwrap();
+            s.wait_until("the first snapshot", || {
+                s.metric("flowcast_snapshots_total") >= 1.0
+            });
+        } else {
+            std::thread::sleep(pause);
+        }
         let kill_rabbit = match i {
             1 | 3 => true,
             0 | 2 => false,
@@ -144,6 +167,7 @@ fn kills_of_flowcast_and_rabbitmq_under_a_backlog_lose_nothing_and_count_nothing
         .output()
         .unwrap();
     assert!(out.status.success());
+    std::fs::write(dir.join("replay.jsonl"), &out.stdout).unwrap();
     let parse = |text: &str| -> Vec<serde_json::Value> {
         text.lines()
             .filter_map(|l| serde_json::from_str(l).ok())

@@ -1,4 +1,5 @@
-//! Everything the engine knows, by name: learned counts, objects in flight, alert times, the
+//! Everything the engine knows, by name: learned counts, objects in flight (with the looks at
+//! their risk still due, so that a restart is invisible to the alerts), alert times, the
 //! clock and the counters. Names rather than indices, so that a snapshot taken under one version
 //! of the flow files restores under the next: what still exists carries over, what was removed
 //! is dropped and counted. Hot reload uses the same mapping, without going through strings.
@@ -16,6 +17,7 @@ use super::time::format_rfc3339;
 use super::{AlertLog, Engine, FlowRuntime, ObjectState, Stats, TimerKind};
 use crate::model::{CompiledFlow, StateId};
 use serde::{Deserialize, Serialize};
+use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -60,6 +62,13 @@ pub struct FlowSnapshot {
     /// retired (engine time). Such a flow is restored only if the files define it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retired_ms: Option<i64>,
+    /// A fingerprint of the definition the objects were judged by (`judged_by`). Restored
+    /// under the same one, the objects keep the looks at their risk that were due
+    /// (`risk_checks`) and get no other; under another one (thresholds changed while the
+    /// service was down), or from a snapshot without it (from before the looks were saved),
+    /// every object is looked at once at the restored clock, as a reload does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judged_by: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +108,11 @@ pub struct ObjectSnapshot {
     /// An `anomaly` was emitted for it: a restore does not repeat it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub anomalous: bool,
+    /// When its risk is to be looked at again (engine time): the times at which it was
+    /// expected to cross a threshold. A restore sets these and no others, so that it alerts
+    /// exactly when an uninterrupted engine would.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub risk_checks: Vec<i64>,
 }
 
 fn is_zero(v: &u8) -> bool {
@@ -135,6 +149,18 @@ pub struct CarryReport {
 /// A flow's learned counts and objects, by name.
 fn flow_snapshot(rt: &FlowRuntime) -> FlowSnapshot {
     let names: Vec<String> = rt.flow.states.iter().map(|s| s.name.clone()).collect();
+    // The looks still due, of objects that have not moved since they were set.
+    let mut checks: std::collections::HashMap<&ObjectKey, Vec<i64>> = Default::default();
+    for Reverse((at, _, kind, generation, key)) in &rt.timers {
+        if *kind == TimerKind::RiskCheck
+            && rt
+                .objects
+                .get(key)
+                .is_some_and(|o| o.generation == *generation)
+        {
+            checks.entry(key).or_default().push(*at);
+        }
+    }
     let objects = rt
         .objects
         .iter()
@@ -162,6 +188,14 @@ fn flow_snapshot(rt: &FlowRuntime) -> FlowSnapshot {
                 surprise_peak: o.surprise_peak,
                 unusual: o.unusual,
                 anomalous: o.anomalous,
+                risk_checks: checks
+                    .remove(k)
+                    .map(|mut at| {
+                        at.sort_unstable();
+                        at.dedup();
+                        at
+                    })
+                    .unwrap_or_default(),
             }
         })
         .collect();
@@ -169,7 +203,27 @@ fn flow_snapshot(rt: &FlowRuntime) -> FlowSnapshot {
         learned: rt.model.export(&names),
         objects,
         retired_ms: None,
+        judged_by: Some(judged_by(&rt.flow)),
     }
+}
+
+/// FNV-1a (64 bits) of what judging an object's risk depends on in a flow's definition: its
+/// states, a priori counts, policy for unlisted transitions, timeouts, learning and alert
+/// levels, as JSON (stable across builds, unlike `Debug` or std's hasher). Not its rules or
+/// keys: they decide which messages move an object, not how its risk is judged.
+fn judged_by(flow: &CompiledFlow) -> u64 {
+    let text = serde_json::to_vec(&(
+        &flow.states,
+        &flow.priors,
+        &flow.unlisted,
+        &flow.timeouts,
+        &flow.learning,
+        &flow.alerts,
+    ))
+    .unwrap_or_default();
+    text.iter().fold(0xcbf2_9ce4_8422_2325, |h: u64, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// The resolution of an alert whose object is dropped because its flow or state disappeared.
@@ -299,6 +353,7 @@ impl Engine {
     /// Puts a flow's counts and objects, by name, into runtime `fi`.
     fn restore_flow(&mut self, fi: usize, fs: &FlowSnapshot, report: &mut CarryReport) {
         let flow = self.flows[fi].flow.clone();
+        let same_judge = fs.judged_by == Some(judged_by(&flow));
         report.transitions_dropped += self.flows[fi]
             .model
             .import(&fs.learned, |n| flow.state_id(n));
@@ -344,7 +399,11 @@ impl Engine {
                     anomalous: o.anomalous,
                 },
             );
-            self.schedule(fi, &key);
+            if same_judge {
+                self.schedule_restored(fi, &key, &o.risk_checks);
+            } else {
+                self.schedule(fi, &key);
+            }
             report.objects_kept += 1;
         }
     }
@@ -485,13 +544,41 @@ impl Engine {
         self.retired.keys().cloned().collect()
     }
 
-    /// Sets the timers of an object that was restored or carried over: its state's timeout,
-    /// and a look at its risk now (the next `advance` evaluates it).
+    /// Sets the timers of an object carried over by a reload (or whose clock was pulled back,
+    /// or restored under another definition than it was judged by): its state's timeout, and
+    /// a look at its risk now (the next `advance` evaluates it), since its thresholds (or its
+    /// times) may have changed.
     pub(super) fn schedule(&mut self, fi: usize, key: &ObjectKey) {
-        let rt = &self.flows[fi];
-        let Some(o) = rt.objects.get(key).copied() else {
+        let Some(generation) = self.schedule_timeout(fi, key) else {
             return;
         };
+        self.push_timer(
+            fi,
+            self.clock_ms,
+            TimerKind::RiskCheck,
+            generation,
+            key.clone(),
+        );
+    }
+
+    /// Sets the timers of an object restored from a snapshot: its state's timeout and the
+    /// looks at its risk that were due (`risk_checks`), no more. A restart must be invisible:
+    /// a look now, with what the model learned since the object was judged, fired alerts that
+    /// no uninterrupted run fires (the AMQP chaos test's alert difference: objects that entered
+    /// a state before anything was known of its exits alerted only after a restart).
+    fn schedule_restored(&mut self, fi: usize, key: &ObjectKey, risk_checks: &[i64]) {
+        let Some(generation) = self.schedule_timeout(fi, key) else {
+            return;
+        };
+        for &at in risk_checks {
+            self.push_timer(fi, at, TimerKind::RiskCheck, generation, key.clone());
+        }
+    }
+
+    /// Sets the timeout of an object's state, if it has one; its generation, if it exists.
+    fn schedule_timeout(&mut self, fi: usize, key: &ObjectKey) -> Option<u32> {
+        let rt = &self.flows[fi];
+        let o = rt.objects.get(key).copied()?;
         if let Some((ms, _)) = rt.flow.timeouts[o.state as usize] {
             self.push_timer(
                 fi,
@@ -501,13 +588,7 @@ impl Engine {
                 key.clone(),
             );
         }
-        self.push_timer(
-            fi,
-            self.clock_ms,
-            TimerKind::RiskCheck,
-            o.generation,
-            key.clone(),
-        );
+        Some(o.generation)
     }
 }
 
