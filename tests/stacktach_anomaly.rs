@@ -318,6 +318,19 @@ fn bundled_stacktach_operations_flag_each_path_nova_never_takes_and_nothing_else
         .collect();
     found.sort();
     assert_eq!(found, expected, "{:#?}", anomalies(&out));
+    // The four steps no recording takes were never predicted; the reboot's timeout from
+    // `started` was (the flow's prior), but far below anything normal.
+    for a in anomalies(&out) {
+        let how = (a.threshold.as_str(), a.probability == 0.0);
+        if a.object == "reboot-no-end" {
+            assert!(
+                how == ("step_surprise", false) && a.probability < 0.001,
+                "{a:?}"
+            );
+        } else {
+            assert_eq!(how, ("never_predicted", true), "{a:?}");
+        }
+    }
     // Every judged operation ended (an outcome each; the resize confirmed and then deleted has
     // two, the audit none): none was left unjudged.
     assert_eq!(outcomes, JUDGED * 21 + expected.len());
