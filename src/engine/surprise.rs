@@ -162,11 +162,32 @@ impl Calibration {
         if n == 0 || n < cfg.min_learned {
             return None;
         }
+        let rate = cfg.false_alarm_rate;
+        let step = quantile_bin(&self.step, n, rate);
+        let window = quantile_bin(&self.window, n, rate);
         Some((
-            quantile_bin(&self.step, n, cfg.false_alarm_rate),
-            quantile_bin(&self.window, n, cfg.false_alarm_rate),
+            step + slack(&self.step, step, n, rate) * STEPS_PER_SLACK,
+            window + slack(&self.window, window, n, rate),
         ))
     }
+}
+
+/// A threshold bin holding more than this many times the counts the rate allows above it is a
+/// common value, not the edge of a tail.
+const COMMON: f64 = 10.0;
+/// Half a nat (a factor 1.65 in probability): one window bin, this many step bins.
+const STEPS_PER_SLACK: u32 = 8;
+
+/// 1 when the threshold bin `b` is a common value. The quantile of a discrete distribution
+/// (a few paths, each taken often) falls on the surprise of one normal path, and the threshold
+/// is then that path's own bin: learning that goes on moves its probability a little, and the
+/// path crosses into a bin the calibration never saw and is flagged, on every object that
+/// takes it. StackTach's failed rebuild did (tests/stacktach_anomaly.rs). A bin past a common
+/// value is given as slack; a tail that thins out (no bin much above the rate) keeps the
+/// quantile as it is.
+fn slack(hist: &[u64], b: u32, n: u64, rate: f64) -> u32 {
+    let allowed = (rate * n as f64).max(1.0);
+    u32::from(hist[b as usize] as f64 > COMMON * allowed)
 }
 
 pub fn window_bin(window: u32) -> usize {
@@ -202,6 +223,23 @@ mod tests {
         assert!((nats(u32::from(quantise(0.5))) - 0.6875).abs() < 1e-9);
         assert_eq!(probability_and_rank(&[(1, 0.7), (2, 0.3)], 2), (0.3, 2));
         assert_eq!(probability_and_rank(&[(1, 0.7), (2, 0.3)], 5), (0.0, 3));
+    }
+
+    /// StackTach's actions learned in one replay: 157 of 1,700 windows in the top bin, a
+    /// normal path (the failed rebuild). Half a nat above it is still that path, drifted.
+    #[test]
+    fn a_common_value_at_the_threshold_gets_half_a_nat_of_slack() {
+        let cfg = AnomalyConfig::default();
+        let mut c = Calibration::default();
+        (c.step[5], c.step[46]) = (1543, 157);
+        (c.window[2], c.window[6]) = (1543, 157);
+        assert_eq!(c.thresholds(&cfg), Some((46 + 8, 6 + 1)));
+        // A thin tail (5 in each of 200 bins) keeps the quantile as it is.
+        let mut c = Calibration::default();
+        for b in 0..200 {
+            (c.step[b], c.window[b]) = (5, 5);
+        }
+        assert_eq!(c.thresholds(&cfg), Some((199, 199)));
     }
 
     #[test]
