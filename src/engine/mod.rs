@@ -1189,19 +1189,7 @@ impl Engine {
             .next_distribution(sol, before.past(), before.state, &mut self.scratch);
         let rank = surprise::probability_and_rank(&self.scratch, to).1;
         let flow = &rt.flow;
-        let mut expected = self.scratch.clone();
-        expected.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        let expected = expected
-            .iter()
-            .take(3)
-            .map(|&(s, p)| (flow.name_of(s).to_string(), round6(p)))
-            .collect();
-        let path = before
-            .history_slice()
-            .iter()
-            .chain([&before.state, &to])
-            .map(|&s| flow.name_of(s).to_string())
-            .collect();
+        let (expected, path) = anomaly_context(flow, &before, &self.scratch, Some(to));
         out.push(Record::Anomaly(Anomaly {
             at: format_rfc3339(now),
             flow: flow.name.clone(),
@@ -1272,8 +1260,7 @@ impl Engine {
             rt.model
                 .next_distribution(sol, before.past(), before.state, &mut self.scratch);
             let flow = &rt.flow;
-            let mut expected = self.scratch.clone();
-            expected.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let (expected, path) = anomaly_context(flow, &before, &self.scratch, None);
             let state = flow.name_of(before.state).to_string();
             out.push(Record::Anomaly(Anomaly {
                 at: format_rfc3339(now),
@@ -1285,17 +1272,8 @@ impl Engine {
                 rank: self.scratch.len() + 1,
                 surprise: round6(surprise::surprise(0.0)),
                 window_surprise: round6(surprise::nats(window)),
-                expected: expected
-                    .iter()
-                    .take(3)
-                    .map(|&(s, p)| (flow.name_of(s).to_string(), round6(p)))
-                    .collect(),
-                path: before
-                    .history_slice()
-                    .iter()
-                    .chain([&before.state])
-                    .map(|&s| flow.name_of(s).to_string())
-                    .collect(),
+                expected,
+                path,
                 unusual_steps: u32::from(unusual),
                 threshold: "unknown_event".into(),
                 threshold_value: 0.0,
@@ -1765,6 +1743,32 @@ pub fn artifact_risks(flow: &CompiledFlow, sol: &Solution, risk: &[f64]) -> BTre
         .filter(|(s, _)| flow.state(**s).kind == Kind::Artifact)
         .map(|(s, r)| (flow.name_of(*s).to_string(), round6(*r)))
         .collect()
+}
+
+/// What an `anomaly` record shows besides the step: the three likeliest next states of the
+/// distribution the object was judged by, and its path (its states so far, then `to` when
+/// the step moved it).
+fn anomaly_context(
+    flow: &CompiledFlow,
+    before: &ObjectState,
+    dist: &[(StateId, f64)],
+    to: Option<StateId>,
+) -> (Vec<(String, f64)>, Vec<String>) {
+    let mut expected = dist.to_vec();
+    expected.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let expected = expected
+        .iter()
+        .take(3)
+        .map(|&(s, p)| (flow.name_of(s).to_string(), round6(p)))
+        .collect();
+    let path = before
+        .history_slice()
+        .iter()
+        .chain([&before.state])
+        .chain(to.as_ref())
+        .map(|&s| flow.name_of(s).to_string())
+        .collect();
+    (expected, path)
 }
 
 pub fn round6(x: f64) -> f64 {
