@@ -1189,7 +1189,7 @@ impl Engine {
             .next_distribution(sol, before.past(), before.state, &mut self.scratch);
         let rank = surprise::probability_and_rank(&self.scratch, to).1;
         let flow = &rt.flow;
-        let (expected, path) = anomaly_context(flow, &before, &self.scratch, Some(to));
+        let (expected, path) = anomaly_context(flow, before, &self.scratch, Some(to));
         out.push(Record::Anomaly(Anomaly {
             at: format_rfc3339(now),
             flow: flow.name.clone(),
