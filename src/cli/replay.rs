@@ -50,7 +50,7 @@ pub struct ReplayArgs {
     pub shards: usize,
     /// Lines per batch with `--shards`, at most (from 64, growing with the lines read: a
     /// sixteenth of them): the most steps a shard predicts without the others' learning.
-    #[arg(long, default_value_t = 4096, hide = true)]
+    #[arg(long, default_value_t = 1024, hide = true)]
     pub shard_batch: usize,
 }
 
