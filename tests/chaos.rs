@@ -33,16 +33,7 @@ fn ack_floor(url: &str) -> Option<u64> {
 
 #[test]
 fn kills_of_flowcast_and_nats_server_under_a_backlog_lose_nothing_and_count_nothing_twice() {
-    let seed = std::env::var("FLOWCAST_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
+    let seed = seed_from_env("FLOWCAST_CHAOS_SEED");
     eprintln!("chaos seed {seed} (FLOWCAST_CHAOS_SEED={seed} replays it)");
     let mut rng = Rng(seed);
 

@@ -24,36 +24,7 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 /// The bundled flows simulated together, merged in time order, with a few lines that do not
 /// decode and a few no flow keys.
 fn stream(dir: &Path, objects: usize) -> Vec<String> {
-    let mut rows = Vec::new();
-    for flow in [
-        "nova_instance_create",
-        "nova_volume_attach",
-        "patent_disk_attach",
-    ] {
-        let out = dir.join(format!("{flow}.jsonl"));
-        run_ok(
-            flowcast()
-                .args(["simulate", "models", "--flow", flow])
-                .args([
-                    "--objects",
-                    &objects.to_string(),
-                    "--seed",
-                    "5",
-                    "-o",
-                    out.to_str().unwrap(),
-                ]),
-        );
-        for (i, line) in std::fs::read_to_string(&out).unwrap().lines().enumerate() {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            rows.push((
-                v["timestamp"].as_str().unwrap().to_string(),
-                i,
-                line.to_string(),
-            ));
-        }
-    }
-    rows.sort();
-    let mut lines: Vec<String> = rows.into_iter().map(|r| r.2).collect();
+    let mut lines = simulated_bundled_lines(dir, objects, &["--seed", "5"]);
     for i in 0..lines.len() / 1000 {
         lines.insert(i * 500 + 7, "{not json".to_string());
         lines.insert(
@@ -117,6 +88,26 @@ fn stored(url: &str) -> u64 {
     })
 }
 
+/// The lines published to a JetStream stream `SRC` (subjects `src.>`), one message each; the
+/// file they were published from.
+fn publish_source(nats: &NatsServer, dir: &Path, lines: &[String]) -> std::path::PathBuf {
+    block_on(async {
+        let js =
+            async_nats::jetstream::new(async_nats::connect(nats.url().as_str()).await.unwrap());
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "SRC".into(),
+            subjects: vec!["src.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    });
+    let file = dir.join("in.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    publish(nats, &file, "src.nova", true);
+    file
+}
+
 /// SIGTERM through the `kill` command (the crate forbids `unsafe`).
 fn sigterm(pid: u32) {
     let ok = Command::new("kill")
@@ -129,16 +120,7 @@ fn sigterm(pid: u32) {
 
 #[test]
 fn a_router_killed_four_times_puts_every_message_on_its_partition_once_and_in_order() {
-    let seed = std::env::var("FLOWCAST_ROUTE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
+    let seed = seed_from_env("FLOWCAST_ROUTE_SEED");
     eprintln!("route seed {seed} (FLOWCAST_ROUTE_SEED={seed} replays it)");
     let mut rng = Rng(seed);
     let nats = NatsServer::start(true);
@@ -148,19 +130,7 @@ fn a_router_killed_four_times_puts_every_message_on_its_partition_once_and_in_or
     let want = expected(&lines);
     let total: u64 = want.iter().map(|p| p.len() as u64).sum();
     assert!(want.iter().filter(|p| p.is_empty()).count() >= 100);
-    block_on(async {
-        let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: "SRC".into(),
-            subjects: vec!["src.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    });
-    let file = tmp.path().join("in.jsonl");
-    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
-    publish(&nats, &file, "src.nova", true);
+    publish_source(&nats, tmp.path(), &lines);
 
     // Killed four times at random points of the stream; the fifth runs to the end and stops
     // on SIGTERM.
@@ -297,19 +267,7 @@ fn two_workers_on_a_partition_each_end_every_object_as_one_replay_does() {
     let url = nats.url();
     let tmp = tempfile::tempdir().unwrap();
     let lines = stream(tmp.path(), 1200);
-    block_on(async {
-        let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: "SRC".into(),
-            subjects: vec!["src.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    });
-    let file = tmp.path().join("in.jsonl");
-    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
-    publish(&nats, &file, "src.nova", true);
+    let file = publish_source(&nats, tmp.path(), &lines);
     let mut router = Command::new(env!("CARGO_BIN_EXE_flowcast"))
         .args([
             "route",

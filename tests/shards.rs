@@ -10,41 +10,15 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// The bundled flows simulated together (timeouts, errors, alerts), merged in time order.
+/// The bundled flows simulated together, as a file.
 fn simulated_stream(dir: &Path, objects: usize) -> PathBuf {
-    let mut rows = Vec::new();
-    for flow in [
-        "nova_instance_create",
-        "nova_volume_attach",
-        "patent_disk_attach",
-    ] {
-        let out = dir.join(format!("{flow}.jsonl"));
-        run_ok(
-            flowcast()
-                .args(["simulate", "models", "--flow", flow])
-                .args([
-                    "--objects",
-                    &objects.to_string(),
-                    "--seed",
-                    "3",
-                    "--rate",
-                    "2",
-                    "--mean-dwell",
-                    "60s",
-                    "-o",
-                    out.to_str().unwrap(),
-                ]),
-        );
-        for (i, line) in std::fs::read_to_string(&out).unwrap().lines().enumerate() {
-            let v: Value = serde_json::from_str(line).unwrap();
-            let t = v["timestamp"].as_str().unwrap().to_string();
-            rows.push((t, flow, i, line.to_string()));
-        }
-    }
-    rows.sort();
+    let lines = simulated_bundled_lines(
+        dir,
+        objects,
+        &["--seed", "3", "--rate", "2", "--mean-dwell", "60s"],
+    );
     let path = dir.join("stream.jsonl");
-    let text: String = rows.into_iter().map(|r| r.3 + "\n").collect();
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
     path
 }
 

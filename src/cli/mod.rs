@@ -126,6 +126,27 @@ fn init_tracing() {
 
 /// Loads flows for a command that needs them all valid. On errors prints the diagnostics and
 /// returns the exit code to use; `only` keeps one flow by name.
+/// Resolves at SIGTERM or SIGINT (ctrl-c elsewhere). Call it inside the runtime, before
+/// anything starts, so that a signal during the start is not missed.
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+}
+
 pub fn load_flows(
     paths: &[PathBuf],
     only: Option<&str>,

@@ -81,22 +81,7 @@ pub fn run(args: RouteArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let stats = rt.block_on(async move {
-        #[cfg(unix)]
-        let shutdown = {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate())?;
-            let mut int = signal(SignalKind::interrupt())?;
-            async move {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-        };
-        #[cfg(not(unix))]
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
+        let shutdown = super::shutdown_signal()?;
         crate::service::route::route(flows, opts, shutdown).await
     })?;
     eprintln!("{}", serde_json::to_string(&stats)?);

@@ -88,22 +88,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let result = rt.block_on(async move {
         // The handlers are installed here, before anything starts: a SIGTERM that arrives
         // while the service is starting must still stop it cleanly (snapshot included).
-        #[cfg(unix)]
-        let shutdown = {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate())?;
-            let mut int = signal(SignalKind::interrupt())?;
-            async move {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-        };
-        #[cfg(not(unix))]
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
+        let shutdown = super::shutdown_signal()?;
         crate::service::run::run(config, shutdown).await
     });
     // Reading stdin blocks a thread of the runtime's pool that no shutdown can interrupt;

@@ -892,3 +892,45 @@ flow job {
     learn { half_life off }
 }
 "#;
+
+/// A run's seed: `var` when set (to replay a failing run), else the clock's nanoseconds.
+pub fn seed_from_env(var: &str) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        })
+}
+
+/// The bundled nova and patent flows simulated together (`flowcast simulate`, `objects` each,
+/// with `extra` options), merged in time order: timeouts, errors, alerts.
+pub fn simulated_bundled_lines(dir: &Path, objects: usize, extra: &[&str]) -> Vec<String> {
+    let mut rows = Vec::new();
+    for flow in [
+        "nova_instance_create",
+        "nova_volume_attach",
+        "patent_disk_attach",
+    ] {
+        let out = dir.join(format!("{flow}.jsonl"));
+        run_ok(
+            flowcast()
+                .args(["simulate", "models", "--flow", flow, "--objects"])
+                .arg(objects.to_string())
+                .args(extra)
+                .arg("-o")
+                .arg(&out),
+        );
+        for (i, line) in std::fs::read_to_string(&out).unwrap().lines().enumerate() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let t = v["timestamp"].as_str().unwrap().to_string();
+            rows.push((t, flow, i, line.to_string()));
+        }
+    }
+    rows.sort();
+    rows.into_iter().map(|r| r.3).collect()
+}
