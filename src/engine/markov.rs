@@ -104,7 +104,7 @@ impl Solution {
 #[derive(Debug, Clone)]
 pub struct FlowModel {
     pub n: usize,
-    kinds: Vec<Kind>,
+    pub(super) kinds: Vec<Kind>,
     /// The timeout artifact of each state, if any: its dwell is known (the timeout itself).
     timeout_target: Vec<Option<StateId>>,
     listed: Vec<bool>,
@@ -152,14 +152,14 @@ pub struct FlowModel {
     pub epoch_ms: i64,
     pub now_ms: i64,
     /// Effective observed weight added since the last solve.
-    changed: f64,
+    pub(super) changed: f64,
     /// Steps the last solve took (`solve_absorbing_counted`), and the calls to `solution` since:
     /// a refresh waits until they have paid for it at `SOLVE_WORK_PER_CALL` each.
-    solve_work: f64,
-    calls_since_solve: u64,
-    solved_at_ms: i64,
-    solution: Option<Solution>,
-    version: u64,
+    pub(super) solve_work: f64,
+    pub(super) calls_since_solve: u64,
+    pub(super) solved_at_ms: i64,
+    pub(super) solution: Option<Solution>,
+    pub(super) version: u64,
     /// Its clock no longer moves (`freeze`).
     frozen: bool,
     /// The surprises of learned steps, for calibrated anomaly thresholds (`surprise.rs`).
@@ -357,6 +357,19 @@ impl FlowModel {
 
     /// Learns one transition. `history` holds the states before `from`, oldest first.
     pub fn observe(&mut self, past: Past<'_>, from: StateId, to: StateId, dwell_ms: i64) {
+        self.observe_at(past, from, to, dwell_ms, self.now_ms);
+    }
+
+    /// Learns one transition that happened at `at_ms` (at most the model's clock: a step
+    /// held until its object ended, `engine::held`), with the weight it had then.
+    pub fn observe_at(
+        &mut self,
+        past: Past<'_>,
+        from: StateId,
+        to: StateId,
+        dwell_ms: i64,
+        at_ms: i64,
+    ) {
         let losses = self.mixture.take().map(|mut mx| {
             // Scored before it is learned: each member is judged on what it did not know. The
             // base row is computed from the counts as they are, not read from the cached
@@ -384,7 +397,7 @@ impl FlowModel {
             self.row_buf = dense;
             losses
         });
-        let at_ms = self.now_ms;
+        let at_ms = at_ms.min(self.now_ms);
         self.learn(past, from, to, dwell_ms, at_ms);
         if let Some(outbox) = self.outbox.as_mut() {
             let mut history = [NONE; 4];

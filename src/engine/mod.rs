@@ -9,6 +9,7 @@
 
 pub mod dwell;
 pub mod features;
+pub mod held;
 pub mod journal;
 pub mod key;
 pub mod markov;
@@ -20,6 +21,7 @@ pub mod query;
 pub mod remaining;
 pub mod shard;
 pub mod snapshot;
+pub mod solve_cache;
 pub mod surprise;
 pub mod table;
 pub mod time;
@@ -294,6 +296,8 @@ pub struct FlowRuntime {
     rules_by_event: HashMap<Box<str>, Vec<u16>>,
     generic_rules: Vec<u16>,
     next_sweep_ms: i64,
+    /// `learn { from success }`: what each object will teach if it ends in a success.
+    pub(crate) held: held::HeldMap,
 }
 
 impl FlowRuntime {
@@ -323,6 +327,65 @@ impl FlowRuntime {
             rules_by_event: by_event,
             generic_rules: generic,
             next_sweep_ms: 0,
+            held: Default::default(),
+        }
+    }
+
+    /// Learns a step of object `key` now, or holds it until the object ends when the flow
+    /// learns from successes only.
+    fn teach(
+        &mut self,
+        key: &ObjectKey,
+        past: markov::Past<'_>,
+        from: StateId,
+        to: StateId,
+        dwell_ms: i64,
+    ) {
+        if self.flow.learning.from_success {
+            let at = self.model.now_ms;
+            self.hold(
+                key,
+                held::Held::Step(held::HeldStep::new(past, from, to, dwell_ms, at)),
+            );
+        } else {
+            self.model.observe(past, from, to, dwell_ms);
+        }
+    }
+
+    /// Keeps a scored step's surprise for the calibration, now or when the object ends.
+    fn record_surprise(&mut self, key: &ObjectKey, min_learned: u64, step: u8, window: u32) {
+        if self.flow.learning.from_success {
+            self.hold(key, held::Held::Surprise { step, window });
+        } else {
+            self.model.record_surprise(min_learned, step, window);
+        }
+    }
+
+    /// Adds to what object `key` holds; past `held::MAX_HELD` entries the object stops teaching
+    /// and what it held is dropped.
+    fn hold(&mut self, key: &ObjectKey, h: held::Held) {
+        let Some(obj) = self.objects.get_mut(key) else {
+            return;
+        };
+        if !obj.teaches {
+            return;
+        }
+        let list = self.held.entry(key.clone()).or_default();
+        if list.len() >= held::MAX_HELD {
+            obj.teaches = false;
+            self.held.remove(key);
+            return;
+        }
+        list.push(h);
+    }
+
+    /// Ends what object `key` held: learned if it ended in a success, else dropped.
+    fn settle(&mut self, key: &ObjectKey, success: bool) {
+        if let Some(list) = self.held.remove(key) {
+            if success {
+                let min_learned = self.flow.anomaly.min_learned;
+                held::release(&mut self.model, &list, min_learned);
+            }
         }
     }
 
@@ -971,7 +1034,7 @@ impl Engine {
         }
         let rt = &mut self.flows[fi];
         if learn && rt.model.learns(from, target) {
-            rt.model.observe(before.past(), from, target, dwell);
+            rt.teach(&key, before.past(), from, target, dwell);
         }
         let obj = rt.objects.get_mut(&key).expect("object present");
         obj.push_history(from);
@@ -1038,7 +1101,14 @@ impl Engine {
         let flow = rt.flow.clone();
         let (outcome, kind) = match &end {
             Some((t, dwell)) => {
-                if obj.teaches && rt.model.learns(obj.state, *t) {
+                // With `learn { from success }`, what the object held is learned now, before
+                // its last step, or dropped with it.
+                let success = flow.state(*t).kind != Kind::Artifact;
+                rt.settle(&key, success && obj.teaches);
+                if obj.teaches
+                    && rt.model.learns(obj.state, *t)
+                    && (success || !flow.learning.from_success)
+                {
                     rt.model.observe(obj.past(), obj.state, *t, *dwell);
                 }
                 let k = if flow.state(*t).kind == Kind::Artifact {
@@ -1048,7 +1118,10 @@ impl Engine {
                 };
                 (*t, k)
             }
-            None => (obj.state, "expired"),
+            None => {
+                rt.settle(&key, false);
+                (obj.state, "expired")
+            }
         };
         let log = rt.alert_log.remove(&key);
         if obj.alerting {
@@ -1149,8 +1222,11 @@ impl Engine {
         // never-seen step could cross them (EVALUATION.md, "Surprise").
         let never = p <= 0.0;
         if before.teaches && !never {
-            rt.model.record_surprise(cfg.min_learned, q, window);
+            rt.record_surprise(key, cfg.min_learned, q, window);
         }
+        let Some(obj) = rt.objects.get_mut(key) else {
+            return;
+        };
         let crossed = if cfg.calibrated() {
             match rt.model.surprise.thresholds_cached(&cfg) {
                 Some(_) if never => Some(surprise::Crossed::NeverPredicted),
@@ -1659,6 +1735,7 @@ impl Engine {
             for o in rt.objects.values_mut() {
                 o.teaches = false;
             }
+            rt.held.clear();
             rt.model.freeze();
         }
     }

@@ -84,6 +84,20 @@ impl RemainingCache {
             _ => &self.dwell_state[from as usize],
         }
     }
+
+    /// What the walks read (`solve_cache` saves it): the observed count when the cache was
+    /// started, the rows, the dwell histograms per transition and per state.
+    #[allow(clippy::type_complexity)]
+    pub fn inputs(
+        &self,
+    ) -> (
+        f64,
+        &[Vec<(StateId, f64)>],
+        &foldhash::HashMap<(StateId, StateId), DwellHist>,
+        &[DwellHist],
+    ) {
+        (self.built_at, &self.succ, &self.dwell, &self.dwell_state)
+    }
 }
 
 /// A small deterministic generator (splitmix64): no dependency, the same stream everywhere.

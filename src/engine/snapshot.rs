@@ -69,6 +69,10 @@ pub struct FlowSnapshot {
     /// every object is looked at once at the restored clock, as a reload does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judged_by: Option<u64>,
+    /// The model's solution, solve schedule and thresholds as they were (`solve_cache`), so
+    /// that the restored model predicts with the same numbers as an uninterrupted one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub solve: Option<super::solve_cache::SolveCache>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,6 +117,9 @@ pub struct ObjectSnapshot {
     /// exactly when an uninterrupted engine would.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub risk_checks: Vec<i64>,
+    /// What it will teach if it ends in a success (`learn { from success }`, engine::held).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<super::held::HeldSnapshot>,
 }
 
 fn is_zero(v: &u8) -> bool {
@@ -196,6 +203,11 @@ fn flow_snapshot(rt: &FlowRuntime) -> FlowSnapshot {
                         at
                     })
                     .unwrap_or_default(),
+                held: rt
+                    .held
+                    .get(k)
+                    .map(|h| super::held::to_snapshot(&rt.flow, h))
+                    .unwrap_or_default(),
             }
         })
         .collect();
@@ -204,6 +216,7 @@ fn flow_snapshot(rt: &FlowRuntime) -> FlowSnapshot {
         objects,
         retired_ms: None,
         judged_by: Some(judged_by(&rt.flow)),
+        solve: rt.model.export_solve(&rt.flow),
     }
 }
 
@@ -221,9 +234,7 @@ fn judged_by(flow: &CompiledFlow) -> u64 {
         &flow.alerts,
     ))
     .unwrap_or_default();
-    text.iter().fold(0xcbf2_9ce4_8422_2325, |h: u64, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    super::solve_cache::fnv1a(&text)
 }
 
 /// The resolution of an alert whose object is dropped because its flow or state disappeared.
@@ -357,6 +368,9 @@ impl Engine {
         report.transitions_dropped += self.flows[fi]
             .model
             .import(&fs.learned, |n| flow.state_id(n));
+        if let Some(c) = &fs.solve {
+            self.flows[fi].model.import_solve(&flow, c);
+        }
         for o in &fs.objects {
             let Some(state) = flow.state_id(&o.state) else {
                 report.objects_dropped += 1;
@@ -399,6 +413,23 @@ impl Engine {
                     anomalous: o.anomalous,
                 },
             );
+            if !o.held.is_empty() {
+                let rt = &mut self.flows[fi];
+                match super::held::from_snapshot(&flow, &o.held) {
+                    // Learned at once by a flow that no longer waits for successes.
+                    Some(h) if !flow.learning.from_success => {
+                        super::held::release(&mut rt.model, &h, flow.anomaly.min_learned)
+                    }
+                    Some(h) => {
+                        rt.held.insert(key.clone(), h);
+                    }
+                    None => {
+                        if let Some(obj) = rt.objects.get_mut(&key) {
+                            obj.teaches = false;
+                        }
+                    }
+                }
+            }
             if same_judge {
                 self.schedule_restored(fi, &key, &o.risk_checks);
             } else {
@@ -477,6 +508,17 @@ impl Engine {
                 for h in o.history.iter_mut() {
                     if *h != markov::NONE {
                         *h = map[*h as usize].unwrap_or(markov::NONE);
+                    }
+                }
+                if let Some(h) = prev.held.remove(&key) {
+                    match super::held::remap(&h, &map) {
+                        Some(h) if !flow.learning.from_success => {
+                            super::held::release(&mut rt.model, &h, flow.anomaly.min_learned)
+                        }
+                        Some(h) => {
+                            rt.held.insert(key.clone(), h);
+                        }
+                        None => o.teaches = false,
                     }
                 }
                 if let Some(log) = log {

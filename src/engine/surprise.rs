@@ -143,6 +143,16 @@ impl Calibration {
         self.cached = None;
     }
 
+    /// The thresholds' cache (`solve_cache`: a snapshot keeps it, so that a restored model
+    /// flags with the thresholds an uninterrupted one still uses).
+    pub fn cached_thresholds(&self) -> Option<(u64, Option<(u32, u32)>)> {
+        self.cached
+    }
+
+    pub fn set_cached_thresholds(&mut self, cached: (u64, Option<(u32, u32)>)) {
+        self.cached = Some(cached);
+    }
+
     /// `thresholds`, recomputed only when enough steps were added since the last time.
     pub fn thresholds_cached(&mut self, cfg: &AnomalyConfig) -> Option<(u32, u32)> {
         match self.cached {

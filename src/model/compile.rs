@@ -24,6 +24,7 @@ pub const LEARN_SETTINGS: &[&str] = &[
     "repeats",
     "calendar",
     "features",
+    "from",
 ];
 pub const ANOMALY_SETTINGS: &[&str] = &[
     "unknown_events",
@@ -682,6 +683,12 @@ impl FlowCompiler<'_> {
                     if let Some(b) = self.keyword(v, "features", &[("on", true), ("off", false)],
                         "`on`: predict the next state from every signal of the object's past at once (previous states, dwell times, time of day, time in the flow) with a log-linear model per state") {
                         l.features = b;
+                    }
+                }
+                "from" => {
+                    if let Some(b) = self.keyword(v, "from", &[("all", false), ("success", true)],
+                        "`success`: learn an object's steps only once it ends in a success state (failures do not teach the model that failures are normal); `all` (the default): learn every step as it happens") {
+                        l.from_success = b;
                     }
                 }
                 "model" => {

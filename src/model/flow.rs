@@ -96,6 +96,12 @@ pub struct Learning {
     /// of `history`, `min_observations`, `calendar`, `features` set) the one model those
     /// settings describe.
     pub auto: bool,
+    /// `learn { from success }`: an object's steps are learned only when it ends in a success
+    /// (engine::held); failures and expired objects teach nothing. Left out of the JSON when
+    /// off, so that the fingerprints of flows without it (`snapshot::judged_by`) stay as they
+    /// were.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub from_success: bool,
 }
 
 /// Classes of the time an object entered its state, for `learn { calendar ... }`.
@@ -154,6 +160,7 @@ impl Default for Learning {
             calendar: Calendar::Off,
             features: false,
             auto: true,
+            from_success: false,
         }
     }
 }
