@@ -471,3 +471,72 @@ fn detection_takes_any_event_text_without_panicking() {
     assert_eq!(r.methods[1].true_positives, 2);
     assert_eq!(r.methods[1].false_positives, 0);
 }
+
+/// An episode ends after `window` normal steps in a row (hysteresis), with `path_normal`; a
+/// later unusual step opens another; unusual steps inside an episode open none.
+#[test]
+fn an_episode_ends_after_a_window_of_normal_steps_and_a_later_unusual_step_opens_another() {
+    let src = r#"flow loop {
+    key payload.id
+    initial a
+    state b, x
+    terminal done
+    on "a" -> a
+    on "b" -> b
+    on "x" -> x
+    on "done" -> done
+    learn { half_life off }
+    anomaly { min_probability 0.05  window 3 }
+}
+"#;
+    let mut e = Engine::new(compile(src));
+    let mut t = 0.0;
+    let mut train = Vec::new();
+    for i in 0..200 {
+        for ev in ["a", "b", "a", "b", "a", "b", "done"] {
+            train.push(msg(ev, &format!("n{i}"), t));
+            t += 1.0;
+        }
+    }
+    feed(&mut e, &train);
+    // b -> x and x -> a, both never seen (one episode), three normal steps (it ends), b -> x
+    // again (a second one), x -> done never seen (the same episode), then the end.
+    let path = ["a", "b", "x", "a", "b", "a", "b", "x", "done"];
+    let msgs: Vec<Message> = path
+        .iter()
+        .enumerate()
+        .map(|(k, ev)| msg(ev, "t", t + k as f64))
+        .collect();
+    let out = feed(&mut e, &msgs);
+    let seen: Vec<(String, String, String)> = out
+        .iter()
+        .filter_map(|r| match r {
+            Record::Anomaly(a) if a.object == "t" => {
+                Some(("anomaly".into(), a.from.clone(), a.state.clone()))
+            }
+            Record::AnomalyResolved(r) if r.object == "t" => {
+                Some(("resolved".into(), r.reason.clone(), r.state.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    let want: Vec<(String, String, String)> = [
+        ("anomaly", "b", "x"),
+        ("resolved", "path_normal", "b"),
+        ("anomaly", "b", "x"),
+        ("resolved", "completed", "done"),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(seen, want);
+    // Counted once per episode.
+    let unusual: Vec<u32> = out
+        .iter()
+        .filter_map(|r| match r {
+            Record::AnomalyResolved(r) if r.object == "t" => Some(r.unusual_steps),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(unusual, [2, 4]);
+}

@@ -139,9 +139,13 @@ pub struct ObjectState {
     /// Steps that crossed an anomaly threshold (saturating).
     #[serde(default)]
     pub unusual: u8,
-    /// An `anomaly` record was emitted for this object: no other until it ends.
+    /// Its anomaly episode: 0 when none is open; n > 0 while one is (an `anomaly` record was
+    /// emitted), the object having taken n - 1 normal steps since its last unusual one. The
+    /// episode ends (`anomaly_resolved`, `path_normal`) after `window` normal steps in a row,
+    /// the hysteresis that keeps an object going in and out of the unusual from flooding the
+    /// sinks; a later unusual step opens another.
     #[serde(default)]
-    pub anomalous: bool,
+    pub episode: u8,
 }
 
 /// Alert times of an object that has alerted at least once.
@@ -980,7 +984,7 @@ impl Engine {
                     surprise: [0; 5],
                     surprise_peak: 0,
                     unusual: 0,
-                    anomalous: false,
+                    episode: 0,
                 },
             );
             self.entered(fi, &key, now, trig, out);
@@ -1156,7 +1160,7 @@ impl Engine {
             surprise_peak: (!flow.anomaly.off)
                 .then(|| round6(surprise::nats(u32::from(obj.surprise_peak)))),
         }));
-        if obj.anomalous {
+        if obj.episode > 0 {
             out.push(Record::AnomalyResolved(AnomalyResolved {
                 at: format_rfc3339(now),
                 flow: flow.name.clone(),
@@ -1251,13 +1255,30 @@ impl Engine {
                 .map(surprise::Crossed::WindowSurprise)
         };
         let Some(crossed) = crossed else {
+            // A normal step: an open episode ends after a window of them.
+            if obj.episode > 0 {
+                obj.episode = obj.episode.saturating_add(1);
+                if usize::from(obj.episode - 1) >= usize::from(cfg.window) {
+                    obj.episode = 0;
+                    out.push(Record::AnomalyResolved(AnomalyResolved {
+                        at: format_rfc3339(now),
+                        flow: rt.flow.name.clone(),
+                        object: key.to_string(),
+                        state: rt.flow.name_of(to).to_string(),
+                        reason: "path_normal".into(),
+                        unusual_steps: u32::from(obj.unusual),
+                        surprise_peak: round6(surprise::nats(u32::from(obj.surprise_peak))),
+                    }));
+                }
+            }
             return;
         };
         obj.unusual = obj.unusual.saturating_add(1);
-        if obj.anomalous {
+        if obj.episode > 0 {
+            obj.episode = 1;
             return;
         }
-        obj.anomalous = true;
+        obj.episode = 1;
         let unusual = obj.unusual;
         self.stats.anomalies += 1;
         let sol = rt.model.cached().expect("solved");
@@ -1326,10 +1347,11 @@ impl Engine {
             obj.surprise_peak = obj.surprise_peak.max(q);
             obj.unusual = obj.unusual.saturating_add(1);
             let window = surprise::window_sum(&obj.surprise, cfg.window);
-            if obj.anomalous {
+            if obj.episode > 0 {
+                obj.episode = 1;
                 continue;
             }
-            obj.anomalous = true;
+            obj.episode = 1;
             let unusual = obj.unusual;
             self.stats.anomalies += 1;
             let sol = rt.model.cached().expect("solved");

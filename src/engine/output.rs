@@ -16,7 +16,7 @@ pub enum Record {
     Prediction(super::Prediction),
     /// An object's step or recent path was improbable (`anomaly { ... }`, issue 12).
     Anomaly(Anomaly),
-    /// The end of an object that had an anomaly (one per object and episode).
+    /// The end of an anomaly episode: the object ended, or took a window of normal steps.
     AnomalyResolved(AnomalyResolved),
 }
 
@@ -160,10 +160,13 @@ pub struct AnomalyResolved {
     pub at: String,
     pub flow: String,
     pub object: String,
-    /// The state the object ended in (or was in when evicted).
+    /// The state the object ended in (or was in when evicted, or reached with the last
+    /// normal step of the episode).
     pub state: String,
-    /// `completed`, `artifact` or `expired`, as for `resolved`.
+    /// `completed`, `artifact` or `expired`, as for `resolved`; `path_normal` when the object
+    /// took `window` normal steps in a row.
     pub reason: String,
+    /// The object's unusual steps so far.
     pub unusual_steps: u32,
     /// The largest step surprise of the object, nats.
     pub surprise_peak: f64,

@@ -356,7 +356,7 @@ impl Engine {
                 .alerting
                 .then(|| rt.alert_log.get(key).map(|l| format_rfc3339(l.since_ms)))
                 .flatten(),
-            anomalous: obj.anomalous,
+            anomalous: obj.episode > 0,
         })
     }
 

@@ -112,6 +112,9 @@ pub struct ObjectSnapshot {
     /// An `anomaly` was emitted for it: a restore does not repeat it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub anomalous: bool,
+    /// Normal steps it has taken since its last unusual one, in an open episode.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub normal_steps: u8,
     /// When its risk is to be looked at again (engine time): the times at which it was
     /// expected to cross a threshold. A restore sets these and no others, so that it alerts
     /// exactly when an uninterrupted engine would.
@@ -194,7 +197,8 @@ fn flow_snapshot(rt: &FlowRuntime) -> FlowSnapshot {
                 surprise: o.surprise,
                 surprise_peak: o.surprise_peak,
                 unusual: o.unusual,
-                anomalous: o.anomalous,
+                anomalous: o.episode > 0,
+                normal_steps: o.episode.saturating_sub(1),
                 risk_checks: checks
                     .remove(k)
                     .map(|mut at| {
@@ -410,7 +414,11 @@ impl Engine {
                     surprise: o.surprise,
                     surprise_peak: o.surprise_peak,
                     unusual: o.unusual,
-                    anomalous: o.anomalous,
+                    episode: if o.anomalous {
+                        o.normal_steps.saturating_add(1)
+                    } else {
+                        0
+                    },
                 },
             );
             if !o.held.is_empty() {
