@@ -507,7 +507,24 @@ fn an_episode_ends_after_a_window_of_normal_steps_and_a_later_unusual_step_opens
         .enumerate()
         .map(|(k, ev)| msg(ev, "t", t + k as f64))
         .collect();
-    let out = feed(&mut e, &msgs);
+    // Straight, and restored from a snapshot taken two normal steps into the first episode's
+    // end: the count of normal steps comes back with it.
+    let snap = serde_json::to_string(&e.snapshot()).unwrap();
+    let straight = feed(&mut e, &msgs);
+    let mut back = Engine::new(compile(src));
+    back.restore(&serde_json::from_str(&snap).unwrap());
+    let mut resumed = feed(&mut back, &msgs[..6]);
+    let text = serde_json::to_string(&back.snapshot()).unwrap();
+    assert!(text.contains(r#""normal_steps":2"#), "{text}");
+    let mut again = Engine::new(compile(src));
+    again.restore(&serde_json::from_str(&text).unwrap());
+    resumed.extend(feed(&mut again, &msgs[6..]));
+    for out in [straight, resumed] {
+        check_episodes(&out);
+    }
+}
+
+fn check_episodes(out: &[Record]) {
     let seen: Vec<(String, String, String)> = out
         .iter()
         .filter_map(|r| match r {
