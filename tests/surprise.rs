@@ -557,3 +557,42 @@ fn check_episodes(out: &[Record]) {
         .collect();
     assert_eq!(unusual, [2, 4]);
 }
+
+/// A message of a type the flow's rules name, whose fields no rule matches (nova's
+/// `instance.update` with a task state the flow does not list), is known to the flow: it moves
+/// nothing and is no unknown event. Only a type the rules never name is.
+#[test]
+fn a_known_event_type_that_no_rule_matches_is_not_an_unknown_event() {
+    let src = r#"flow w {
+    key payload.id
+    initial s
+    state t
+    terminal done
+    on "e" and payload.kind == "go" -> s
+    on "e" and payload.kind == "on" -> t
+    on "done" -> done
+    anomaly { unknown_events on }
+}
+"#;
+    let m = |ty: &str, kind: &str, t: f64| {
+        flowcast::engine::message::from_value(serde_json::json!({
+            "event_type": ty,
+            "timestamp": 1_767_225_600.0 + t,
+            "payload": {"id": "a", "kind": kind},
+        }))
+        .unwrap()
+    };
+    let mut e = Engine::new(compile(src));
+    let out = feed(
+        &mut e,
+        &[
+            m("e", "go", 0.0),
+            m("e", "other", 1.0),
+            m("e.weird", "", 2.0),
+        ],
+    );
+    assert_eq!(e.stats.unmatched, 2);
+    let found = anomalies(&out);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].cause.event_type.as_deref(), Some("e.weird"));
+}

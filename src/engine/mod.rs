@@ -1320,6 +1320,12 @@ impl Engine {
             if rt.flow.filter.as_ref().is_some_and(|f| !f.eval(&msg.value)) {
                 continue;
             }
+            // Only a type the flow's rules never name is unknown to it: `instance.update` with
+            // a task state no rule lists is a known message that moves nothing.
+            match msg.event_type() {
+                Some(t) if !rt.rules_by_event.contains_key(t) => {}
+                _ => continue,
+            }
             let KeyOf::Key(key) = rt.key_of(msg, self.limits.max_key_bytes) else {
                 continue;
             };
