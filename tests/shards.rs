@@ -301,3 +301,49 @@ fn shards_count_bad_lines_keyless_and_unmatched_messages_once() {
     }
     assert_eq!(one, three);
 }
+
+/// With `learn { from success }` every step waits in the shard that owns its object and is
+/// learned, and sent to the other shards, when the object succeeds: the counts after the
+/// stream are still one engine's.
+#[test]
+fn shards_learn_what_successes_held_as_one_engine_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = simulated_stream(tmp.path(), 600);
+    let models = tmp.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    for entry in std::fs::read_dir("models").unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "flow") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(text.contains("learn {"), "{}", path.display());
+            let text = text.replace("learn {", "learn { from success ");
+            std::fs::write(models.join(path.file_name().unwrap()), text).unwrap();
+        }
+    }
+    let models = models.to_str().unwrap();
+    let one = replay(models, &input, 1, &tmp.path().join("s1"));
+    let all = replay("models", &input, 1, &tmp.path().join("all"));
+    let two = replay(models, &input, 2, &tmp.path().join("s2"));
+    assert_eq!(outcomes(&one.stdout).len(), 1800);
+    let mut worst = 0.0;
+    let mut fewer = 0;
+    for (flow, la) in one.learned["flows"].as_object().unwrap() {
+        let lb = &two.learned["flows"][flow];
+        for part in ["transitions", "contexts", "dwell_contexts"] {
+            same_numbers(&la[part], &lb[part], &format!("{flow}.{part}"), &mut worst);
+        }
+        let count = |l: &Value| -> f64 {
+            l["transitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["count"].as_f64().unwrap())
+                .sum()
+        };
+        // Failures taught nothing: fewer steps learned than learning from all.
+        let (held, every) = (count(la), count(&all.learned["flows"][flow]));
+        assert!(held <= every, "{flow}: {held} against {every}");
+        fewer += usize::from(held < every);
+    }
+    assert!(fewer >= 2, "failures teach in most flows: {fewer}");
+}
