@@ -47,7 +47,10 @@ fn tokenize(grammar: &Path, files: &[PathBuf], list: bool) -> (i32, Vec<Value>) 
     });
     let stderr = String::from_utf8_lossy(&out.stderr);
     let code = out.status.code().unwrap_or(-1);
-    assert!(code == 0 || code == 1, "tokenize.js failed ({code}): {stderr}");
+    assert!(
+        code == 0 || code == 1,
+        "tokenize.js failed ({code}): {stderr}"
+    );
     let results: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -90,15 +93,20 @@ fn the_grammar_tokenizes_every_model_fixture_and_example_without_an_unknown_toke
     let dir = tempfile::tempdir().unwrap();
     let files = corpus(dir.path());
     let (code, results) = tokenize(Path::new(GRAMMAR), &files, false);
-    let unknown: Vec<String> = results
-        .iter()
-        .flat_map(|r| {
-            r["unknown"].as_array().unwrap().iter().map(move |u| {
-                format!("{}:{}:{}: {}", r["file"], u["line"], u["column"], u["text"])
+    let unknown: Vec<String> =
+        results
+            .iter()
+            .flat_map(|r| {
+                r["unknown"].as_array().unwrap().iter().map(move |u| {
+                    format!("{}:{}:{}: {}", r["file"], u["line"], u["column"], u["text"])
+                })
             })
-        })
-        .collect();
-    assert!(unknown.is_empty(), "unknown tokens:\n{}", unknown.join("\n"));
+            .collect();
+    assert!(
+        unknown.is_empty(),
+        "unknown tokens:\n{}",
+        unknown.join("\n")
+    );
     assert_eq!(code, 0);
     // It read them all: the four models and the many fixtures, token by token.
     assert!(results.len() >= 30, "{}", results.len());
@@ -122,7 +130,10 @@ fn a_grammar_missing_a_rule_leaves_unknown_tokens_and_fails() {
     let (code, results) = tokenize(&broken, std::slice::from_ref(&model), false);
     assert_eq!(code, 1, "{results:?}");
     let unknown = results[0]["unknown"].as_array().unwrap();
-    let arrows = std::fs::read_to_string(&model).unwrap().matches("->").count();
+    let arrows = std::fs::read_to_string(&model)
+        .unwrap()
+        .matches("->")
+        .count();
     assert!(arrows > 0);
     assert!(
         unknown.iter().filter(|u| u["text"] == "->").count() == arrows,
@@ -150,7 +161,10 @@ fn the_grammar_gives_each_kind_of_token_its_scope() {
             .find(|x| x[0] == line && x[1] == t)
             .map(|x| x[2].as_str().unwrap().to_string())
     };
-    assert_eq!(scope_of(1, "on").as_deref(), Some("keyword.control.flowcast"));
+    assert_eq!(
+        scope_of(1, "on").as_deref(),
+        Some("keyword.control.flowcast")
+    );
     assert_eq!(
         scope_of(1, "\"x.start\"").as_deref(),
         Some("string.quoted.double.flowcast")
@@ -159,13 +173,22 @@ fn the_grammar_gives_each_kind_of_token_its_scope() {
         scope_of(1, "and").as_deref(),
         Some("keyword.operator.word.flowcast")
     );
-    assert_eq!(scope_of(1, ">=").as_deref(), Some("keyword.operator.flowcast"));
+    assert_eq!(
+        scope_of(1, ">=").as_deref(),
+        Some("keyword.operator.flowcast")
+    );
     assert_eq!(
         scope_of(1, "1.5e3").as_deref(),
         Some("constant.numeric.flowcast")
     );
-    assert_eq!(scope_of(1, "->").as_deref(), Some("keyword.operator.flowcast"));
-    assert_eq!(scope_of(1, "# why").as_deref(), Some("comment.line.flowcast"));
+    assert_eq!(
+        scope_of(1, "->").as_deref(),
+        Some("keyword.operator.flowcast")
+    );
+    assert_eq!(
+        scope_of(1, "# why").as_deref(),
+        Some("comment.line.flowcast")
+    );
     assert_eq!(
         scope_of(2, "1h30m").as_deref(),
         Some("constant.numeric.duration.flowcast")

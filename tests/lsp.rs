@@ -524,11 +524,11 @@ fn rename_prepare_references_and_definition_know_artifacts_and_flows() {
         json!({"textDocument": doc, "position": flow_name}),
     );
     let text = hover["contents"]["value"].as_str().unwrap();
-    assert!(text.starts_with("**flow** `attach` — Attach a volume"), "{text}");
     assert!(
-        text.contains("- artifact: `failed`, `timed_out`"),
+        text.starts_with("**flow** `attach` — Attach a volume"),
         "{text}"
     );
+    assert!(text.contains("- artifact: `failed`, `timed_out`"), "{text}");
     let prep = c.request(
         "textDocument/prepareRename",
         json!({"textDocument": doc, "position": flow_name}),
@@ -557,7 +557,10 @@ fn rename_prepare_references_and_definition_know_artifacts_and_flows() {
 fn a_rename_onto_a_name_in_use_or_where_nothing_is_named_is_refused_with_a_reason() {
     let mut c = Client::start();
     c.open(URI, FLOWS);
-    c.open(URI2, "flow other {\n    key payload.id\n    initial a\n    on \"a\" -> a\n}\n");
+    c.open(
+        URI2,
+        "flow other {\n    key payload.id\n    initial a\n    on \"a\" -> a\n}\n",
+    );
     let doc = json!({"uri": URI});
     let rename = |c: &mut Client, at: Value, to: &str| {
         c.request(
@@ -582,7 +585,10 @@ fn a_rename_onto_a_name_in_use_or_where_nothing_is_named_is_refused_with_a_reaso
         "{e}"
     );
     let e = error_of(&rename(&mut c, pos(FLOWS, "attach", 0), "other"));
-    assert!(e.contains(&format!("{URI2} declares a flow `other`")), "{e}");
+    assert!(
+        e.contains(&format!("{URI2} declares a flow `other`")),
+        "{e}"
+    );
     // Not a name at all.
     let e = error_of(&rename(&mut c, pos(FLOWS, "attach", 0), "2fast"));
     assert!(e.contains("is not a flow name"), "{e}");

@@ -260,7 +260,10 @@ mod tests {
             symbol: Symbol::State,
             ..occs[0].clone()
         }));
-        assert_eq!(describe_flow(&file, 0).unwrap(), "**flow** `a`\n- initial: `s`\n- terminal: `t`");
+        assert_eq!(
+            describe_flow(&file, 0).unwrap(),
+            "**flow** `a`\n- initial: `s`\n- terminal: `t`"
+        );
     }
 
     #[test]
@@ -280,7 +283,9 @@ mod tests {
         assert_eq!(rename_conflict(&occs, s, "s"), None);
         let a = at(&occs, text.find('a').unwrap()).unwrap();
         assert_eq!(a.symbol, Symbol::Flow);
-        assert!(rename_conflict(&occs, a, "b").unwrap().contains("already declares a flow `b`"));
+        assert!(rename_conflict(&occs, a, "b")
+            .unwrap()
+            .contains("already declares a flow `b`"));
         assert_eq!(rename_conflict(&occs, a, "s"), None);
     }
 }
