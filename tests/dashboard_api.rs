@@ -234,6 +234,31 @@ fn a_scan_in_64k_chunks_lists_each_object_once_while_objects_move_between_chunks
     assert_eq!(s.counts[0].iter().sum::<u64>(), s.scanned);
 }
 
+#[test]
+fn a_scan_across_a_reload_starts_the_flow_again_and_counts_each_object_once() {
+    let mut e = risky_engine(3000);
+    let mut s = Scan::new(ObjectQuery {
+        limit: 5000,
+        ..ObjectQuery::default()
+    });
+    e.scan_objects(&mut s, 1000);
+    assert_eq!(s.scanned, 1000);
+    // A reload rebuilds the flow's objects (in an order of their own): the place the scan had
+    // means nothing there, so it starts the flow again, forgetting what it had from it.
+    e.reload(compile(RISKY));
+    while !s.done() {
+        e.scan_objects(&mut s, 1000);
+    }
+    assert_eq!(s.calls, 4);
+    let mut keys: Vec<String> = s.picks().iter().map(|(_, k)| k.to_string()).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 3000);
+    assert_eq!(s.picks().len(), 3000);
+    assert_eq!((s.scanned, s.matching), (3000, 3000));
+    assert_eq!(s.counts, [vec![1000, 1000, 1000, 0, 0]]);
+}
+
 /// A flow in which every message after the second is a transition the file does not list:
 /// one `unexpected` record per message.
 const TOGGLE: &str = r#"flow toggle {
