@@ -350,8 +350,9 @@ impl FlowRuntime {
                 .filter_map(std::sync::Weak::upgrade)
                 .collect();
             places.sort_by_key(|p| p.load(Relaxed));
+            let len = self.objects.len();
             for p in &places {
-                let looked = p.load(Relaxed);
+                let looked = p.load(Relaxed).min(len);
                 if looked > i {
                     self.objects.swap_indices(i, looked - 1);
                     i = looked - 1;

@@ -6,7 +6,8 @@
 //! cycles aside (states nothing reaches go last), so that every edge but those closing a cycle
 //! points down; layers run top to bottom, and the order of the states
 //! within each layer is chosen to reduce edge crossings (`layout.rs`: barycenter sweeps, as
-//! Graphviz's dot does). An edge to a deeper layer runs straight to the next layer, and down
+//! Graphviz's dot does), and each state is placed under its neighbours as far as the order
+//! and the spacing allow. An edge to a deeper layer runs straight to the next layer, and down
 //! through a slot of its own in each layer it passes, so it never runs through a state; edges
 //! back up or within a layer are drawn as arcs on the side.
 
@@ -179,29 +180,19 @@ pub fn svg(g: &Graph) -> String {
         (Slot::Node(_), Slot::Node(_)) => GAP_X,
         _ => DUMMY_GAP,
     };
-    let row_w = |row: &[Slot]| {
-        row.iter().map(slot_w).sum::<f64>() + row.windows(2).map(|w| gap(&w[0], &w[1])).sum::<f64>()
-    };
-    let widest = lay.layers.iter().map(|r| row_w(r)).fold(NODE_W, f64::max);
-    let width = MARGIN * 2.0 + widest;
-    let height = 40.0 + layers as f64 * (NODE_H + GAP_Y);
-    // The centre x of every slot: each layer centred across the widest one.
-    let xs: Vec<Vec<f64>> = lay
+    // The centre x of every slot: near its neighbours, the leftmost at the margin.
+    let xs: Vec<Vec<f64>> = layout::x_positions(lay, slot_w, gap)
+        .into_iter()
+        .map(|row| row.into_iter().map(|x| x + MARGIN).collect())
+        .collect();
+    let right = lay
         .layers
         .iter()
-        .map(|row| {
-            let mut x = (width - row_w(row)) / 2.0;
-            let mut out = Vec::with_capacity(row.len());
-            for (i, s) in row.iter().enumerate() {
-                if i > 0 {
-                    x += gap(&row[i - 1], s);
-                }
-                out.push(x + slot_w(s) / 2.0);
-                x += slot_w(s);
-            }
-            out
-        })
-        .collect();
+        .zip(&xs)
+        .flat_map(|(row, x)| row.iter().zip(x).map(|(s, x)| x + slot_w(s) / 2.0))
+        .fold(MARGIN + NODE_W, f64::max);
+    let width = right + MARGIN;
+    let height = 40.0 + layers as f64 * (NODE_H + GAP_Y);
     let y_of = |l: usize| 20.0 + l as f64 * (NODE_H + GAP_Y) + NODE_H / 2.0;
     let index: BTreeMap<&str, usize> = g
         .states

@@ -138,6 +138,141 @@ pub fn layout(layer_of: &[usize], edges: &[(usize, usize)], order: Order) -> Lay
     g.into_layout(layer_of.len(), &chains)
 }
 
+/// Rounds of placement: each moves the slots of every layer towards their neighbours.
+const PLACE_ROUNDS: usize = 8;
+
+/// The centre x of every slot (per layer, left to right), the leftmost edge at 0: each slot
+/// as near the mean x of its neighbours in the layer above (rounds going down) or below
+/// (going up) as the order and the spacing allow, so that chains of states run straight down.
+/// Each layer's placement is the best in the least-squares sense (isotonic regression: pool
+/// adjacent violators); the order, and so the crossings, never change.
+pub fn x_positions(
+    l: &Layout,
+    width: impl Fn(&Slot) -> f64,
+    gap: impl Fn(&Slot, &Slot) -> f64,
+) -> Vec<Vec<f64>> {
+    // Minimum distance between the centres of neighbouring slots.
+    let seps: Vec<Vec<f64>> = l
+        .layers
+        .iter()
+        .map(|row| {
+            let mut s = vec![0.0];
+            for w in row.windows(2) {
+                s.push(width(&w[0]) / 2.0 + gap(&w[0], &w[1]) + width(&w[1]) / 2.0);
+            }
+            s
+        })
+        .collect();
+    // Packed, each layer centred on the widest.
+    let spans: Vec<f64> = l
+        .layers
+        .iter()
+        .zip(&seps)
+        .map(|(row, s)| match (row.first(), row.last()) {
+            (Some(a), Some(b)) => s.iter().sum::<f64>() + width(a) / 2.0 + width(b) / 2.0,
+            _ => 0.0,
+        })
+        .collect();
+    let widest = spans.iter().copied().fold(0.0, f64::max);
+    let mut xs: Vec<Vec<f64>> = l
+        .layers
+        .iter()
+        .zip(&seps)
+        .zip(&spans)
+        .map(|((row, s), span)| {
+            let mut x = (widest - span) / 2.0 + row.first().map_or(0.0, |a| width(a) / 2.0);
+            s.iter()
+                .map(|d| {
+                    x += d;
+                    x
+                })
+                .collect()
+        })
+        .collect();
+    // Neighbours of each slot in the layers above and below.
+    let mut up: Vec<Vec<Vec<(usize, usize)>>> =
+        l.layers.iter().map(|r| vec![Vec::new(); r.len()]).collect();
+    let mut down = up.clone();
+    for r in &l.routes {
+        for w in r.windows(2) {
+            down[w[0].0][w[0].1].push(w[1]);
+            up[w[1].0][w[1].1].push(w[0]);
+        }
+    }
+    let n = l.layers.len();
+    for round in 0..PLACE_ROUNDS {
+        let going_down = round % 2 == 0;
+        let order: Vec<usize> = if going_down {
+            (1..n).collect()
+        } else {
+            (0..n.saturating_sub(1)).rev().collect()
+        };
+        for layer in order {
+            let wanted: Vec<f64> = (0..xs[layer].len())
+                .map(|p| {
+                    let ns = if going_down {
+                        &up[layer][p]
+                    } else {
+                        &down[layer][p]
+                    };
+                    if ns.is_empty() {
+                        xs[layer][p]
+                    } else {
+                        ns.iter().map(|&(a, b)| xs[a][b]).sum::<f64>() / ns.len() as f64
+                    }
+                })
+                .collect();
+            xs[layer] = spaced(&wanted, &seps[layer]);
+        }
+    }
+    // The leftmost edge at 0.
+    let left = l
+        .layers
+        .iter()
+        .zip(&xs)
+        .flat_map(|(row, x)| row.iter().zip(x).map(|(s, x)| x - width(s) / 2.0))
+        .fold(f64::INFINITY, f64::min);
+    if left.is_finite() {
+        xs.iter_mut().flatten().for_each(|x| *x -= left);
+    }
+    xs
+}
+
+/// The positions nearest `wanted` (least squares) that keep their order with at least
+/// `sep[p]` between positions `p - 1` and `p`: pool adjacent violators on `wanted` less the
+/// cumulative separation.
+fn spaced(wanted: &[f64], sep: &[f64]) -> Vec<f64> {
+    let mut offset = Vec::with_capacity(wanted.len());
+    let mut acc = 0.0;
+    for (p, _) in wanted.iter().enumerate() {
+        if p > 0 {
+            acc += sep[p];
+        }
+        offset.push(acc);
+    }
+    // Blocks of (sum, count), each block's mean not above the next one's.
+    let mut blocks: Vec<(f64, usize)> = Vec::new();
+    for (w, o) in wanted.iter().zip(&offset) {
+        blocks.push((w - o, 1));
+        while blocks.len() > 1 {
+            let (s2, c2) = blocks[blocks.len() - 1];
+            let (s1, c1) = blocks[blocks.len() - 2];
+            if s1 / c1 as f64 <= s2 / c2 as f64 {
+                break;
+            }
+            blocks.pop();
+            let last = blocks.len() - 1;
+            blocks[last] = (s1 + s2, c1 + c2);
+        }
+    }
+    blocks
+        .iter()
+        .flat_map(|&(s, c)| std::iter::repeat_n(s / c as f64, c))
+        .zip(&offset)
+        .map(|(y, o)| y + o)
+        .collect()
+}
+
 /// Crossings between edge segments of adjacent layers, in a layout.
 pub fn crossings(l: &Layout) -> usize {
     let mut segs: Vec<Vec<(usize, usize)>> = vec![Vec::new(); l.layers.len()];
@@ -386,6 +521,21 @@ mod tests {
         let ordered = layout(&layers, &edges, Order::Barycenter);
         assert_eq!(crossings(&ordered), 0);
         assert_eq!(ordered.routes[0].len(), 2);
+    }
+
+    #[test]
+    fn placement_keeps_the_order_and_the_spacing_and_straightens_chains() {
+        // a over b; b also under the far right c: b sits between them, a chain runs straight.
+        let x = spaced(&[5.0, 5.0, 5.0], &[0.0, 2.0, 2.0]);
+        assert_eq!(x, [3.0, 5.0, 7.0]);
+        assert_eq!(spaced(&[0.0, 10.0], &[0.0, 2.0]), [0.0, 10.0]);
+        let l = layout(&[0, 0, 1], &[(0, 2), (1, 2)], Order::Barycenter);
+        let xs = x_positions(&l, |_| 10.0, |_, _| 10.0);
+        assert_eq!(xs[0], [5.0, 25.0]);
+        assert_eq!(xs[1], [15.0]);
+        let l = layout(&[0, 1, 2], &[(0, 1), (1, 2)], Order::Barycenter);
+        let xs = x_positions(&l, |_| 10.0, |_, _| 10.0);
+        assert_eq!(xs, [vec![5.0], vec![5.0], vec![5.0]]);
     }
 
     #[test]
