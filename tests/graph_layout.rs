@@ -237,3 +237,42 @@ fn a_large_generated_flow_is_drawn_with_far_fewer_crossings_than_declared() {
         assert_eq!(places, (0..places.len()).collect::<Vec<_>>(), "layer {l}");
     }
 }
+
+#[test]
+fn flowcast_graph_draws_the_same_svg_without_graphviz() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_flowcast"))
+            .arg("graph")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["models/patent_disk_attach.flow", "--format", "svg"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svg = String::from_utf8(out.stdout).unwrap();
+    let text = std::fs::read_to_string("models/patent_disk_attach.flow").unwrap();
+    let (g, _) = graphs("patent_disk_attach.flow", &text).remove(0);
+    assert_eq!(svg, graph::svg(&g));
+    assert!(svg.starts_with("<svg "), "{svg}");
+    // A file of several flows: which one is asked for (usage, exit 2).
+    let out = run(&["models/legacy_compute_instance.flow", "--format", "svg"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pick it with --flow (legacy_instance_create, legacy_instance_action)"),
+        "{err}"
+    );
+    let out = run(&[
+        "models/legacy_compute_instance.flow",
+        "--flow",
+        "legacy_instance_action",
+        "--format",
+        "svg",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(drawn_crossings(&String::from_utf8(out.stdout).unwrap()), 8);
+}
