@@ -28,6 +28,13 @@ impl Client {
     }
 
     fn start_with(args: &[&str]) -> Client {
+        Client::start_with_capabilities(
+            args,
+            json!({"textDocument": {"rename": {"prepareSupport": true}}}),
+        )
+    }
+
+    fn start_with_capabilities(args: &[&str], capabilities: Value) -> Client {
         let mut child = flowcast()
             .arg("lsp")
             .args(args)
@@ -72,7 +79,7 @@ impl Client {
         };
         let init = c.request(
             "initialize",
-            json!({"capabilities": {"textDocument": {"rename": {"prepareSupport": true}}}, "processId": null, "rootUri": null}),
+            json!({"capabilities": capabilities, "processId": null, "rootUri": null}),
         );
         assert_eq!(
             init["capabilities"]["documentFormattingProvider"], true,
@@ -550,6 +557,13 @@ fn rename_prepare_references_and_definition_know_artifacts_and_flows() {
     let renamed = apply(FLOWS, &edit, URI);
     assert_eq!(renamed.matches("detaching").count(), 2, "{renamed}");
     assert_eq!(renamed.matches("-> start").count(), 1, "{renamed}");
+    c.stop();
+}
+
+#[test]
+fn prepare_rename_is_offered_only_to_clients_that_send_it() {
+    let c = Client::start_with_capabilities(&[], json!({}));
+    assert_eq!(c.init["capabilities"]["renameProvider"], true);
     c.stop();
 }
 
