@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need if it is missing
 # (nats-server, openssl, rabbitmq-server and python3-venv from Debian's packages; OpenStack's
-# oslo.messaging from PyPI into a virtualenv under target/), checks formatting and lints, then
+# oslo.messaging from PyPI into a virtualenv under target/; vscode-textmate and
+# vscode-oniguruma from npm under target/), checks formatting and lints, then
 # runs every test.
 # CI runs exactly this (.ci/run).
 set -euo pipefail
@@ -46,6 +47,28 @@ if ! "$OSLO_VENV/bin/python" -c 'import oslo_messaging' >/dev/null 2>&1; then
     "$OSLO_VENV/bin/pip" install -q --disable-pip-version-check 'oslo.messaging>=14'
 fi
 export FLOWCAST_OSLO_PYTHON="$OSLO_VENV/bin/python"
+
+# VS Code's tokenizer and regular expression engine (vscode-textmate, vscode-oniguruma), which
+# tests/editor_grammar.rs tokenizes the bundled models with: the versions pinned in
+# editors/vscode/test/package-lock.json, installed with `npm ci` under target/ (Node.js from
+# Debian's nodejs and npm packages when missing). Reinstalled when the lock file changes.
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || {
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+}
+GRAMMAR_NODE="${CARGO_TARGET_DIR:-target}/editor-grammar"
+[[ "$GRAMMAR_NODE" = /* ]] || GRAMMAR_NODE="$PWD/$GRAMMAR_NODE"
+if ! cmp -s editors/vscode/test/package-lock.json "$GRAMMAR_NODE/package-lock.json" \
+    || [ ! -d "$GRAMMAR_NODE/node_modules/vscode-textmate" ]; then
+    echo "installing vscode-textmate and vscode-oniguruma from npm into $GRAMMAR_NODE"
+    rm -rf "$GRAMMAR_NODE"
+    mkdir -p "$GRAMMAR_NODE"
+    cp editors/vscode/test/package.json editors/vscode/test/package-lock.json "$GRAMMAR_NODE/"
+    (cd "$GRAMMAR_NODE" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+fi
+export FLOWCAST_GRAMMAR_MODULES="$GRAMMAR_NODE/node_modules"
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings

@@ -126,6 +126,271 @@ fn a_scan_goes_on_when_objects_end_between_its_chunks() {
     assert!(rows.len() >= 150, "{} rows", rows.len());
 }
 
+#[test]
+fn a_scan_in_64k_chunks_lists_each_object_once_while_objects_move_between_chunks() {
+    use flowcast::engine::query::SCAN_CHUNK;
+    use std::collections::{BTreeMap, BTreeSet};
+    // 200,000 objects: four chunks. Between chunks, objects end both where the scan has
+    // looked and where it has not (each removal moves the last object, not looked at yet,
+    // into the hole), new objects arrive, and objects the scan has seen end and come back
+    // under the same key.
+    let n = 200_000;
+    // A millisecond apart, in `a`, `b` or `c` (`risky_engine`'s spread, over minutes rather
+    // than days, so that none expires).
+    let mut e = Engine::new(compile(RISKY));
+    let mut out = Vec::new();
+    for i in 0..n {
+        let key = format!("o{i:06}");
+        let t = i as f64 * 0.001;
+        e.observe(&msg("a", &key, t), &mut out);
+        match i % 3 {
+            0 => e.observe(&msg("b", &key, t + 0.0005), &mut out),
+            1 => e.observe(&msg("c", &key, t + 0.0005), &mut out),
+            _ => {}
+        }
+    }
+    assert_eq!(e.flows[0].objects.len(), n);
+    let first: BTreeSet<String> = e.flows[0].objects.keys().map(|k| k.to_string()).collect();
+    let mut s = Scan::new(ObjectQuery {
+        limit: n + 10_000,
+        ..ObjectQuery::default()
+    });
+    e.scan_objects(&mut s, SCAN_CHUNK);
+    // Ended where the scan had looked, where it had not; added; ended and started again.
+    let (mut seen_ended, mut unseen_ended) = (BTreeSet::new(), BTreeSet::new());
+    let (mut added, mut again) = (BTreeSet::new(), BTreeSet::new());
+    let mut t = n as f64 * 0.001 + 10.0;
+    let mut round = 0;
+    while !s.done() {
+        round += 1;
+        let key_at = |e: &Engine, i: usize| e.flows[0].objects.get_index(i).unwrap().0.to_string();
+        // 5,000 from the front, which the scan has looked at (its place is past 50,000).
+        let front: Vec<String> = (0..5_000).map(|i| key_at(&e, i * 6)).collect();
+        // 1,000 from the back, which it has not.
+        let len = e.flows[0].objects.len();
+        let back: Vec<String> = (len - 1_000..len).map(|i| key_at(&e, i)).collect();
+        // 100 seen objects end and start again under their key (a new run, at the back).
+        let rerun: Vec<String> = (0..100).map(|i| key_at(&e, 30_001 + i * 7)).collect();
+        for k in &front {
+            e.observe(&msg("ok", k, t), &mut out);
+            seen_ended.insert(k.clone());
+        }
+        for k in &back {
+            e.observe(&msg("ok", k, t), &mut out);
+            unseen_ended.insert(k.clone());
+        }
+        for k in &rerun {
+            e.observe(&msg("ok", k, t), &mut out);
+            e.observe(&msg("a", k, t + 1.0), &mut out);
+            again.insert(k.clone());
+        }
+        for i in 0..2_000 {
+            let k = format!("new{round}_{i}");
+            e.observe(&msg("a", &k, t), &mut out);
+            added.insert(k);
+        }
+        t += 10.0;
+        e.scan_objects(&mut s, SCAN_CHUNK);
+    }
+    let picks = s.picks();
+    let mut listed: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, k) in &picks {
+        *listed.entry(k.to_string()).or_default() += 1;
+    }
+    // None listed twice, the objects that ran again included.
+    let twice: Vec<&String> = listed
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(twice.is_empty(), "listed twice: {twice:?}");
+    // None lost: listed are exactly the objects in flight when the scan started or that
+    // arrived during it, but those that ended before it got to them. Those that ended after
+    // it had seen them are listed (their rows are gone when asked for), and those that ran
+    // again once.
+    let expected: BTreeSet<&String> = first
+        .iter()
+        .chain(&added)
+        .filter(|k| !unseen_ended.contains(*k))
+        .collect();
+    let lost: Vec<&&String> = expected
+        .iter()
+        .filter(|k| !listed.contains_key(**k))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert_eq!(listed.keys().collect::<BTreeSet<_>>(), expected);
+    assert_eq!(picks.len(), n + 3 * 2_000 - 3 * 1_000);
+    assert!(seen_ended.iter().all(|k| listed.contains_key(k)));
+    assert!(again.iter().all(|k| listed.contains_key(k)));
+    // Objects moved between chunks three times (the fourth call finished the scan).
+    assert_eq!(round, 3, "{} calls", s.calls);
+    // Every object looked at once: those that ran again twice (two runs, two rows counted).
+    assert_eq!(s.matching, (picks.len() + again.len()) as u64);
+    assert_eq!(s.counts[0].iter().sum::<u64>(), s.scanned);
+}
+
+#[test]
+fn a_scan_across_a_reload_starts_the_flow_again_and_counts_each_object_once() {
+    let mut e = risky_engine(3000);
+    let mut s = Scan::new(ObjectQuery {
+        limit: 5000,
+        ..ObjectQuery::default()
+    });
+    e.scan_objects(&mut s, 1000);
+    assert_eq!(s.scanned, 1000);
+    // A reload rebuilds the flow's objects (in an order of their own): the place the scan had
+    // means nothing there, so it starts the flow again, forgetting what it had from it.
+    e.reload(compile(RISKY));
+    while !s.done() {
+        e.scan_objects(&mut s, 1000);
+    }
+    assert_eq!(s.calls, 4);
+    let mut keys: Vec<String> = s.picks().iter().map(|(_, k)| k.to_string()).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 3000);
+    assert_eq!(s.picks().len(), 3000);
+    assert_eq!((s.scanned, s.matching), (3000, 3000));
+    assert_eq!(s.counts, [vec![1000, 1000, 1000, 0, 0]]);
+}
+
+/// A flow in which every message after the second is a transition the file does not list:
+/// one `unexpected` record per message.
+const TOGGLE: &str = r#"flow toggle {
+    key payload.id
+    initial a
+    state b, c
+    on "a" -> a
+    on "b" -> b
+    on "c" -> c
+    transitions { a -> b 1 }
+    unlisted report
+}
+"#;
+
+#[test]
+fn a_slow_event_stream_client_is_told_how_many_records_it_missed_and_the_stream_goes_on() {
+    let nats = NatsServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    std::fs::write(models.join("toggle.flow"), TOGGLE).unwrap();
+    let svc = Service::start(
+        dir.path(),
+        &format!(
+            "models: {}\nsource: {{ kind: nats, subjects: [\"notifications.>\"] }}\nnats: {{ url: \"{}\" }}\nclock: {{ mode: event, idle_after_ms: \"0\" }}",
+            models.display(),
+            nats.url()
+        ),
+    );
+    let port = svc.http_port;
+    // A client that connects, then reads nothing while 20,000 records are emitted: far more
+    // than the socket buffers (a few MB on loopback) and the 4,096 records the service keeps
+    // for slow clients.
+    let mut slow = Events::open(port, "/api/events");
+    let (objects, toggles) = (20, 1_000);
+    let mut lines = String::new();
+    let mut t = 0u64;
+    let mut line = |key: &str, e: &str| {
+        t += 1;
+        let m = json!({
+            "event_type": e,
+            "timestamp": format!("2026-11-04 {:02}:{:02}:{:02}.{:03}000", t / 3_600_000, t / 60_000 % 60, t / 1000 % 60, t % 1000),
+            "payload": {"id": key},
+        });
+        lines.push_str(&format!("{m}\n"));
+    };
+    for i in 0..objects {
+        // Keys of 900 bytes: records of about 1.1 kB, 22 MB in all.
+        let key = format!("object-{i:02}-{}", "x".repeat(890));
+        line(&key, "a");
+        line(&key, "b");
+        for j in 0..toggles {
+            line(&key, if j % 2 == 0 { "c" } else { "b" });
+        }
+    }
+    let big = dir.path().join("big.jsonl");
+    std::fs::write(&big, lines).unwrap();
+    publish(&nats, &big, "notifications.toggle", false);
+    let sent = objects * (toggles + 2);
+    svc.wait_messages(sent);
+    let emitted = objects * toggles;
+    svc.wait_until("every record on stdout", || svc.records().len() >= emitted);
+    assert_eq!(svc.records().len(), emitted);
+    // Then one more object, whose record the client must get after the lag notice.
+    let marker = dir.path().join("marker.jsonl");
+    std::fs::write(
+        &marker,
+        ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                format!(
+                    "{}\n",
+                    json!({"event_type": e, "timestamp": format!("2026-11-05 00:00:0{i}.000000"), "payload": {"id": "the-marker"}})
+                )
+            })
+            .collect::<String>(),
+    )
+    .unwrap();
+    publish(&nats, &marker, "notifications.toggle", false);
+    svc.wait_messages(sent + 3);
+    // Now the client reads: what the buffers held, the notice, the records still kept, the
+    // marker.
+    slow.read_until_contains("the-marker");
+    let events = slow.events();
+    let lag_at: Vec<usize> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, (k, _))| k == "lagged")
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        !lag_at.is_empty(),
+        "no lag notice in {} events",
+        events.len()
+    );
+    let dropped: u64 = lag_at
+        .iter()
+        .map(|&i| events[i].1["dropped"].as_u64().unwrap())
+        .sum();
+    let received = events.iter().filter(|(k, _)| k == "unexpected").count();
+    eprintln!(
+        "{received} records received, {dropped} skipped in {} notices, of {}",
+        lag_at.len(),
+        emitted + 1
+    );
+    // The count is exact: every record was either received or counted as skipped.
+    assert!(dropped > 0);
+    assert_eq!(received as u64 + dropped, emitted as u64 + 1);
+    // Records before the notice and after it: the stream went on, up to the newest record.
+    assert!(lag_at[0] > 0);
+    let after = events[lag_at[lag_at.len() - 1] + 1..]
+        .iter()
+        .filter(|(k, _)| k == "unexpected")
+        .count();
+    assert!(after > 0);
+    let (last_kind, last) = events.last().unwrap();
+    assert_eq!(last_kind, "unexpected");
+    assert_eq!(last["object"], "the-marker", "{last}");
+    // ... and it is still open: another record reaches it.
+    std::fs::write(
+        &marker,
+        format!(
+            "{}\n",
+            json!({"event_type": "b", "timestamp": "2026-11-05 00:00:09.000000", "payload": {"id": "the-marker"}})
+        ),
+    )
+    .unwrap();
+    publish(&nats, &marker, "notifications.toggle", false);
+    slow.read_until_contains("2026-11-05T00:00:09");
+}
+
 /// A GET whose body is JSON: (status, body).
 fn get_json(port: u16, path: &str) -> (u16, Value) {
     let (status, body) = http(port, "GET", path);
@@ -174,6 +439,33 @@ impl Events {
             );
             match self.stream.read(&mut buf) {
                 Ok(0) => panic!("the event stream ended; got:\n{}", self.text),
+                Ok(n) => self.text.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Reads until `needle` is in what this call reads, searching only what is new each time
+    /// (the text grows to megabytes).
+    fn read_until_contains(&mut self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut from = self.text.len();
+        loop {
+            if self.text[from..].contains(needle) {
+                return;
+            }
+            from = self.text.len().saturating_sub(needle.len());
+            while !self.text.is_char_boundary(from) {
+                from -= 1;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {needle}; read {} bytes",
+                self.text.len()
+            );
+            match self.stream.read(&mut buf) {
+                Ok(0) => panic!("the event stream ended after {} bytes", self.text.len()),
                 Ok(n) => self.text.push_str(&String::from_utf8_lossy(&buf[..n])),
                 Err(_) => {}
             }

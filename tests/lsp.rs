@@ -1,6 +1,7 @@
 //! Issue 15, items 3-4: `flowcast lsp`, driven over JSON-RPC on stdio as an editor drives it:
 //! diagnostics as you type (`check`'s codes and words), formatting (`fmt`), go to definition,
-//! find references, rename, hover and completion on state names.
+//! find references, rename (with prepareRename, refusing a name in use), hover and completion
+//! on the names of flows and states (artifacts included).
 
 mod common;
 
@@ -17,6 +18,8 @@ struct Client {
     stdin: ChildStdin,
     incoming: Receiver<Value>,
     next_id: u64,
+    /// The server's answer to `initialize`.
+    init: Value,
 }
 
 impl Client {
@@ -25,6 +28,13 @@ impl Client {
     }
 
     fn start_with(args: &[&str]) -> Client {
+        Client::start_with_capabilities(
+            args,
+            json!({"textDocument": {"rename": {"prepareSupport": true}}}),
+        )
+    }
+
+    fn start_with_capabilities(args: &[&str], capabilities: Value) -> Client {
         let mut child = flowcast()
             .arg("lsp")
             .args(args)
@@ -65,16 +75,18 @@ impl Client {
             stdin,
             incoming,
             next_id: 1,
+            init: Value::Null,
         };
         let init = c.request(
             "initialize",
-            json!({"capabilities": {}, "processId": null, "rootUri": null}),
+            json!({"capabilities": capabilities, "processId": null, "rootUri": null}),
         );
         assert_eq!(
             init["capabilities"]["documentFormattingProvider"], true,
             "{init}"
         );
         c.notify("initialized", json!({}));
+        c.init = init;
         c
     }
 
@@ -420,5 +432,194 @@ fn with_a_sample_diagnostics_include_the_sample_checks() {
     );
     // The sample's own findings (its event types no rule matches) are not this file's.
     assert!(d.iter().all(|d| d["code"] != "W108"), "{d:?}");
+    c.stop();
+}
+
+const URI2: &str = "file:///work/other.flow";
+
+/// A file with artifacts named by a timeout and an alert policy, and a second flow that has a
+/// state of the same name as the first's.
+const FLOWS: &str = "flow attach {\n    description \"Attach a volume\"\n    key payload.id\n    initial start \"Requested\"\n    terminal done\n    artifact failed\n    artifact timed_out \"Too slow\"\n    on \"attach.start\" -> start\n    on \"attach.end\" -> done\n    on \"attach.error\" -> failed\n    transitions {\n        start -> done 9\n        start -> failed 1\n    }\n    timeout start after 5m -> timed_out\n    alert {\n        threshold 0.3\n        for timed_out { severity critical }\n    }\n}\n\nflow detach {\n    key payload.id\n    initial start\n    terminal gone\n    on \"detach.start\" -> start\n    on \"detach.end\" -> gone\n}\n";
+
+/// The text after a rename's edits (ASCII text: columns are bytes).
+fn apply(text: &str, edit: &Value, uri: &str) -> String {
+    let at = |p: &Value| {
+        let line = p["line"].as_u64().unwrap() as usize;
+        let start: usize = text.split_inclusive('\n').take(line).map(str::len).sum();
+        start + p["character"].as_u64().unwrap() as usize
+    };
+    let mut edits: Vec<(usize, usize, &str)> = edit["changes"][uri]
+        .as_array()
+        .unwrap_or_else(|| panic!("{edit}"))
+        .iter()
+        .map(|e| {
+            (
+                at(&e["range"]["start"]),
+                at(&e["range"]["end"]),
+                e["newText"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    edits.sort_by_key(|e| std::cmp::Reverse(e.0));
+    let mut out = text.to_string();
+    for (a, b, t) in edits {
+        out.replace_range(a..b, t);
+    }
+    out
+}
+
+fn error_of(answer: &Value) -> String {
+    answer["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected an error, got {answer}"))
+        .to_string()
+}
+
+#[test]
+fn rename_prepare_references_and_definition_know_artifacts_and_flows() {
+    let mut c = Client::start();
+    assert_eq!(
+        c.init["capabilities"]["renameProvider"],
+        json!({"prepareProvider": true})
+    );
+    assert_eq!(c.open(URI, FLOWS), Vec::<Value>::new());
+    let doc = json!({"uri": URI});
+    // The artifact where the alert policy names it: prepareRename gives its range.
+    let in_alert = pos(FLOWS, "timed_out", 2);
+    let prep = c.request(
+        "textDocument/prepareRename",
+        json!({"textDocument": doc, "position": in_alert}),
+    );
+    assert_eq!(prep["placeholder"], "timed_out", "{prep}");
+    assert_eq!(prep["range"]["start"], in_alert);
+    // Definition: the `artifact` line; references: declaration, timeout, alert policy.
+    let def = c.request(
+        "textDocument/definition",
+        json!({"textDocument": doc, "position": in_alert}),
+    );
+    assert_eq!(def["range"]["start"], pos(FLOWS, "timed_out", 0));
+    let refs = c.request(
+        "textDocument/references",
+        json!({"textDocument": doc, "position": in_alert, "context": {"includeDeclaration": false}}),
+    );
+    let starts: Vec<&Value> = refs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["range"]["start"])
+        .collect();
+    assert_eq!(
+        starts,
+        [&pos(FLOWS, "timed_out", 1), &pos(FLOWS, "timed_out", 2)]
+    );
+    // Renamed: every place, and the file still compiles, with the new name everywhere.
+    let edit = c.request(
+        "textDocument/rename",
+        json!({"textDocument": doc, "position": in_alert, "newName": "attach_timeout"}),
+    );
+    let renamed = apply(FLOWS, &edit, URI);
+    assert_eq!(renamed.matches("attach_timeout").count(), 3, "{renamed}");
+    assert!(!renamed.contains("timed_out"), "{renamed}");
+    assert!(renamed.contains("for attach_timeout { severity critical }"));
+    assert_eq!(c.change(URI, 2, &renamed), Vec::<Value>::new());
+    c.change(URI, 3, FLOWS);
+
+    // A flow's name: hover, prepareRename and rename.
+    let flow_name = pos(FLOWS, "attach", 0);
+    let hover = c.request(
+        "textDocument/hover",
+        json!({"textDocument": doc, "position": flow_name}),
+    );
+    let text = hover["contents"]["value"].as_str().unwrap();
+    assert!(
+        text.starts_with("**flow** `attach` — Attach a volume"),
+        "{text}"
+    );
+    assert!(text.contains("- artifact: `failed`, `timed_out`"), "{text}");
+    let prep = c.request(
+        "textDocument/prepareRename",
+        json!({"textDocument": doc, "position": flow_name}),
+    );
+    assert_eq!(prep["placeholder"], "attach");
+    let edit = c.request(
+        "textDocument/rename",
+        json!({"textDocument": doc, "position": flow_name, "newName": "volume_attach"}),
+    );
+    let renamed = apply(FLOWS, &edit, URI);
+    assert!(renamed.starts_with("flow volume_attach {\n"), "{renamed}");
+    // Only the flow's name: the events `attach.start` and the `detach` flow are left alone.
+    assert_eq!(renamed.matches("volume_attach").count(), 1, "{renamed}");
+    // The same state name in another flow is another state.
+    let edit = c.request(
+        "textDocument/rename",
+        json!({"textDocument": doc, "position": pos(FLOWS, "start", 6), "newName": "detaching"}),
+    );
+    let renamed = apply(FLOWS, &edit, URI);
+    assert_eq!(renamed.matches("detaching").count(), 2, "{renamed}");
+    assert_eq!(renamed.matches("-> start").count(), 1, "{renamed}");
+    c.stop();
+}
+
+#[test]
+fn prepare_rename_is_offered_only_to_clients_that_send_it() {
+    let c = Client::start_with_capabilities(&[], json!({}));
+    assert_eq!(c.init["capabilities"]["renameProvider"], true);
+    c.stop();
+}
+
+#[test]
+fn a_rename_onto_a_name_in_use_or_where_nothing_is_named_is_refused_with_a_reason() {
+    let mut c = Client::start();
+    c.open(URI, FLOWS);
+    c.open(
+        URI2,
+        "flow other {\n    key payload.id\n    initial a\n    on \"a\" -> a\n}\n",
+    );
+    let doc = json!({"uri": URI});
+    let rename = |c: &mut Client, at: Value, to: &str| {
+        c.request(
+            "textDocument/rename",
+            json!({"textDocument": doc, "position": at, "newName": to}),
+        )
+    };
+    // An artifact onto another state of its flow: refused, not merged.
+    let e = error_of(&rename(&mut c, pos(FLOWS, "timed_out", 1), "failed"));
+    assert_eq!(
+        e,
+        "cannot rename state `timed_out` to `failed`: flow `attach` already declares a state \
+         `failed`, and the two would become one"
+    );
+    // ... onto another kind of state too (the terminal `done`).
+    let e = error_of(&rename(&mut c, pos(FLOWS, "failed", 0), "done"));
+    assert!(e.contains("already declares a state `done`"), "{e}");
+    // A flow onto another flow of the file, or of another open document.
+    let e = error_of(&rename(&mut c, pos(FLOWS, "attach", 0), "detach"));
+    assert!(
+        e.starts_with("cannot rename flow `attach` to `detach`: this file already declares"),
+        "{e}"
+    );
+    let e = error_of(&rename(&mut c, pos(FLOWS, "attach", 0), "other"));
+    assert!(
+        e.contains(&format!("{URI2} declares a flow `other`")),
+        "{e}"
+    );
+    // Not a name at all.
+    let e = error_of(&rename(&mut c, pos(FLOWS, "attach", 0), "2fast"));
+    assert!(e.contains("is not a flow name"), "{e}");
+    // Nothing to rename: a setting's name, a keyword.
+    for at in [pos(FLOWS, "threshold", 0), pos(FLOWS, "timeout", 0)] {
+        let p = c.request(
+            "textDocument/prepareRename",
+            json!({"textDocument": doc, "position": at}),
+        );
+        assert!(error_of(&p).starts_with("nothing to rename here"), "{p}");
+    }
+    // Renaming to the name it has: no edit.
+    let same = rename(&mut c, pos(FLOWS, "failed", 0), "failed");
+    assert_eq!(same["changes"][URI], json!([]), "{same}");
+    // While the text does not parse, rename says so rather than editing the wrong places.
+    c.change(URI, 2, &FLOWS.replace("    }\n    timeout", "    timeout"));
+    let e = error_of(&rename(&mut c, pos(FLOWS, "failed", 0), "broken"));
+    assert!(e.contains("does not parse"), "{e}");
     c.stop();
 }

@@ -1,5 +1,6 @@
 //! `flowcast graph`: draw a flow as Graphviz `dot` or Mermaid, edges labelled with their prior
-//! probability, artifacts marked.
+//! probability, artifacts marked; or as SVG, laid out by flowcast itself exactly as the
+//! dashboard draws it (`service::graph`, crossings reduced), with the a priori model.
 
 use super::{load_flows, ExitCode};
 use crate::model::{CompiledFlow, Kind};
@@ -22,6 +23,8 @@ pub struct GraphArgs {
 pub enum GraphFormat {
     Dot,
     Mermaid,
+    /// The dashboard's drawing, with no Graphviz needed: one flow per document.
+    Svg,
 }
 
 pub fn run(args: GraphArgs) -> anyhow::Result<ExitCode> {
@@ -29,10 +32,28 @@ pub fn run(args: GraphArgs) -> anyhow::Result<ExitCode> {
         Ok(f) => f,
         Err(code) => return Ok(code),
     };
+    if let GraphFormat::Svg = args.format {
+        if flows.len() != 1 {
+            let names: Vec<&str> = flows.iter().map(|f| f.name.as_str()).collect();
+            eprintln!(
+                "error: an SVG document draws one flow: pick it with --flow ({})",
+                names.join(", ")
+            );
+            return Ok(ExitCode::Usage);
+        }
+        let mut engine = crate::engine::Engine::new(flows);
+        let d = crate::service::api::graph_data(&mut engine, 0);
+        print!(
+            "{}",
+            crate::service::graph::svg(&crate::service::graph::build(&d, &[]))
+        );
+        return Ok(ExitCode::Ok);
+    }
     for f in &flows {
         match args.format {
             GraphFormat::Dot => print!("{}", dot(f)),
             GraphFormat::Mermaid => print!("{}", mermaid(f)),
+            GraphFormat::Svg => {}
         }
     }
     Ok(ExitCode::Ok)

@@ -1,8 +1,10 @@
 //! `flowcast lsp`: a language server over stdio (JSON-RPC, the `lsp-server` crate that
 //! rust-analyzer is built on). Diagnostics as you type are `check`'s own (the same codes and
 //! words, compiled from the open text); formatting is `fmt`; go to definition, find
-//! references, rename and hover work on state names through `syntax::index`; completion offers
-//! the keywords and the flow's states.
+//! references, rename (with prepareRename) and hover work on every named thing of the language,
+//! flows and states of every kind (artifacts included), through `syntax::index`; a rename onto
+//! a name already taken is refused, not merged; completion offers the keywords and the flow's
+//! states.
 //!
 //! The server keeps each open document's text (full sync) and its last parse that succeeded,
 //! so that completion and navigation keep working while an edit is half typed. Messages are
@@ -126,6 +128,10 @@ const KEYWORDS: &[&str] = &[
 /// JSON-RPC's "invalid params" error code.
 const INVALID_PARAMS: i32 = -32602;
 
+/// LSP's "request failed" error code: a well-formed request the server refuses (a rename onto
+/// a name in use, a rename where there is nothing to rename).
+const REQUEST_FAILED: i32 = -32803;
+
 struct Document {
     text: String,
     /// The last text of this document that parsed, and its AST.
@@ -169,7 +175,9 @@ pub fn run(args: LspArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let (connection, io_threads) = Connection::stdio();
-    let (id, _params) = connection.initialize_start()?;
+    let (id, params) = connection.initialize_start()?;
+    // prepareRename only for clients that say they send it (the specification's rule).
+    let prepare = params["capabilities"]["textDocument"]["rename"]["prepareSupport"] == true;
     connection.initialize_finish(
         id,
         json!({
@@ -178,7 +186,7 @@ pub fn run(args: LspArgs) -> anyhow::Result<ExitCode> {
                 "documentFormattingProvider": true,
                 "definitionProvider": true,
                 "referencesProvider": true,
-                "renameProvider": true,
+                "renameProvider": if prepare { json!({"prepareProvider": true}) } else { json!(true) },
                 "hoverProvider": true,
                 "completionProvider": {}
             },
@@ -361,8 +369,7 @@ fn handle_request(
                 .unwrap_or(true);
             navigate(doc, &req.params, |occs, o| {
                 Some(
-                    occs.iter()
-                        .filter(|x| x.flow == o.flow && x.name == o.name)
+                    index::references(occs, o)
                         .filter(|x| with_decl || !x.is_declaration)
                         .map(|x| x.span)
                         .collect(),
@@ -373,34 +380,65 @@ fn handle_request(
             })
             .unwrap_or(Value::Null)
         }
+        "textDocument/prepareRename" => match renamable(doc, &req.params) {
+            Ok((o, _)) => {
+                let src = SourceFile::new("", doc.text.as_str());
+                json!({"range": span_range(&src, o.span), "placeholder": o.name})
+            }
+            Err(e) => return Response::new_err(req.id, REQUEST_FAILED, e),
+        },
         "textDocument/rename" => {
             let new_name = req.params["newName"].as_str().unwrap_or_default();
+            let (o, occs) = match renamable(doc, &req.params) {
+                Ok(x) => x,
+                Err(e) => return Response::new_err(req.id, REQUEST_FAILED, e),
+            };
             if !is_name(new_name) {
                 return Response::new_err(
                     req.id,
                     INVALID_PARAMS,
-                    format!("`{new_name}` is not a state name (letters, digits and `_`, not starting with a digit, not a keyword)"),
+                    format!(
+                        "`{new_name}` is not a {} name (letters, digits and `_`, not starting \
+                         with a digit, not a reserved word)",
+                        o.symbol.as_str()
+                    ),
                 );
             }
-            match navigate(doc, &req.params, |occs, o| {
-                Some(
-                    occs.iter()
-                        .filter(|x| x.flow == o.flow && x.name == o.name)
-                        .map(|x| x.span)
-                        .collect::<Vec<Span>>(),
-                )
-            }) {
-                Some(spans) => {
-                    let (text, _) = doc.parsed.as_ref().expect("navigate needs a parse");
-                    let src = SourceFile::new("", text.as_str());
-                    let edits: Vec<Value> = spans
-                        .into_iter()
-                        .map(|s| json!({"range": span_range(&src, s), "newText": new_name}))
-                        .collect();
-                    json!({"changes": {uri.clone(): edits}})
-                }
-                None => Value::Null,
+            let conflict = index::rename_conflict(&occs, &o, new_name).or_else(|| {
+                // A flow's name is unique across the files loaded together: the other open
+                // documents are the ones the server knows.
+                (o.symbol == index::Symbol::Flow && o.name != new_name)
+                    .then(|| {
+                        docs.iter()
+                            .filter(|(u, _)| **u != uri)
+                            .find(|(_, d)| {
+                                d.parsed.as_ref().is_some_and(|(_, f)| {
+                                    f.flows.iter().any(|fl| fl.name.name == new_name)
+                                })
+                            })
+                            .map(|(u, _)| {
+                                format!(
+                                    "cannot rename flow `{}` to `{new_name}`: {u} declares a \
+                                     flow `{new_name}` (flow names are unique across the files \
+                                     loaded together)",
+                                    o.name
+                                )
+                            })
+                    })
+                    .flatten()
+            });
+            if let Some(e) = conflict {
+                return Response::new_err(req.id, REQUEST_FAILED, e);
             }
+            let src = SourceFile::new("", doc.text.as_str());
+            let edits: Vec<Value> = if new_name == o.name {
+                Vec::new()
+            } else {
+                index::references(&occs, &o)
+                    .map(|x| json!({"range": span_range(&src, x.span), "newText": new_name}))
+                    .collect()
+            };
+            json!({"changes": {uri.clone(): edits}})
         }
         "textDocument/hover" => hover(doc, &req.params, from).unwrap_or(Value::Null),
         "textDocument/completion" => completion(doc, paths),
@@ -427,7 +465,24 @@ fn formatting(text: &str) -> Value {
     }
 }
 
-/// Runs `f` on the state name under the cursor, in the last text that parsed (navigation
+/// The flow or state under the cursor, to rename, and every name of the document; an error
+/// that says why when there is none.
+fn renamable(
+    doc: &Document,
+    params: &Value,
+) -> Result<(index::Occurrence, Vec<index::Occurrence>), String> {
+    let Some((text, file)) = doc.parsed.as_ref().filter(|(t, _)| *t == doc.text) else {
+        return Err("the document does not parse: fix the syntax error before renaming".into());
+    };
+    let at = offset(text, &params["position"]).ok_or("the position is not in the document")?;
+    let occs = index::occurrences(file);
+    match index::at(&occs, at) {
+        Some(o) => Ok((o.clone(), occs)),
+        None => Err("nothing to rename here: only the name of a flow or of a state (initial, state, terminal, artifact) can be renamed".into()),
+    }
+}
+
+/// Runs `f` on the flow or state name under the cursor, in the last text that parsed (navigation
 /// answers only when the open text is that text: positions in another would be wrong).
 fn navigate<T>(
     doc: &Document,
@@ -457,6 +512,13 @@ fn hover(doc: &Document, params: &Value, from: &ModelSource) -> Option<Value> {
     let at = offset(text, &params["position"])?;
     let occs = index::occurrences(file);
     let o = index::at(&occs, at)?;
+    if o.symbol == index::Symbol::Flow {
+        let src = SourceFile::new("", text.as_str());
+        return Some(json!({
+            "contents": {"kind": "markdown", "value": index::describe_flow(file, o.flow)?},
+            "range": span_range(&src, o.span),
+        }));
+    }
     let mut value = index::describe_state(file, o.flow, &o.name)?;
     if let Some(model) = model_row(text, &file.flows[o.flow].name.name, &o.name, from) {
         value.push_str("\n\n");
@@ -606,7 +668,10 @@ fn completion(doc: &Document, paths: &[(String, usize)]) -> Value {
     }
     if let Some((_, file)) = &doc.parsed {
         let mut seen = std::collections::BTreeSet::new();
-        for o in index::occurrences(file).iter().filter(|o| o.is_declaration) {
+        for o in index::occurrences(file)
+            .iter()
+            .filter(|o| o.is_declaration && o.symbol == index::Symbol::State)
+        {
             if seen.insert(o.name.clone()) {
                 let detail = index::describe_state(file, o.flow, &o.name)
                     .and_then(|d| d.lines().next().map(str::to_string));
@@ -620,7 +685,7 @@ fn completion(doc: &Document, paths: &[(String, usize)]) -> Value {
     Value::Array(items)
 }
 
-/// A name a state can have: an identifier that is not a reserved word.
+/// A name a flow or a state can have: an identifier that is not a reserved word.
 fn is_name(s: &str) -> bool {
     s.chars()
         .next()

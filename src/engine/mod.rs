@@ -288,7 +288,8 @@ pub struct FlowRuntime {
     pub model: FlowModel,
     /// Objects in flight. An `IndexMap` keeps entries in one dense vector (grown in place by
     /// the allocator) behind a table of indices: about half the memory of a `HashMap` at a
-    /// million objects, and removal stays O(1) by swapping with the last entry.
+    /// million objects, and removal stays O(1) by swapping with the last entry (through
+    /// `remove_object`, which keeps the scans under way consistent).
     pub objects: IndexMap<ObjectKey, ObjectState, foldhash::fast::RandomState>,
     pub alert_log: HashMap<ObjectKey, AlertLog>,
     /// Messages this flow classified (for the dashboard's messages per second per flow).
@@ -302,6 +303,9 @@ pub struct FlowRuntime {
     next_sweep_ms: i64,
     /// `learn { from success }`: what each object will teach if it ends in a success.
     pub(crate) held: held::HeldMap,
+    /// The scans under way over `objects` (`query::Scan`): each holds how many objects at the
+    /// front of `objects` it has looked at. A dropped scan is forgotten at the next removal.
+    pub(crate) scans: Vec<std::sync::Weak<std::sync::atomic::AtomicUsize>>,
 }
 
 impl FlowRuntime {
@@ -332,6 +336,7 @@ impl FlowRuntime {
             generic_rules: generic,
             next_sweep_ms: 0,
             held: Default::default(),
+            scans: Vec::new(),
         }
     }
 
@@ -391,6 +396,38 @@ impl FlowRuntime {
                 held::release(&mut self.model, &list, min_learned);
             }
         }
+    }
+
+    /// Removes an object in O(1) plus O(scans under way), keeping every other object on its
+    /// side of each scan's place: a plain `swap_remove` would move the last object (not yet
+    /// looked at) into a hole among those looked at, and the scan would miss it. Instead the
+    /// hole is first moved past each scan's place (swapping it with the last object that scan
+    /// has looked at, whose place moves back by one), so the last object lands where no scan
+    /// has looked yet, and every object is seen once by every scan.
+    pub(crate) fn remove_object(&mut self, key: &ObjectKey) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(mut i) = self.objects.get_index_of(key) else {
+            return;
+        };
+        if !self.scans.is_empty() {
+            self.scans.retain(|w| w.strong_count() > 0);
+            let mut places: Vec<Arc<std::sync::atomic::AtomicUsize>> = self
+                .scans
+                .iter()
+                .filter_map(std::sync::Weak::upgrade)
+                .collect();
+            places.sort_by_key(|p| p.load(Relaxed));
+            let len = self.objects.len();
+            for p in &places {
+                let looked = p.load(Relaxed).min(len);
+                if looked > i {
+                    self.objects.swap_indices(i, looked - 1);
+                    i = looked - 1;
+                    p.store(looked - 1, Relaxed);
+                }
+            }
+        }
+        self.objects.swap_remove_index(i);
     }
 
     fn candidate_rules(&self, event_type: Option<&str>) -> &[u16] {
@@ -1177,7 +1214,7 @@ impl Engine {
             }));
         }
         let rt = &mut self.flows[fi];
-        rt.objects.swap_remove(&key);
+        rt.remove_object(&key);
         rt.finished.insert(key);
     }
 

@@ -5,16 +5,27 @@
 //! The rule it keeps: no question holds the engine for longer than a batch. A scan looks at
 //! most `SCAN_CHUNK` objects per call and keeps only the best `limit` of them in a heap; the
 //! caller (the HTTP task) hands the `Scan` back until it is done, and the engine handles its
-//! batches between the calls. Objects that move while a scan is under way may be seen in
-//! their old state or missed (a removal moves the last object into the hole): a dashboard's
-//! view, not a snapshot.
+//! batches between the calls.
+//!
+//! Objects come and go between the calls, and a removal moves the last object into the hole
+//! it leaves: a scan walking `objects` front to back would miss an object moved from behind
+//! its place to in front of it. So each scan registers its place with the flow it is in
+//! (`FlowRuntime::scans`), and `FlowRuntime::remove_object` keeps every object on its side of
+//! every registered place: an object in flight for the whole scan is counted and considered
+//! exactly once. Objects that arrive during the scan are seen (they join at the back); one
+//! that ends and comes back under the same key is kept once in the list, as last seen. A
+//! reload rebuilds a flow's objects in a new order: a scan finds its place gone and starts
+//! that flow again. Objects that change state during the scan are seen in the state they had
+//! when looked at: a dashboard's view, not a snapshot.
 
 use super::key::ObjectKey;
 use super::{format_rfc3339, journal, round6, Engine};
 use crate::model::{Kind, StateId};
 use serde::Serialize;
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 
 /// Objects looked at per call: about a millisecond.
 pub const SCAN_CHUNK: usize = 65_536;
@@ -91,8 +102,16 @@ pub struct Scan {
     /// The flows to scan, by name (a reload between calls may reorder or remove them).
     pub flows: Vec<String>,
     pos: usize,
-    index: usize,
+    /// How many objects of flow `pos` it has looked at, registered with that flow so that
+    /// removals keep objects on their side of it (none before the flow's first chunk).
+    place: Option<Arc<AtomicUsize>>,
     heap: BinaryHeap<Reverse<Candidate>>,
+    /// The keys of flow `pos` in `heap`: an object is kept once.
+    kept_here: HashSet<ObjectKey>,
+    /// What flow `pos` has added to `matching` and `scanned` so far (taken back if the flow
+    /// has to be scanned again).
+    matching_here: u64,
+    scanned_here: u64,
     /// Per flow scanned (as `flows`): objects per state, in the flow's state order.
     pub counts: Vec<Vec<u64>>,
     /// Objects that passed the filter.
@@ -112,8 +131,11 @@ impl Scan {
             flows: Vec::new(),
             query,
             pos: 0,
-            index: 0,
+            place: None,
             heap: BinaryHeap::new(),
+            kept_here: HashSet::new(),
+            matching_here: 0,
+            scanned_here: 0,
             matching: 0,
             scanned: 0,
             calls: 0,
@@ -123,6 +145,30 @@ impl Scan {
 
     pub fn done(&self) -> bool {
         self.started && self.pos >= self.flows.len()
+    }
+
+    /// Moves on to the next flow.
+    fn next_flow(&mut self) {
+        self.pos += 1;
+        self.place = None;
+        self.kept_here.clear();
+        self.matching_here = 0;
+        self.scanned_here = 0;
+    }
+
+    /// Forgets what flow `pos` gave, to scan it again from the start.
+    fn restart_flow(&mut self) {
+        let pos = self.pos as u32;
+        self.heap.retain(|Reverse(c)| c.flow != pos);
+        self.kept_here.clear();
+        if let Some(c) = self.counts.get_mut(self.pos) {
+            c.iter_mut().for_each(|x| *x = 0);
+        }
+        self.matching -= self.matching_here;
+        self.scanned -= self.scanned_here;
+        self.matching_here = 0;
+        self.scanned_here = 0;
+        self.place = None;
     }
 
     /// The objects kept, best first: (flow, key).
@@ -250,9 +296,30 @@ impl Engine {
         let now = self.clock_ms;
         while budget > 0 && !scan.done() {
             let Some(fi) = self.flow_index(&scan.flows[scan.pos]) else {
-                scan.pos += 1;
-                scan.index = 0;
+                scan.next_flow();
                 continue;
+            };
+            // The scan's place in this flow, registered with it. A place the flow does not
+            // know is from before a reload rebuilt the flow's objects: start it again.
+            let scans = &mut self.flows[fi].scans;
+            let place = match &scan.place {
+                Some(p)
+                    if scans
+                        .iter()
+                        .any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(p))) =>
+                {
+                    p.clone()
+                }
+                stale => {
+                    if stale.is_some() {
+                        scan.restart_flow();
+                    }
+                    scans.retain(|w| w.strong_count() > 0);
+                    let p = Arc::new(AtomicUsize::new(0));
+                    scans.push(Arc::downgrade(&p));
+                    scan.place = Some(p.clone());
+                    p
+                }
             };
             let risks = self.state_risks(fi);
             let rt = &self.flows[fi];
@@ -267,9 +334,9 @@ impl Engine {
                     None => Some(StateId::MAX),
                 },
             };
-            let end = (scan.index + budget).min(rt.objects.len());
+            let start = place.load(Relaxed).min(rt.objects.len());
+            let end = start.saturating_add(budget).min(rt.objects.len());
             let slice = rt.objects.as_slice();
-            let start = scan.index.min(end);
             for (key, o) in slice[start..end].iter() {
                 let s = o.state as usize;
                 if let Some(c) = counts.get_mut(s) {
@@ -283,6 +350,7 @@ impl Engine {
                     continue;
                 }
                 scan.matching += 1;
+                scan.matching_here += 1;
                 if scan.query.limit == 0 {
                     continue;
                 }
@@ -291,6 +359,7 @@ impl Engine {
                     SortBy::Risk => (f64::from(u8::from(o.alerting)) + state_risk, in_state),
                     SortBy::TimeInState => (in_state, state_risk),
                 };
+                let flow = scan.pos as u32;
                 // Compared before the key is copied: most objects do not make the list.
                 if scan.heap.len() >= scan.query.limit {
                     let Some(Reverse(worst)) = scan.heap.peek() else {
@@ -300,26 +369,36 @@ impl Engine {
                     let better = match cmp_rank(rank, worst.rank) {
                         Ordering::Greater => true,
                         Ordering::Less => false,
-                        Ordering::Equal => (scan.pos as u32, key) < (worst.flow, &worst.key),
+                        Ordering::Equal => (flow, key) < (worst.flow, &worst.key),
                     };
                     if !better {
                         continue;
                     }
-                    scan.heap.pop();
+                    if let Some(Reverse(out)) = scan.heap.pop() {
+                        if out.flow == flow {
+                            scan.kept_here.remove(&out.key);
+                        }
+                    }
+                }
+                // The same key kept already: an object that ended during the scan and came
+                // back under its key. Kept once, as last seen (rare: the list is small).
+                if !scan.kept_here.insert(key.clone()) {
+                    scan.heap
+                        .retain(|Reverse(c)| !(c.flow == flow && c.key == *key));
                 }
                 scan.heap.push(Reverse(Candidate {
                     rank,
-                    flow: scan.pos as u32,
+                    flow,
                     key: key.clone(),
                 }));
             }
             let seen = end - start;
             scan.scanned += seen as u64;
+            scan.scanned_here += seen as u64;
             budget -= seen.min(budget);
-            scan.index = end;
+            place.store(end, Relaxed);
             if end >= rt.objects.len() {
-                scan.pos += 1;
-                scan.index = 0;
+                scan.next_flow();
             }
         }
     }

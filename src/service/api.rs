@@ -44,34 +44,37 @@ pub fn answer(engine: &mut Engine, q: Query) {
             let _ = reply.send(rows);
         }
         Query::Graph(name, reply) => {
-            let v = engine.flow_index(&name).map(|fi| {
-                let rt = &mut engine.flows[fi];
-                let t = table::build(rt);
-                let f = &rt.flow;
-                GraphData {
-                    table: t,
-                    labels: f.states.iter().map(|s| s.label.clone()).collect(),
-                    thresholds: (0..f.states.len())
-                        .map(|i| {
-                            if f.states[i].kind == Kind::Artifact {
-                                f.alerts[i].threshold
-                            } else {
-                                0.0
-                            }
-                        })
-                        .collect(),
-                    initial: f.states.iter().map(|s| s.kind == Kind::Initial).collect(),
-                    timeouts: f
-                        .timeouts
-                        .iter()
-                        .map(|t| t.map(|(ms, a)| (ms, f.name_of(a).to_string())))
-                        .collect(),
-                }
-            });
+            let v = engine.flow_index(&name).map(|fi| graph_data(engine, fi));
             let _ = reply.send(v);
         }
         // The rest are answered in `run.rs`.
         Query::Flows(_) | Query::Model(..) | Query::Object(..) => {}
+    }
+}
+
+/// What flow `fi`'s graph is drawn from.
+pub fn graph_data(engine: &mut Engine, fi: usize) -> GraphData {
+    let rt = &mut engine.flows[fi];
+    let t = table::build(rt);
+    let f = &rt.flow;
+    GraphData {
+        table: t,
+        labels: f.states.iter().map(|s| s.label.clone()).collect(),
+        thresholds: (0..f.states.len())
+            .map(|i| {
+                if f.states[i].kind == Kind::Artifact {
+                    f.alerts[i].threshold
+                } else {
+                    0.0
+                }
+            })
+            .collect(),
+        initial: f.states.iter().map(|s| s.kind == Kind::Initial).collect(),
+        timeouts: f
+            .timeouts
+            .iter()
+            .map(|t| t.map(|(ms, a)| (ms, f.name_of(a).to_string())))
+            .collect(),
     }
 }
 

@@ -2,15 +2,20 @@
 //! each now and their FIG. 11 risks, edges with learned probabilities and counts, as JSON and
 //! as an SVG drawn here.
 //!
-//! The layout is layered: a state's layer is its breadth-first depth from the initial states
-//! (states nothing reaches go last), layers run top to bottom, and the states of a layer are
-//! spread evenly across. Edges to a deeper layer are straight; edges back up or within a
-//! layer are drawn as arcs on the side so that they do not run through other states.
+//! The layout is layered: a state's layer is the longest path to it from an initial state,
+//! cycles aside (states nothing reaches go last), so that every edge but those closing a cycle
+//! points down; layers run top to bottom, and the order of the states
+//! within each layer is chosen to reduce edge crossings (`layout.rs`: barycenter sweeps, as
+//! Graphviz's dot does), and each state is placed under its neighbours as far as the order
+//! and the spacing allow. An edge to a deeper layer runs straight to the next layer, and down
+//! through a slot of its own in each layer it passes, so it never runs through a state; edges
+//! back up or within a layer are drawn as arcs on the side.
 
 use super::api::GraphData;
+use super::layout::{self, Layout, Order, Slot};
 use crate::model::Kind;
 use serde::Serialize;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 #[derive(Debug, Clone, Serialize)]
@@ -28,7 +33,7 @@ pub struct GraphState {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f64>,
     pub expected_remaining_ms: f64,
-    /// Layer (breadth-first depth from the initial states) and place in it, as drawn.
+    /// Layer (the longest path from an initial state, cycles aside) and place in it, as drawn.
     pub layer: usize,
     pub position: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -56,10 +61,20 @@ pub struct Graph {
     pub in_flight: u64,
     pub states: Vec<GraphState>,
     pub edges: Vec<GraphEdge>,
+    /// Where the states and the edges going down are drawn (states in state order, edges as
+    /// `edges`).
+    #[serde(skip)]
+    pub layout: Layout,
 }
 
 /// The graph of a flow from its model data and the objects per state (state order).
 pub fn build(d: &GraphData, counts: &[u64]) -> Graph {
+    build_ordered(d, counts, Order::Barycenter)
+}
+
+/// `build`, with the states of each layer in the given order (`Order::Declared`: the file's
+/// order, the baseline the crossing tests compare with).
+pub fn build_ordered(d: &GraphData, counts: &[u64], order: Order) -> Graph {
     let t = &d.table;
     let n = t.states.len();
     let index: BTreeMap<&str, usize> = t
@@ -73,6 +88,7 @@ pub fn build(d: &GraphData, counts: &[u64]) -> Graph {
         .transitions
         .iter()
         .filter(|e| e.probability > 0.0 || e.listed)
+        .filter(|e| index.contains_key(e.from.as_str()) && index.contains_key(e.to.as_str()))
         .map(|e| GraphEdge {
             from: e.from.clone(),
             to: e.to.clone(),
@@ -82,45 +98,23 @@ pub fn build(d: &GraphData, counts: &[u64]) -> Graph {
             listed: e.listed,
         })
         .collect();
-    let mut succ = vec![Vec::new(); n];
-    for e in &edges {
-        if let (Some(&a), Some(&b)) = (index.get(e.from.as_str()), index.get(e.to.as_str())) {
-            succ[a].push(b);
-        }
-    }
-    // Breadth-first depth from the initial states.
-    let mut depth = vec![usize::MAX; n];
-    let mut queue = VecDeque::new();
-    for (i, d0) in depth.iter_mut().enumerate() {
-        if d.initial.get(i).copied().unwrap_or(false) {
-            *d0 = 0;
-            queue.push_back(i);
-        }
-    }
-    while let Some(a) = queue.pop_front() {
-        for &b in &succ[a] {
-            if depth[b] == usize::MAX {
-                depth[b] = depth[a] + 1;
-                queue.push_back(b);
-            }
-        }
-    }
-    let deepest = depth.iter().filter(|&&x| x != usize::MAX).max().copied();
-    let last = deepest.map_or(0, |x| x + 1);
-    for x in depth.iter_mut() {
-        if *x == usize::MAX {
-            *x = last;
-        }
-    }
-    let mut filled = BTreeMap::<usize, usize>::new();
+    let pairs: Vec<(usize, usize)> = edges
+        .iter()
+        .map(|e| (index[e.from.as_str()], index[e.to.as_str()]))
+        .collect();
+    let depth = layout::layers(n, &pairs, &d.initial);
+    let layout = layout::layout(&depth, &pairs, order);
     let states = t
         .states
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let pos = filled.entry(depth[i]).or_default();
-            let position = *pos;
-            *pos += 1;
+            // The place among the states of the layer (dummy slots not counted).
+            let (l, p) = layout.node_at[i];
+            let position = layout.layers[l][..p]
+                .iter()
+                .filter(|x| matches!(x, Slot::Node(_)))
+                .count();
             let timeout = d.timeouts.get(i).cloned().flatten();
             GraphState {
                 name: s.state.clone(),
@@ -147,6 +141,7 @@ pub fn build(d: &GraphData, counts: &[u64]) -> Graph {
         in_flight: counts.iter().sum(),
         states,
         edges,
+        layout,
     }
 }
 
@@ -155,6 +150,9 @@ const NODE_H: f64 = 72.0;
 const GAP_X: f64 = 70.0;
 const GAP_Y: f64 = 70.0;
 const MARGIN: f64 = 90.0;
+/// The slot of an edge passing through a layer, and the gap beside one.
+const DUMMY_W: f64 = 16.0;
+const DUMMY_GAP: f64 = 18.0;
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -172,30 +170,45 @@ fn worst(risk: &BTreeMap<String, f64>) -> Option<(&str, f64)> {
 
 /// Draws the graph as a self-contained SVG document.
 pub fn svg(g: &Graph) -> String {
-    let layers = g.states.iter().map(|s| s.layer).max().map_or(0, |x| x + 1);
-    let widest = (0..layers)
-        .map(|l| g.states.iter().filter(|s| s.layer == l).count())
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let width = MARGIN * 2.0 + widest as f64 * (NODE_W + GAP_X) - GAP_X;
-    let height = 40.0 + layers as f64 * (NODE_H + GAP_Y);
-    // Centres: each layer centred across the widest one.
-    let centre = |s: &GraphState| {
-        let in_layer = g.states.iter().filter(|t| t.layer == s.layer).count() as f64;
-        let row_w = in_layer * (NODE_W + GAP_X) - GAP_X;
-        let x0 = (width - row_w) / 2.0;
-        (
-            x0 + s.position as f64 * (NODE_W + GAP_X) + NODE_W / 2.0,
-            20.0 + s.layer as f64 * (NODE_H + GAP_Y) + NODE_H / 2.0,
-        )
+    let lay = &g.layout;
+    let layers = lay.layers.len();
+    let slot_w = |s: &Slot| match s {
+        Slot::Node(_) => NODE_W,
+        Slot::Dummy(_) => DUMMY_W,
     };
-    let at: BTreeMap<&str, (f64, f64, usize)> = g
+    let gap = |a: &Slot, b: &Slot| match (a, b) {
+        (Slot::Node(_), Slot::Node(_)) => GAP_X,
+        _ => DUMMY_GAP,
+    };
+    // The centre x of every slot: near its neighbours, the leftmost at the margin.
+    let xs: Vec<Vec<f64>> = layout::x_positions(lay, slot_w, gap)
+        .into_iter()
+        .map(|row| row.into_iter().map(|x| x + MARGIN).collect())
+        .collect();
+    let right = lay
+        .layers
+        .iter()
+        .zip(&xs)
+        .flat_map(|(row, x)| row.iter().zip(x).map(|(s, x)| x + slot_w(s) / 2.0))
+        .fold(MARGIN + NODE_W, f64::max);
+    let width = right + MARGIN;
+    let height = 40.0 + layers as f64 * (NODE_H + GAP_Y);
+    let y_of = |l: usize| 20.0 + l as f64 * (NODE_H + GAP_Y) + NODE_H / 2.0;
+    let index: BTreeMap<&str, usize> = g
         .states
         .iter()
-        .map(|s| {
-            let (x, y) = centre(s);
-            (s.name.as_str(), (x, y, s.layer))
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+    let centre = |i: usize| {
+        let (l, p) = lay.node_at[i];
+        (xs[l][p], y_of(l))
+    };
+    let at: BTreeMap<&str, (f64, f64, usize)> = index
+        .iter()
+        .map(|(name, &i)| {
+            let (x, y) = centre(i);
+            (*name, (x, y, lay.node_at[i].0))
         })
         .collect();
     let mut o = String::new();
@@ -208,7 +221,7 @@ pub fn svg(g: &Graph) -> String {
 "##,
         name = esc(&g.flow)
     );
-    for e in &g.edges {
+    for (ei, e) in g.edges.iter().enumerate() {
         let (Some(&(x1, y1, l1)), Some(&(x2, y2, l2))) =
             (at.get(e.from.as_str()), at.get(e.to.as_str()))
         else {
@@ -238,13 +251,24 @@ pub fn svg(g: &Graph) -> String {
                 y,
             )
         } else if l2 > l1 {
-            // Labelled a third of the way down: edges into one state meet near it.
-            let (sy, ey) = (y1 + NODE_H / 2.0, y2 - NODE_H / 2.0);
-            (
-                format!("M{x1:.1},{sy:.1} L{x2:.1},{ey:.1}"),
-                x1 + (x2 - x1) / 3.0 + 4.0,
-                sy + (ey - sy) / 3.0,
-            )
+            // Down to the next layer, through the edge's own slot in each layer passed
+            // (straight down across the layer's band), into the target's top. Labelled a
+            // third of the way down the first leg: edges into one state meet near it.
+            let route = lay.routes.get(ei).map_or(&[][..], Vec::as_slice);
+            let mut d = format!("M{x1:.1},{:.1}", y1 + NODE_H / 2.0);
+            for &(l, p) in route.iter().skip(1).take(route.len().saturating_sub(2)) {
+                let (x, y) = (xs[l][p], y_of(l));
+                let _ = write!(
+                    d,
+                    " L{x:.1},{:.1} L{x:.1},{:.1}",
+                    y - NODE_H / 2.0,
+                    y + NODE_H / 2.0
+                );
+            }
+            let _ = write!(d, " L{x2:.1},{:.1}", y2 - NODE_H / 2.0);
+            let (nx, _) = route.get(1).map_or((x2, 0.0), |&(l, p)| (xs[l][p], 0.0));
+            let (sy, ey) = (y1 + NODE_H / 2.0, y1 + NODE_H / 2.0 + GAP_Y);
+            (d, x1 + (nx - x1) / 3.0 + 4.0, sy + (ey - sy) / 3.0)
         } else if l2 == l1 && (x2 - x1).abs() > NODE_W + GAP_X + 1.0 {
             // Within a layer, past others: an arc under them, bottom to bottom.
             let (sy, ey) = (y1 + NODE_H / 2.0, y2 + NODE_H / 2.0);
@@ -290,8 +314,8 @@ pub fn svg(g: &Graph) -> String {
             t = esc(&e.to),
         );
     }
-    for s in &g.states {
-        let (x, y) = centre(s);
+    for (i, s) in g.states.iter().enumerate() {
+        let (x, y) = centre(i);
         let kind = match s.kind {
             Kind::Artifact => "artifact",
             Kind::Terminal => "terminal",

@@ -9,6 +9,7 @@ pub mod dashboard;
 pub mod feed;
 pub mod graph;
 pub mod http;
+pub mod layout;
 pub mod metrics;
 pub mod route;
 pub mod run;

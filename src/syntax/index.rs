@@ -1,27 +1,64 @@
-//! Where each state of a flow is declared and used: what the language server's go to
-//! definition, find references, rename and hover read. Names are scoped to their flow.
+//! Where each named thing of a file is declared and used: what the language server's go to
+//! definition, find references, rename and hover read. The language names two kinds of
+//! things: flows (one name space across every file loaded together) and states of every kind
+//! (initial, ordinary, terminal, artifact; one name space per flow). Everything else a name
+//! stands for is a word of the language (`unlisted report`, `severity critical`, settings).
 
 use super::ast::*;
 use crate::diagnostic::Span;
 
-/// One place a state name is written.
+/// What a name names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Symbol {
+    Flow,
+    State,
+}
+
+impl Symbol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Symbol::Flow => "flow",
+            Symbol::State => "state",
+        }
+    }
+}
+
+/// One place a flow or state name is written.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Occurrence {
-    /// Index of the flow in the file.
+    /// Index of the flow in the file (the flow itself, or the flow the state belongs to).
     pub flow: usize,
+    pub symbol: Symbol,
     pub name: String,
     pub span: Span,
-    /// The declaration (`state x`), not a use.
+    /// The declaration (`flow f`, `state x`), not a use.
     pub is_declaration: bool,
 }
 
-/// Every state name written in a file, declarations and uses, in order.
+impl Occurrence {
+    /// Whether both name the same thing: one flow, or one state of one flow.
+    pub fn same_as(&self, other: &Occurrence) -> bool {
+        self.symbol == other.symbol
+            && self.name == other.name
+            && (self.symbol == Symbol::Flow || self.flow == other.flow)
+    }
+}
+
+/// Every flow and state name written in a file, declarations and uses, in order.
 pub fn occurrences(file: &File) -> Vec<Occurrence> {
     let mut out = Vec::new();
     for (fi, flow) in file.flows.iter().enumerate() {
+        out.push(Occurrence {
+            flow: fi,
+            symbol: Symbol::Flow,
+            name: flow.name.name.clone(),
+            span: flow.name.span,
+            is_declaration: true,
+        });
         let mut push = |id: &Ident, decl: bool| {
             out.push(Occurrence {
                 flow: fi,
+                symbol: Symbol::State,
                 name: id.name.clone(),
                 span: id.span,
                 is_declaration: decl,
@@ -59,10 +96,77 @@ pub fn at(occs: &[Occurrence], offset: usize) -> Option<&Occurrence> {
         .find(|o| (o.span.start as usize) <= offset && offset <= o.span.end as usize)
 }
 
-/// The declaration of the state an occurrence names.
+/// The declaration of the flow or state an occurrence names.
 pub fn declaration<'o>(occs: &'o [Occurrence], of: &Occurrence) -> Option<&'o Occurrence> {
-    occs.iter()
-        .find(|o| o.is_declaration && o.flow == of.flow && o.name == of.name)
+    occs.iter().find(|o| o.is_declaration && o.same_as(of))
+}
+
+/// Every place the flow or state an occurrence names is written.
+pub fn references<'o>(
+    occs: &'o [Occurrence],
+    of: &'o Occurrence,
+) -> impl Iterator<Item = &'o Occurrence> + 'o {
+    occs.iter().filter(move |o| o.same_as(of))
+}
+
+/// Why the thing `of` names cannot be renamed `new_name` in this file: the name is taken by
+/// another thing of its kind in the same name space (another state of the flow, declared or
+/// only written, or another flow), so the rename would merge two things into one.
+pub fn rename_conflict(occs: &[Occurrence], of: &Occurrence, new_name: &str) -> Option<String> {
+    if new_name == of.name {
+        return None;
+    }
+    let taken = occs.iter().find(|o| {
+        o.symbol == of.symbol
+            && o.name == new_name
+            && (of.symbol == Symbol::Flow || o.flow == of.flow)
+    })?;
+    let verb = if taken.is_declaration {
+        "declares"
+    } else {
+        "uses"
+    };
+    Some(match of.symbol {
+        Symbol::Flow => format!(
+            "cannot rename flow `{}` to `{new_name}`: this file already declares a flow \
+             `{new_name}` (flow names are unique across the files loaded together)",
+            of.name
+        ),
+        Symbol::State => format!(
+            "cannot rename state `{}` to `{new_name}`: flow `{}` already {verb} a state \
+             `{new_name}`, and the two would become one",
+            of.name,
+            occs.iter()
+                .find(|o| o.symbol == Symbol::Flow && o.flow == of.flow)
+                .map_or("?", |f| f.name.as_str()),
+        ),
+    })
+}
+
+/// A flow's description for hover: its sentence and its states by kind.
+pub fn describe_flow(file: &File, flow: usize) -> Option<String> {
+    let f = file.flows.get(flow)?;
+    let mut out = format!("**flow** `{}`", f.name.name);
+    let mut kinds: Vec<(StateKind, Vec<&str>)> = Vec::new();
+    for item in &f.items {
+        match item {
+            Item::Description(d) => out.push_str(&format!(" — {}", d.value)),
+            Item::States(decls) => {
+                for d in decls {
+                    match kinds.iter_mut().find(|(k, _)| *k == d.kind) {
+                        Some((_, names)) => names.push(&d.name.name),
+                        None => kinds.push((d.kind, vec![&d.name.name])),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for (k, names) in kinds {
+        let list: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+        out.push_str(&format!("\n- {}: {}", k.keyword(), list.join(", ")));
+    }
+    Some(out)
 }
 
 /// A state's description for hover: kind, label, and its a priori transitions in and out.
@@ -135,6 +239,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                ("a", true),
                 ("s", true),
                 ("t", true),
                 ("s", false),
@@ -149,5 +254,38 @@ mod tests {
         let hover = describe_state(&file, 0, "s").unwrap();
         assert!(hover.contains("**initial** `s` — Start"), "{hover}");
         assert!(hover.contains("-> `t`: 3 (100.0%)"), "{hover}");
+        // The flow's name is a symbol of its own: a state `a` would not be the flow `a`.
+        assert_eq!(occs[0].symbol, Symbol::Flow);
+        assert!(!occs[0].same_as(&Occurrence {
+            symbol: Symbol::State,
+            ..occs[0].clone()
+        }));
+        assert_eq!(
+            describe_flow(&file, 0).unwrap(),
+            "**flow** `a`\n- initial: `s`\n- terminal: `t`"
+        );
+    }
+
+    #[test]
+    fn a_rename_onto_a_name_in_use_is_refused() {
+        let text = "flow a { initial s terminal t on \"x\" -> u }\nflow b { initial s }";
+        let file = crate::syntax::parse(0, text).unwrap();
+        let occs = occurrences(&file);
+        let s = at(&occs, text.find("s t").unwrap()).unwrap();
+        let t = rename_conflict(&occs, s, "t").unwrap();
+        assert!(t.contains("flow `a` already declares a state `t`"), "{t}");
+        // `u` is written (an unknown state, F006) but not declared: still taken.
+        let u = rename_conflict(&occs, s, "u").unwrap();
+        assert!(u.contains("already uses a state `u`"), "{u}");
+        // Another flow's `s` is another name space; the same name is no rename at all.
+        let b_s = at(&occs, text.rfind('s').unwrap()).unwrap();
+        assert_eq!(rename_conflict(&occs, b_s, "t"), None);
+        assert_eq!(rename_conflict(&occs, s, "s"), None);
+        let a = at(&occs, text.find('a').unwrap()).unwrap();
+        assert_eq!(a.symbol, Symbol::Flow);
+        assert!(rename_conflict(&occs, a, "b")
+            .unwrap()
+            .contains("already declares a flow `b`"));
+        assert_eq!(rename_conflict(&occs, a, "s"), None);
     }
 }
