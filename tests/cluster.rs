@@ -96,9 +96,9 @@ fn start_worker(dir: &Path, name: &str, url: &str) -> Service {
     std::fs::create_dir_all(&dir).unwrap();
     let models = std::fs::canonicalize("models").unwrap();
     let config = format!(
-        "models: {models:?}\nsnapshot_interval_ms: 300ms\nsinks: []\n\
+        "models: {models:?}\nsnapshot_interval_ms: 500ms\nsinks: []\n\
          nats: {{ url: \"{url}\" }}\nclock: {{ mode: event, idle_after_ms: \"0\" }}\n\
-         cluster: {{ partitions: {PARTITIONS}, pin_ttl_ms: 2s, ack_wait_ms: 5s, worker: {name} }}"
+         cluster: {{ partitions: {PARTITIONS}, pin_ttl_ms: 2s, ack_wait_ms: 10s, worker: {name} }}"
     );
     Service::start(&dir, &config)
 }
@@ -263,7 +263,7 @@ fn a_worker_killed_under_load_hands_its_partitions_over_and_nothing_is_lost_or_r
     let nats = NatsServer::start_current();
     let url = nats.url();
     let tmp = tempfile::tempdir().unwrap();
-    let mut lines = simulated_bundled_lines(tmp.path(), 8_000, &["--seed", "11"]);
+    let mut lines = simulated_bundled_lines(tmp.path(), 6_000, &["--seed", "11"]);
     lines.insert(100, "{not json".to_string());
     let parts = partitions(&lines);
     let total: u64 = parts.iter().map(|p| p.len() as u64).sum();

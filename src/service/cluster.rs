@@ -205,11 +205,17 @@ pub async fn run(
     // Unbounded: a puller must never wait for the engine task, or a long catch-up would stop
     // its pulls and lose the pin. What is in flight is bounded by the consumers'
     // `max_ack_pending` (deliveries not yet acknowledged) instead.
+    // Pins and losses on their own channel, read first: a new owner shows (and claims) a
+    // partition at once, not after the batches queued before it.
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<Event>();
     let pullers: Vec<_> = (0..cluster.partitions)
-        .map(|p| tokio::spawn(pull(client.clone(), cluster.clone(), p, tx.clone())))
+        .map(|p| {
+            let chans = (ctl_tx.clone(), tx.clone());
+            tokio::spawn(pull(client.clone(), cluster.clone(), p, chans))
+        })
         .collect();
-    drop(tx);
+    drop((tx, ctl_tx));
     metrics.ready.store(1, Relaxed);
     tracing::info!(
         worker = %cluster.worker,
@@ -250,7 +256,7 @@ pub async fn run(
             _ = publish_view.tick() => {
                 w.show(&mut view);
             }
-            ev = rx.recv() => match ev {
+            ev = next_event(&mut ctl_rx, &mut rx) => match ev {
                 Some(Event::Pinned(p, id)) => {
                     w.pins.insert(p, id);
                     w.gain(p, &mut view).await;
@@ -307,6 +313,18 @@ pub async fn run(
     Ok(())
 }
 
+/// The next event: pins and losses before batches.
+async fn next_event(
+    ctl: &mut mpsc::UnboundedReceiver<Event>,
+    data: &mut mpsc::UnboundedReceiver<Event>,
+) -> Option<Event> {
+    tokio::select! {
+        biased;
+        Some(e) = ctl.recv() => Some(e),
+        e = data.recv() => e,
+    }
+}
+
 /// The consumer of partition `p`, created (or found as it is) through the JetStream API, since
 /// async-nats 0.46 has no `priority_timeout`.
 async fn create_consumer(client: &async_nats::Client, c: &Cluster, p: u32) -> anyhow::Result<()> {
@@ -351,7 +369,12 @@ fn ms_to_ns(ms: i64) -> u64 {
 /// Pulls partition `p` for ever: one request at a time, carrying the pin id once the server
 /// gave one. Runs as its own task so that a busy engine task does not stop the pulls that keep
 /// the pin (the channel is bounded: a long stall would lose it, which is then safe).
-async fn pull(client: async_nats::Client, c: Cluster, p: u32, tx: mpsc::UnboundedSender<Event>) {
+async fn pull(
+    client: async_nats::Client,
+    c: Cluster,
+    p: u32,
+    (ctl, tx): (mpsc::UnboundedSender<Event>, mpsc::UnboundedSender<Event>),
+) {
     let consumer = format!("{}-{p}", c.consumer_prefix);
     let next = format!("$JS.API.CONSUMER.MSG.NEXT.{}.{consumer}", c.stream);
     let inbox = client.new_inbox();
@@ -392,14 +415,14 @@ async fn pull(client: async_nats::Client, c: Cluster, p: u32, tx: mpsc::Unbounde
                 match status.as_u16() {
                     100 => continue,
                     404 | 408 => {
-                        if batch.is_empty() && pin.is_some() && tx.send(Event::Idle(p)).is_err() {
+                        if batch.is_empty() && pin.is_some() && ctl.send(Event::Idle(p)).is_err() {
                             return;
                         }
                         break;
                     }
                     423 => {
                         // Pinned elsewhere: pull without an id, as a stand-by.
-                        if pin.take().is_some() && tx.send(Event::Lost(p)).is_err() {
+                        if pin.take().is_some() && ctl.send(Event::Lost(p)).is_err() {
                             return;
                         }
                         break;
@@ -425,7 +448,7 @@ async fn pull(client: async_nats::Client, c: Cluster, p: u32, tx: mpsc::Unbounde
                     {
                         return;
                     }
-                    if tx.send(Event::Pinned(p, id.clone())).is_err() {
+                    if ctl.send(Event::Pinned(p, id.clone())).is_err() {
                         return;
                     }
                 }
