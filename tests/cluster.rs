@@ -47,7 +47,14 @@ fn partitions(lines: &[String]) -> Vec<Vec<u32>> {
 
 /// Publishes each line to its partitions as a router does (`Nats-Msg-Id` `SRC:<line>/<p>`),
 /// counting the confirmed publishes in `done`.
-fn publish_partitions(url: &str, lines: &[String], parts: &[Vec<u32>], done: &AtomicU64) {
+/// `first`: the line number of `lines[0]` in the whole stream (ids stay unique across calls).
+fn publish_partitions(
+    url: &str,
+    lines: &[String],
+    parts: &[Vec<u32>],
+    first: usize,
+    done: &AtomicU64,
+) {
     block_on(async {
         let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
         js.get_or_create_stream(async_nats::jetstream::stream::Config {
@@ -62,7 +69,7 @@ fn publish_partitions(url: &str, lines: &[String], parts: &[Vec<u32>], done: &At
         for (i, (line, ps)) in lines.iter().zip(parts).enumerate() {
             for p in ps {
                 let mut h = async_nats::HeaderMap::new();
-                h.insert("Nats-Msg-Id", format!("SRC:{}/{p}", i + 1).as_str());
+                h.insert("Nats-Msg-Id", format!("SRC:{}/{p}", first + i + 1).as_str());
                 acks.push(
                     js.publish_with_headers(
                         format!("flowcast.part.{p}"),
@@ -91,14 +98,14 @@ fn publish_partitions(url: &str, lines: &[String], parts: &[Vec<u32>], done: &At
     });
 }
 
-fn start_worker(dir: &Path, name: &str, url: &str) -> Service {
+fn start_worker(dir: &Path, name: &str, url: &str, pin_ttl: &str) -> Service {
     let dir = dir.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let models = std::fs::canonicalize("models").unwrap();
     let config = format!(
         "models: {models:?}\nsnapshot_interval_ms: 500ms\nsinks: []\n\
          nats: {{ url: \"{url}\" }}\nclock: {{ mode: event, idle_after_ms: \"0\" }}\n\
-         cluster: {{ partitions: {PARTITIONS}, pin_ttl_ms: 2s, ack_wait_ms: 10s, worker: {name} }}"
+         cluster: {{ partitions: {PARTITIONS}, pin_ttl_ms: {pin_ttl}, ack_wait_ms: 10s, worker: {name} }}"
     );
     Service::start(&dir, &config)
 }
@@ -270,12 +277,12 @@ fn a_worker_killed_under_load_hands_its_partitions_over_and_nothing_is_lost_or_r
     eprintln!("{} lines, {total} partition messages", lines.len());
 
     let mut workers: Vec<Option<Service>> = (0..3)
-        .map(|i| Some(start_worker(tmp.path(), &format!("w{i}"), &url)))
+        .map(|i| Some(start_worker(tmp.path(), &format!("w{i}"), &url, "2s")))
         .collect();
     let done = Arc::new(AtomicU64::new(0));
     let publisher = {
         let (url, lines, parts, done) = (url.clone(), lines.clone(), parts.clone(), done.clone());
-        std::thread::spawn(move || publish_partitions(&url, &lines, &parts, &done))
+        std::thread::spawn(move || publish_partitions(&url, &lines, &parts, 0, &done))
     };
 
     // The kill: at a seeded point of the load, the worker chosen owning at least one partition.
@@ -383,9 +390,7 @@ fn a_worker_killed_under_load_hands_its_partitions_over_and_nothing_is_lost_or_r
     }
     let logs: String = survivors.iter().map(|w| w.log()).collect();
     let took_over = logs.matches("Pinned on the partition").count();
-    let read_again = logs
-        .matches("Read the stream for what was delivered")
-        .count();
+    let read_again = logs.matches("Read the stream up to the consumer").count();
     eprintln!(
         "after the kill: {took_over} pins in the survivors' logs, {read_again} reads of the stream"
     );
@@ -482,4 +487,86 @@ fn a_worker_killed_under_load_hands_its_partitions_over_and_nothing_is_lost_or_r
     let cluster = message_outcomes(stored.values().flatten().map(|(_, v)| v));
     assert!(one.len() > 1000, "{} outcomes", one.len());
     assert_eq!(cluster, one);
+}
+
+/// Waits until every partition's consumer has delivered and seen acknowledged everything.
+fn wait_idle(nats: &NatsServer, what: &str) {
+    let start = Instant::now();
+    while !(0..PARTITIONS).all(|p| {
+        let i = nats.consumer_info("FLOWCAST_PARTS", &format!("part-{p}"));
+        i["num_pending"] == 0 && i["num_ack_pending"] == 0
+    }) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{what}: not idle within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_worker_that_leaves_hands_its_partitions_over_with_a_final_snapshot_at_once() {
+    let nats = NatsServer::start_current();
+    let url = nats.url();
+    let tmp = tempfile::tempdir().unwrap();
+    let lines = simulated_bundled_lines(tmp.path(), 1_500, &["--seed", "12"]);
+    let parts = partitions(&lines);
+    let half = lines.len() / 2;
+    // A pin TTL of 60 s: only the leaver's unpin can move its partitions within the bound.
+    let first = start_worker(tmp.path(), "first", &url, "60s");
+    let done = AtomicU64::new(0);
+    publish_partitions(&url, &lines[..half], &parts[..half], 0, &done);
+    wait_idle(&nats, "the first half");
+    let owned_first = owned(&first);
+    assert_eq!(
+        owned_first.len(),
+        PARTITIONS as usize,
+        "one worker, every partition"
+    );
+    let second = start_worker(tmp.path(), "second", &url, "60s");
+    std::thread::sleep(Duration::from_millis(1500)); // its stand-by pulls are waiting
+    first.stop();
+    // The final snapshots cover everything the first half put on the partitions.
+    let first_half: u64 = parts[..half].iter().map(|p| p.len() as u64).sum();
+    let saved = saved_states(&url);
+    assert_eq!(
+        saved.values().map(|s| s.1).sum::<u64>(),
+        first_half,
+        "{saved:?}"
+    );
+    let left_at = Instant::now();
+    publish_partitions(&url, &lines[half..], &parts[half..], half, &done);
+    let took = loop {
+        if owned(&second).len() == PARTITIONS as usize {
+            break left_at.elapsed();
+        }
+        assert!(
+            left_at.elapsed() < Duration::from_secs(20),
+            "the partitions did not move within 20 s of a graceful stop (pin TTL 60 s): {:?}",
+            owned(&second)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!(
+        "graceful leave: every partition owned by the other worker {} ms after the stop",
+        took.as_millis()
+    );
+    wait_idle(&nats, "the second half");
+    let log = second.log();
+    second.stop();
+    let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
+    let states = saved_states(&url);
+    let counted: u64 = states.values().map(|s| s.1).sum();
+    assert_eq!(
+        counted, total,
+        "every message applied once: {states:?}\n{log}"
+    );
+    let file = tmp.path().join("all.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let one = message_outcomes(replay_records("models", &file).iter());
+    let stored = stored_records(&url);
+    assert_eq!(
+        message_outcomes(stored.values().flatten().map(|(_, v)| v)),
+        one
+    );
 }

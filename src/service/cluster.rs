@@ -693,7 +693,7 @@ impl Worker<'_> {
                             from,
                             to,
                             messages = missed.len(),
-                            "Read the stream for what was delivered before and not saved."
+                            "Read the stream up to the consumer's last delivery."
                         );
                     }
                     self.apply_payloads(p, missed.into_iter().map(|(s, b)| (s, b, None)))
