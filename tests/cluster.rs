@@ -49,6 +49,7 @@ fn partitions(lines: &[String]) -> Vec<Vec<u32>> {
 /// counting the confirmed publishes in `done`.
 /// `first`: the line number of `lines[0]` in the whole stream (ids stay unique across calls).
 fn publish_partitions(
+    replicas: usize,
     url: &str,
     lines: &[String],
     parts: &[Vec<u32>],
@@ -61,6 +62,7 @@ fn publish_partitions(
             name: "FLOWCAST_PARTS".into(),
             subjects: vec!["flowcast.part.>".into()],
             duplicate_window: Duration::from_secs(120),
+            num_replicas: replicas,
             ..Default::default()
         })
         .await
@@ -98,16 +100,32 @@ fn publish_partitions(
     });
 }
 
-fn start_worker(dir: &Path, name: &str, url: &str, pin_ttl: &str) -> Service {
+fn start_worker(dir: &Path, name: &str, url: &str, pin_ttl: &str, replicas: usize) -> Service {
     let dir = dir.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let models = std::fs::canonicalize("models").unwrap();
     let config = format!(
         "models: {models:?}\nsnapshot_interval_ms: 500ms\nsinks: []\n\
          nats: {{ url: \"{url}\" }}\nclock: {{ mode: event, idle_after_ms: \"0\" }}\n\
-         cluster: {{ partitions: {PARTITIONS}, pin_ttl_ms: {pin_ttl}, ack_wait_ms: 10s, worker: {name} }}"
+         cluster: {{ partitions: {PARTITIONS}, pin_ttl_ms: {pin_ttl}, ack_wait_ms: 10s, replicas: {replicas}, worker: {name} }}"
     );
     Service::start(&dir, &config)
+}
+
+/// The server's view of partition `p`'s consumer: (pending, acknowledgement pending).
+fn consumer_state(url: &str, p: u32) -> (serde_json::Value, serde_json::Value) {
+    block_on(async {
+        let c = async_nats::connect(url).await.unwrap();
+        let reply = c
+            .request(
+                format!("$JS.API.CONSUMER.INFO.FLOWCAST_PARTS.part-{p}"),
+                "".into(),
+            )
+            .await
+            .unwrap();
+        let i: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+        (i["num_pending"].clone(), i["num_ack_pending"].clone())
+    })
 }
 
 /// A worker's `/api/cluster`.
@@ -264,25 +282,47 @@ fn message_outcomes<'a>(
 
 #[test]
 fn a_worker_killed_under_load_hands_its_partitions_over_and_nothing_is_lost_or_repeated() {
+    let nats = NatsServer::start_current();
+    let url = nats.url();
+    kill_a_worker_under_load(&[url.clone(), url.clone(), url], 1, 6_000);
+}
+
+#[test]
+fn on_a_three_node_r3_cluster_a_worker_killed_loses_nothing() {
+    let cluster = NatsCluster::start(3);
+    let urls: Vec<String> = (0..3).map(|i| cluster.url(i)).collect();
+    kill_a_worker_under_load(&urls, 3, 2_500);
+}
+
+/// Three workers (on `urls`, one each) and a publisher on the first; one worker killed with -9
+/// at a seeded moment; then every check.
+fn kill_a_worker_under_load(urls: &[String], replicas: usize, objects: usize) {
     let seed = seed_from_env("FLOWCAST_CLUSTER_SEED");
     eprintln!("cluster seed {seed} (FLOWCAST_CLUSTER_SEED={seed} replays it)");
     let mut rng = Rng(seed);
-    let nats = NatsServer::start_current();
-    let url = nats.url();
+    let url = &urls[0];
     let tmp = tempfile::tempdir().unwrap();
-    let mut lines = simulated_bundled_lines(tmp.path(), 6_000, &["--seed", "11"]);
+    let mut lines = simulated_bundled_lines(tmp.path(), objects, &["--seed", "11"]);
     lines.insert(100, "{not json".to_string());
     let parts = partitions(&lines);
     let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
     eprintln!("{} lines, {total} partition messages", lines.len());
 
     let mut workers: Vec<Option<Service>> = (0..3)
-        .map(|i| Some(start_worker(tmp.path(), &format!("w{i}"), &url, "2s")))
+        .map(|i| {
+            Some(start_worker(
+                tmp.path(),
+                &format!("w{i}"),
+                &urls[i],
+                "2s",
+                replicas,
+            ))
+        })
         .collect();
     let done = Arc::new(AtomicU64::new(0));
     let publisher = {
         let (url, lines, parts, done) = (url.clone(), lines.clone(), parts.clone(), done.clone());
-        std::thread::spawn(move || publish_partitions(&url, &lines, &parts, 0, &done))
+        std::thread::spawn(move || publish_partitions(replicas, &url, &lines, &parts, 0, &done))
     };
 
     // The kill: at a seeded point of the load, the worker chosen owning at least one partition.
@@ -313,7 +353,7 @@ fn a_worker_killed_under_load_hands_its_partitions_over_and_nothing_is_lost_or_r
         done.load(Ordering::Relaxed)
     );
     // What the victim had saved: a new owner applies from there.
-    let at_kill = saved_states(&url);
+    let at_kill = saved_states(url);
     let survivors: Vec<&Service> = workers.iter().flatten().collect();
     // Failover: the lost partitions owned by the others (stated bound: 30 s, with a pin TTL of
     // 2 s), and, measured, the first message applied by a new owner for each.
@@ -364,8 +404,8 @@ fn a_worker_killed_under_load_hands_its_partitions_over_and_nothing_is_lost_or_r
     let start = Instant::now();
     loop {
         let idle = (0..PARTITIONS).all(|p| {
-            let i = nats.consumer_info("FLOWCAST_PARTS", &format!("part-{p}"));
-            i["num_pending"] == 0 && i["num_ack_pending"] == 0
+            let (pending, acks) = consumer_state(url, p);
+            pending == 0 && acks == 0
         });
         if idle {
             break;
@@ -375,8 +415,8 @@ fn a_worker_killed_under_load_hands_its_partitions_over_and_nothing_is_lost_or_r
             "not everything was applied and saved within 60 s: {:?}\n{:?}\n{}",
             (0..PARTITIONS)
                 .map(|p| {
-                    let i = nats.consumer_info("FLOWCAST_PARTS", &format!("part-{p}"));
-                    (p, i["num_pending"].clone(), i["num_ack_pending"].clone())
+                    let (pending, acks) = consumer_state(url, p);
+                    (p, pending, acks)
                 })
                 .collect::<Vec<_>>(),
             survivors.iter().map(|w| view(w)).collect::<Vec<_>>(),
@@ -409,7 +449,7 @@ fn a_worker_killed_under_load_hands_its_partitions_over_and_nothing_is_lost_or_r
             by_partition.entry(*p).or_default().push(line.clone());
         }
     }
-    let states = saved_states(&url);
+    let states = saved_states(url);
     assert_eq!(
         states.len(),
         PARTITIONS as usize,
@@ -422,7 +462,7 @@ fn a_worker_killed_under_load_hands_its_partitions_over_and_nothing_is_lost_or_r
     );
 
     // Each partition's records are exactly those of a replay of its messages, in order.
-    let stored = stored_records(&url);
+    let stored = stored_records(url);
     let mut ids = BTreeSet::new();
     for (p, recs) in &stored {
         for (id, _) in recs {
@@ -490,11 +530,11 @@ fn a_worker_killed_under_load_hands_its_partitions_over_and_nothing_is_lost_or_r
 }
 
 /// Waits until every partition's consumer has delivered and seen acknowledged everything.
-fn wait_idle(nats: &NatsServer, what: &str) {
+fn wait_idle(url: &str, what: &str) {
     let start = Instant::now();
     while !(0..PARTITIONS).all(|p| {
-        let i = nats.consumer_info("FLOWCAST_PARTS", &format!("part-{p}"));
-        i["num_pending"] == 0 && i["num_ack_pending"] == 0
+        let (pending, acks) = consumer_state(url, p);
+        pending == 0 && acks == 0
     }) {
         assert!(
             start.elapsed() < Duration::from_secs(60),
@@ -513,17 +553,17 @@ fn a_worker_that_leaves_hands_its_partitions_over_with_a_final_snapshot_at_once(
     let parts = partitions(&lines);
     let half = lines.len() / 2;
     // A pin TTL of 60 s: only the leaver's unpin can move its partitions within the bound.
-    let first = start_worker(tmp.path(), "first", &url, "60s");
+    let first = start_worker(tmp.path(), "first", &url, "60s", 1);
     let done = AtomicU64::new(0);
-    publish_partitions(&url, &lines[..half], &parts[..half], 0, &done);
-    wait_idle(&nats, "the first half");
+    publish_partitions(1, &url, &lines[..half], &parts[..half], 0, &done);
+    wait_idle(&url, "the first half");
     let owned_first = owned(&first);
     assert_eq!(
         owned_first.len(),
         PARTITIONS as usize,
         "one worker, every partition"
     );
-    let second = start_worker(tmp.path(), "second", &url, "60s");
+    let second = start_worker(tmp.path(), "second", &url, "60s", 1);
     std::thread::sleep(Duration::from_millis(1500)); // its stand-by pulls are waiting
     first.stop();
     // The final snapshots cover everything the first half put on the partitions.
@@ -535,7 +575,7 @@ fn a_worker_that_leaves_hands_its_partitions_over_with_a_final_snapshot_at_once(
         "{saved:?}"
     );
     let left_at = Instant::now();
-    publish_partitions(&url, &lines[half..], &parts[half..], half, &done);
+    publish_partitions(1, &url, &lines[half..], &parts[half..], half, &done);
     let took = loop {
         if owned(&second).len() == PARTITIONS as usize {
             break left_at.elapsed();
@@ -551,7 +591,7 @@ fn a_worker_that_leaves_hands_its_partitions_over_with_a_final_snapshot_at_once(
         "graceful leave: every partition owned by the other worker {} ms after the stop",
         took.as_millis()
     );
-    wait_idle(&nats, "the second half");
+    wait_idle(&url, "the second half");
     let log = second.log();
     second.stop();
     let total: u64 = parts.iter().map(|p| p.len() as u64).sum();

@@ -249,6 +249,110 @@ impl Drop for NatsServer {
     }
 }
 
+/// A JetStream cluster of current nats-servers ([`current_nats_server`]) on loopback, each
+/// with its own store; `urls()` names every node (clients learn the others from any).
+pub struct NatsCluster {
+    nodes: Vec<Child>,
+    pub ports: Vec<u16>,
+    dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    pub fn start(n: usize) -> NatsCluster {
+        let binary = current_nats_server();
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let route_list = routes
+            .iter()
+            .map(|r| format!("nats-route://127.0.0.1:{r}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let store = dir.path().join(format!("js{i}"));
+            let conf = format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\nmax_payload: 16MB\n\
+                 jetstream {{ store_dir: {:?} }}\n\
+                 cluster {{ name: flowcast, listen: 127.0.0.1:{}, routes: [{route_list}] }}\n",
+                ports[i],
+                store.display().to_string(),
+                routes[i]
+            );
+            let path = dir.path().join(format!("n{i}.conf"));
+            std::fs::write(&path, conf).unwrap();
+            let log = dir.path().join(format!("n{i}.log"));
+            nodes.push(
+                Command::new(&binary)
+                    .arg("-c")
+                    .arg(&path)
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(&log).unwrap())
+                    .spawn()
+                    .unwrap(),
+            );
+        }
+        for p in &ports {
+            wait_for_port(*p, "a nats-server of the cluster");
+        }
+        let c = NatsCluster { nodes, ports, dir };
+        // JetStream is ready once the meta group has a leader: an R3 stream can be made.
+        let url = c.url(0);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        rt.block_on(async {
+            let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+            loop {
+                let made = js
+                    .get_or_create_stream(async_nats::jetstream::stream::Config {
+                        name: "READY".into(),
+                        subjects: vec!["ready.probe".into()],
+                        num_replicas: n,
+                        ..Default::default()
+                    })
+                    .await;
+                if made.is_ok() {
+                    js.delete_stream("READY").await.unwrap();
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the JetStream cluster did not form: {made:?}\n{}",
+                    c.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        c
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.ports[i])
+    }
+
+    pub fn logs(&self) -> String {
+        (0..self.ports.len())
+            .map(|i| {
+                std::fs::read_to_string(self.dir.path().join(format!("n{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for c in &mut self.nodes {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// A plain HTTP/1.0 GET or POST on loopback: (status, body).
 pub fn http(port: u16, method: &str, path: &str) -> (u16, String) {
     let mut s = match TcpStream::connect(("127.0.0.1", port)) {
