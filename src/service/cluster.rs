@@ -168,10 +168,11 @@ pub async fn run(
     let feed = Arc::new(super::feed::Feed::new());
     sinks.watch(feed.clone());
 
-    // HTTP: metrics, readiness and `/api/cluster`; the engine queries are not answered here
-    // (one engine per partition: a query would fan out, not built yet).
-    let (query_tx, _query_rx) = mpsc::channel::<super::http::Query>(1);
-    let (control_tx, _control_rx) = mpsc::unbounded_channel();
+    // HTTP: metrics, readiness and `/api/cluster`. The engine queries and controls are not
+    // served here (one engine per partition: a query would fan out, not built yet): their
+    // receivers are dropped, so they answer 503 at once rather than hang.
+    let (query_tx, _) = mpsc::channel::<super::http::Query>(1);
+    let (control_tx, _) = mpsc::unbounded_channel();
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     if !config.http.listen.is_empty() {
         let listener = tokio::net::TcpListener::bind(&config.http.listen)
