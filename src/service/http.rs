@@ -86,6 +86,7 @@ pub async fn serve(
         .route("/api/objects", get(objects))
         .route("/api/alerts", get(alerts))
         .route("/api/overview", get(overview))
+        .route("/api/cluster", get(cluster))
         .route("/api/events", get(events))
         .route("/api/flows/{name}/graph", get(graph))
         .merge(super::dashboard::routes())
@@ -152,6 +153,20 @@ async fn authorised(State(s): State<AppState>, req: Request, next: Next) -> Resp
 /// Compares in time that does not depend on where the first difference is.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+/// A cluster worker's partitions (404 outside a cluster).
+async fn cluster(State(s): State<AppState>) -> Response {
+    match s
+        .metrics
+        .cluster
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+    {
+        Some(c) => Json(c).into_response(),
+        None => (StatusCode::NOT_FOUND, "not a cluster worker\n").into_response(),
+    }
 }
 
 async fn metrics_text(State(s): State<AppState>) -> Response {

@@ -50,6 +50,30 @@ pub struct Metrics {
     latency_sum_ns: AtomicU64,
     latency_count: AtomicU64,
     pub ready: AtomicI64,
+    /// A cluster worker's view of the partitions (`service/cluster.rs`), by partition.
+    pub cluster: Mutex<Option<ClusterView>>,
+}
+
+/// What a cluster worker shows on `/api/cluster` and `/metrics`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ClusterView {
+    pub worker: String,
+    pub partitions: BTreeMap<u32, PartitionView>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PartitionView {
+    /// Whether the server has pinned this partition's consumer to this worker.
+    pub owned: bool,
+    /// Messages of the partition not yet delivered (the server's count, from the last
+    /// delivery or pull).
+    pub lag: u64,
+    /// The last partition-stream sequence applied here, and the last one a saved snapshot
+    /// covers.
+    pub applied: u64,
+    pub saved: u64,
+    /// Times this worker was pinned on the partition.
+    pub pinned_times: u64,
 }
 
 impl Metrics {
@@ -80,6 +104,14 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut o = String::with_capacity(4096);
         let s = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(c) = self
+            .cluster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            render_cluster(&mut o, &c);
+        }
         family(
             &mut o,
             "flowcast_messages_total",
@@ -413,6 +445,44 @@ impl Metrics {
             self.latency_count.load(Relaxed)
         );
         o
+    }
+}
+
+fn render_cluster(o: &mut String, c: &ClusterView) {
+    family(
+        o,
+        "flowcast_partition_owned",
+        "gauge",
+        "1 for a partition whose consumer the server has pinned to this worker.",
+    );
+    for (p, v) in &c.partitions {
+        let _ = writeln!(
+            o,
+            "flowcast_partition_owned{{partition=\"{p}\"}} {}",
+            u8::from(v.owned)
+        );
+    }
+    family(
+        o,
+        "flowcast_partition_lag",
+        "gauge",
+        "Messages of an owned partition not yet delivered to this worker.",
+    );
+    for (p, v) in c.partitions.iter().filter(|(_, v)| v.owned) {
+        let _ = writeln!(o, "flowcast_partition_lag{{partition=\"{p}\"}} {}", v.lag);
+    }
+    family(
+        o,
+        "flowcast_partition_applied_sequence",
+        "gauge",
+        "The last partition-stream sequence applied, per owned partition.",
+    );
+    for (p, v) in c.partitions.iter().filter(|(_, v)| v.owned) {
+        let _ = writeln!(
+            o,
+            "flowcast_partition_applied_sequence{{partition=\"{p}\"}} {}",
+            v.applied
+        );
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod amqp;
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod dashboard;
 pub mod feed;

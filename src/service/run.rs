@@ -92,6 +92,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             anyhow::Error::new(FlowErrors(format!("{}:\n{e}", config.models.display())))
         }
     })?;
+    if let Some(cluster) = config.cluster.clone() {
+        return super::cluster::run(config, cluster, flows, metrics, shutdown).await;
+    }
     let mut engine = Engine::new(Vec::new());
     engine.retire_grace_ms = config.reload_grace_ms;
     // A feature model's refit (about 150 ms at most once a minute) must not pause the intake.

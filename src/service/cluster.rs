@@ -1,0 +1,1013 @@
+//! A cluster worker (`flowcast run` with a `cluster` section; issue 16, items 2-4): it owns
+//! the partitions the server pins to it, keeps one engine per partition, and saves each
+//! partition's state where any other worker can take it over.
+//!
+//! Ownership and failover are JetStream's, not a protocol written here. Each partition p has a
+//! durable pull consumer `<consumer_prefix>-<p>` on `<prefix>.<p>` with one priority group and
+//! the `pinned_client` policy (nats-server 2.11+, ADR-42). Every worker pulls from every
+//! partition; the server delivers a partition to one worker at a time, marking its messages
+//! with a `Nats-Pin-Id` that the worker repeats in its next pulls; a worker that stops pulling
+//! for `pin_ttl` is unpinned and a waiting one is pinned. async-nats 0.46 does not send the pin
+//! id in its pull requests (its `PriorityPolicy::PinnedClient` is "not yet supported"), nor set
+//! `priority_timeout`: the consumers are created and pulled with the JetStream API's own
+//! subjects (`$JS.API.CONSUMER.CREATE`, `$JS.API.CONSUMER.MSG.NEXT`), which is a few lines.
+//!
+//! Nothing lost, nothing applied twice, no record repeated:
+//! - One engine per partition, so that a partition's state is its own and moves whole (Flink's
+//!   key groups): its objects, timers, alerts, learned counts and the partition-stream
+//!   sequence it covers are one `EngineSnapshot`, saved in the KV bucket `state_bucket` under
+//!   `part-<p>`. A partition's engine sees only its own messages, so what it does depends on
+//!   them alone: a replay of the partition's messages gives the same records.
+//! - A worker pinned on p reads `part-<p>` and writes it back at once with compare-and-set
+//!   (its revision is the fence: a worker that lost p without knowing it fails its next write
+//!   and drops p), restores it, and reads the stream itself from the sequence after the
+//!   snapshot up to its first delivery (what the last owner was delivered and did not save).
+//!   Deliveries at or below the applied sequence (redeliveries) are skipped.
+//! - A delivery is acknowledged only once a snapshot covering it is written, and a snapshot is
+//!   written only once the records of the messages it covers are stored: a crash at any point
+//!   leaves the next owner to apply again exactly what no saved snapshot covers.
+//! - Records go to `<records_prefix>.<p>` with `Nats-Msg-Id` `<p>:<sequence>:<i>` (the
+//!   message that caused them, and their rank): applying a message again after a failover
+//!   gives the same records with the same ids, which the stream's duplicate window drops. The
+//!   configured sinks get them too, at least once.
+//! - A graceful stop writes a final snapshot of every partition, acknowledges, and unpins.
+
+use super::config::{Cluster, Config};
+use super::metrics::{ClusterView, Metrics, PartitionView};
+use super::sink::Sinks;
+use crate::engine::message::decode_projected;
+use crate::engine::output::Record;
+use crate::engine::snapshot::EngineSnapshot;
+use crate::engine::Engine;
+use crate::model::CompiledFlow;
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// How long one pull request waits on the server.
+const PULL_EXPIRES: Duration = Duration::from_millis(1000);
+
+/// A partition's saved state: the engine's snapshot (its `source_position` is the last
+/// partition-stream sequence applied) and who wrote it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    worker: String,
+    engine: EngineSnapshot,
+}
+
+/// A delivery from a partition's consumer.
+struct Delivery {
+    seq: u64,
+    /// The consumer's delivery count: contiguous, so a jump means deliveries were lost.
+    cseq: u64,
+    pending: u64,
+    payload: Bytes,
+    reply: String,
+}
+
+enum Event {
+    /// The server pinned this worker on the partition (with this pin id).
+    Pinned(u32, String),
+    /// Deliveries, with the pin id they came under.
+    Batch(u32, Option<String>, Vec<Delivery>),
+    /// The server pinned another worker (our pull was refused: 423).
+    Lost(u32),
+    /// Nothing to deliver: the partition is caught up.
+    Idle(u32),
+}
+
+/// An owned partition.
+struct Part {
+    engine: Engine,
+    applied: u64,
+    saved: u64,
+    /// The KV revision this worker last wrote: the next write must find it.
+    revision: u64,
+    /// Deliveries not yet acknowledged (their reply subjects).
+    unacked: Vec<String>,
+    /// Record publishes not yet confirmed.
+    publishes: Vec<jetstream::context::PublishAckFuture>,
+    /// The stream must be read up to the next delivery first (just pinned, or deliveries lost).
+    catch_up: bool,
+    last_cseq: u64,
+    pinned_at: Instant,
+    first_applied: bool,
+}
+
+pub async fn run(
+    config: Config,
+    cluster: Cluster,
+    flows: Vec<CompiledFlow>,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        cluster.partitions > 0,
+        "cluster.partitions must be at least 1"
+    );
+    anyhow::ensure!(
+        cluster.pin_ttl_ms > 0,
+        "cluster.pin_ttl_ms must be more than zero"
+    );
+    let client = super::source::connect(&config.nats, metrics.clone()).await?;
+    let js = jetstream::new(client.clone());
+    let replicas = cluster.replicas.max(1);
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: cluster.stream.clone(),
+        subjects: vec![format!("{}.>", cluster.prefix)],
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("partition stream {}: {e}", cluster.stream))?;
+    let parts_stream = js
+        .get_stream(&cluster.stream)
+        .await
+        .map_err(|e| anyhow::anyhow!("partition stream {}: {e}", cluster.stream))?;
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: cluster.records_stream.clone(),
+        subjects: vec![format!("{}.>", cluster.records_prefix)],
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        duplicate_window: Duration::from_millis(cluster.records_dedup_ms.max(1) as u64),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("records stream {}: {e}", cluster.records_stream))?;
+    let state = match js.get_key_value(&cluster.state_bucket).await {
+        Ok(kv) => kv,
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: cluster.state_bucket.clone(),
+                history: 1,
+                num_replicas: replicas,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("state bucket {}: {e}", cluster.state_bucket))?,
+    };
+    for p in 0..cluster.partitions {
+        create_consumer(&client, &cluster, p).await?;
+    }
+
+    let mut sinks = Sinks::spawn(
+        &config.sinks,
+        Some(client.clone()),
+        metrics.clone(),
+        &config.delivery,
+    );
+    let feed = Arc::new(super::feed::Feed::new());
+    sinks.watch(feed.clone());
+
+    // HTTP: metrics, readiness and `/api/cluster`. The engine queries and controls are not
+    // served here (one engine per partition: a query would fan out, not built yet): their
+    // receivers are dropped, so they answer 503 at once rather than hang.
+    let (query_tx, _) = mpsc::channel::<super::http::Query>(1);
+    let (control_tx, _) = mpsc::unbounded_channel();
+    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    if !config.http.listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&config.http.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("HTTP listen on {}: {e}", config.http.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(addr = %addr, "HTTP API listening.");
+        tokio::spawn(super::http::serve(
+            listener,
+            super::http::Limits {
+                header_timeout: Duration::from_millis(config.http.header_timeout_ms as u64),
+                max_connections: config.http.max_connections.max(1),
+                token: config.http.bearer_token()?,
+            },
+            metrics.clone(),
+            feed,
+            query_tx,
+            control_tx,
+            http_stop_rx,
+        ));
+    }
+
+    let mut view = ClusterView {
+        worker: cluster.worker.clone(),
+        partitions: (0..cluster.partitions)
+            .map(|p| (p, PartitionView::default()))
+            .collect(),
+    };
+    *metrics.cluster.lock().unwrap_or_else(|e| e.into_inner()) = Some(view.clone());
+
+    // Unbounded: a puller must never wait for the engine task, or a long catch-up would stop
+    // its pulls and lose the pin. What is in flight is bounded by the consumers'
+    // `max_ack_pending` (deliveries not yet acknowledged) instead.
+    // Pins and losses on their own channel, read first: a new owner shows (and claims) a
+    // partition at once, not after the batches queued before it.
+    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<Event>();
+    let pullers: Vec<_> = (0..cluster.partitions)
+        .map(|p| {
+            let chans = (ctl_tx.clone(), tx.clone());
+            tokio::spawn(pull(client.clone(), cluster.clone(), p, chans))
+        })
+        .collect();
+    drop((tx, ctl_tx));
+    metrics.ready.store(1, Relaxed);
+    tracing::info!(
+        worker = %cluster.worker,
+        partitions = cluster.partitions,
+        stream = %cluster.stream,
+        "Cluster worker pulling from every partition."
+    );
+
+    let mut w = Worker {
+        cluster: &cluster,
+        config: &config,
+        flows,
+        js: &js,
+        client: &client,
+        parts_stream: &parts_stream,
+        state: &state,
+        parts: BTreeMap::new(),
+        pins: BTreeMap::new(),
+        metrics: &metrics,
+        sinks: &sinks,
+    };
+    let mut snapshot_every = tokio::time::interval(Duration::from_millis(
+        config.snapshot_interval_ms.max(1) as u64,
+    ));
+    snapshot_every.tick().await;
+    let mut publish_view = tokio::time::interval(Duration::from_millis(250));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => {
+                tracing::info!("Shutting down: final snapshots, then unpinning.");
+                break;
+            }
+            _ = snapshot_every.tick() => {
+                w.save_all(&mut view).await;
+            }
+            _ = publish_view.tick() => {
+                w.show(&mut view);
+            }
+            ev = next_event(&mut ctl_rx, &mut rx) => match ev {
+                Some(Event::Pinned(p, id)) => {
+                    w.pins.insert(p, id);
+                    w.gain(p, &mut view).await;
+                }
+                Some(Event::Lost(p)) => {
+                    w.pins.remove(&p);
+                    if w.parts.remove(&p).is_some() {
+                        tracing::warn!(partition = p, "Another worker was pinned on the partition; dropped it.");
+                    }
+                    if let Some(v) = view.partitions.get_mut(&p) {
+                        v.owned = false;
+                    }
+                }
+                Some(Event::Idle(p)) => {
+                    if let Some(v) = view.partitions.get_mut(&p) {
+                        v.lag = 0;
+                    }
+                }
+                Some(Event::Batch(p, pin, batch)) => {
+                    // Pinned, but the partition was dropped (a failed write or read): take it
+                    // again from its snapshot rather than leave its deliveries unapplied.
+                    if !w.parts.contains_key(&p) && pin.is_some() && w.pins.get(&p) == pin.as_ref() {
+                        tracing::info!(partition = p, "Still pinned on a partition dropped here; taking it again.");
+                        w.gain(p, &mut view).await;
+                    }
+                    w.apply(p, batch, &mut view).await;
+                }
+                None => break,
+            },
+        }
+    }
+    for t in &pullers {
+        t.abort();
+    }
+    // What was already delivered is applied: it is in the final snapshot.
+    while let Ok(ev) = rx.try_recv() {
+        if let Event::Batch(p, _, batch) = ev {
+            w.apply(p, batch, &mut view).await;
+        }
+    }
+    let failed = w.save_all(&mut view).await;
+    for p in w.parts.keys() {
+        unpin(&client, &cluster, *p).await;
+    }
+    w.show(&mut view);
+    drop(w);
+    sinks.drain(Duration::from_secs(5)).await;
+    let _ = client.flush().await;
+    let _ = http_stop_tx.send(());
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} partition snapshots could not be written"
+    );
+    Ok(())
+}
+
+/// The next event: pins and losses before batches.
+async fn next_event(
+    ctl: &mut mpsc::UnboundedReceiver<Event>,
+    data: &mut mpsc::UnboundedReceiver<Event>,
+) -> Option<Event> {
+    tokio::select! {
+        biased;
+        Some(e) = ctl.recv() => Some(e),
+        e = data.recv() => e,
+    }
+}
+
+/// The consumer of partition `p`, created (or found as it is) through the JetStream API, since
+/// async-nats 0.46 has no `priority_timeout`.
+async fn create_consumer(client: &async_nats::Client, c: &Cluster, p: u32) -> anyhow::Result<()> {
+    let name = format!("{}-{p}", c.consumer_prefix);
+    let body = serde_json::json!({
+        "stream_name": c.stream,
+        "config": {
+            "durable_name": name,
+            "filter_subject": format!("{}.{p}", c.prefix),
+            "deliver_policy": "all",
+            // ADR-42: pinned_client takes explicit acknowledgements.
+            "ack_policy": "explicit",
+            "ack_wait": ms_to_ns(c.ack_wait_ms),
+            "max_ack_pending": c.max_ack_pending.max(1),
+            "max_waiting": 4096,
+            "priority_groups": [c.group],
+            "priority_policy": "pinned_client",
+            "priority_timeout": ms_to_ns(c.pin_ttl_ms),
+        }
+    });
+    let subject = format!("$JS.API.CONSUMER.CREATE.{}.{name}", c.stream);
+    let reply = client
+        .request(subject, Bytes::from(body.to_string()))
+        .await
+        .map_err(|e| anyhow::anyhow!("creating consumer {name}: {e}"))?;
+    let v: serde_json::Value = serde_json::from_slice(&reply.payload)
+        .map_err(|e| anyhow::anyhow!("creating consumer {name}: {e}"))?;
+    if let Some(err) = v.get("error") {
+        anyhow::bail!(
+            "creating consumer {name} on {}: {} (priority groups need nats-server 2.11 or later)",
+            c.stream,
+            err
+        );
+    }
+    Ok(())
+}
+
+fn ms_to_ns(ms: i64) -> u64 {
+    (ms.max(0) as u64).saturating_mul(1_000_000)
+}
+
+/// Pulls partition `p` for ever: one request at a time, carrying the pin id once the server
+/// gave one. Runs as its own task so that a busy engine task does not stop the pulls that keep
+/// the pin (the channel is bounded: a long stall would lose it, which is then safe).
+async fn pull(
+    client: async_nats::Client,
+    c: Cluster,
+    p: u32,
+    (ctl, tx): (mpsc::UnboundedSender<Event>, mpsc::UnboundedSender<Event>),
+) {
+    let consumer = format!("{}-{p}", c.consumer_prefix);
+    let next = format!("$JS.API.CONSUMER.MSG.NEXT.{}.{consumer}", c.stream);
+    let inbox = client.new_inbox();
+    let mut sub = match client.subscribe(inbox.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(partition = p, "Subscribing for pulls failed: {e}");
+            return;
+        }
+    };
+    let mut pin: Option<String> = None;
+    loop {
+        let mut req = serde_json::json!({
+            "batch": c.pull_batch.max(1),
+            "expires": PULL_EXPIRES.as_nanos() as u64,
+            "group": c.group,
+        });
+        if let Some(id) = &pin {
+            req["id"] = serde_json::Value::String(id.clone());
+        }
+        if let Err(e) = client
+            .publish_with_reply(next.clone(), inbox.clone(), Bytes::from(req.to_string()))
+            .await
+        {
+            tracing::warn!(partition = p, "Pull request failed: {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        let deadline = tokio::time::Instant::now() + PULL_EXPIRES + Duration::from_millis(500);
+        let mut batch = Vec::new();
+        loop {
+            let m = match tokio::time::timeout_at(deadline, sub.next()).await {
+                Err(_) => break,
+                Ok(None) => return,
+                Ok(Some(m)) => m,
+            };
+            if let Some(status) = m.status {
+                match status.as_u16() {
+                    100 => continue,
+                    404 | 408 => {
+                        if batch.is_empty() && pin.is_some() && ctl.send(Event::Idle(p)).is_err() {
+                            return;
+                        }
+                        break;
+                    }
+                    423 => {
+                        // Pinned elsewhere: pull without an id, as a stand-by.
+                        if pin.take().is_some() && ctl.send(Event::Lost(p)).is_err() {
+                            return;
+                        }
+                        break;
+                    }
+                    _ => {
+                        tracing::debug!(partition = p, status = status.as_u16(), description = ?m.description, "Pull ended.");
+                        break;
+                    }
+                }
+            }
+            let id = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Pin-Id"))
+                .map(|v| v.as_str().to_string());
+            if let Some(id) = id {
+                if pin.as_deref() != Some(id.as_str()) {
+                    let old_pin = pin.replace(id.clone());
+                    if !batch.is_empty()
+                        && tx
+                            .send(Event::Batch(p, old_pin, std::mem::take(&mut batch)))
+                            .is_err()
+                    {
+                        return;
+                    }
+                    if ctl.send(Event::Pinned(p, id.clone())).is_err() {
+                        return;
+                    }
+                }
+            }
+            let Some(reply) = m.reply.as_ref().map(|r| r.to_string()) else {
+                continue;
+            };
+            let Some((seq, cseq, pending)) = ack_fields(&reply) else {
+                tracing::warn!(partition = p, reply = %reply, "A delivery without JetStream metadata, skipped.");
+                continue;
+            };
+            batch.push(Delivery {
+                seq,
+                cseq,
+                pending,
+                payload: m.payload,
+                reply,
+            });
+            if batch.len() >= c.pull_batch.max(1) {
+                break;
+            }
+        }
+        if !batch.is_empty() && tx.send(Event::Batch(p, pin.clone(), batch)).is_err() {
+            return;
+        }
+    }
+}
+
+/// (stream sequence, consumer sequence, pending) from a JetStream reply subject:
+/// `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<time>.<pending>`, or the form with
+/// a domain and an account hash before the stream.
+fn ack_fields(reply: &str) -> Option<(u64, u64, u64)> {
+    let t: Vec<&str> = reply.split('.').collect();
+    if t.len() < 9 || t[0] != "$JS" || t[1] != "ACK" {
+        return None;
+    }
+    let base = if t.len() == 9 { 2 } else { 4 };
+    let num = |i: usize| t.get(base + i).and_then(|s| s.parse::<u64>().ok());
+    Some((num(3)?, num(4)?, num(6)?))
+}
+
+/// `$JS.API.CONSUMER.UNPIN`: another worker may be pinned at once (after a graceful stop).
+async fn unpin(client: &async_nats::Client, c: &Cluster, p: u32) {
+    let subject = format!(
+        "$JS.API.CONSUMER.UNPIN.{}.{}-{p}",
+        c.stream, c.consumer_prefix
+    );
+    let body = serde_json::json!({ "group": c.group }).to_string();
+    match client.request(subject, Bytes::from(body)).await {
+        Ok(r) => {
+            let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap_or_default();
+            if let Some(e) = v.get("error") {
+                tracing::warn!(partition = p, "Unpinning failed: {e}");
+            }
+        }
+        Err(e) => tracing::warn!(partition = p, "Unpinning failed: {e}"),
+    }
+}
+
+struct Worker<'a> {
+    cluster: &'a Cluster,
+    config: &'a Config,
+    flows: Vec<CompiledFlow>,
+    js: &'a jetstream::Context,
+    client: &'a async_nats::Client,
+    parts_stream: &'a jetstream::stream::Stream,
+    state: &'a kv::Store,
+    parts: BTreeMap<u32, Part>,
+    /// The pin id each partition's puller last reported (none once pinned elsewhere).
+    pins: BTreeMap<u32, String>,
+    metrics: &'a Metrics,
+    sinks: &'a Sinks,
+}
+
+impl Worker<'_> {
+    fn key(p: u32) -> String {
+        format!("part-{p}")
+    }
+
+    fn new_engine(&self) -> Engine {
+        new_engine(&self.flows, self.config)
+    }
+
+    /// Pinned on `p`: read its snapshot and claim it (compare-and-set), restore it.
+    async fn gain(&mut self, p: u32, view: &mut ClusterView) {
+        let key = Self::key(p);
+        for attempt in 1u64.. {
+            let entry = match self.state.entry(key.clone()).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(
+                        partition = p,
+                        "Reading the partition's snapshot failed: {e}; trying again."
+                    );
+                    tokio::time::sleep(Duration::from_millis(200 * attempt.min(10))).await;
+                    continue;
+                }
+            };
+            let (saved, revision) = match entry.filter(|e| !e.value.is_empty()) {
+                Some(e) => match serde_json::from_slice::<Saved>(&e.value) {
+                    Ok(s) => (Some(s), e.revision),
+                    Err(err) => {
+                        // Not ours to read: never overwrite what may be a newer format.
+                        tracing::error!(partition = p, "The saved state of the partition is not a flowcast snapshot ({err}); not taking it.");
+                        return;
+                    }
+                },
+                None => (None, 0),
+            };
+            let mut applied = 0;
+            let mut snap = match saved.as_ref() {
+                Some(s) => {
+                    applied = s.engine.source_position.unwrap_or(0);
+                    s.engine.clone()
+                }
+                None => self.new_engine().snapshot(),
+            };
+            snap.source_position = Some(applied);
+            let bytes = match serde_json::to_vec(&Saved {
+                worker: self.cluster.worker.clone(),
+                engine: snap,
+            }) {
+                Ok(b) => Bytes::from(b),
+                Err(e) => {
+                    tracing::error!(partition = p, "Serialising the snapshot failed: {e}");
+                    return;
+                }
+            };
+            // Restored from the bytes written, as every restore and rebase is (see `save`).
+            let engine = match engine_from(&self.flows, self.config, &bytes) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(
+                        partition = p,
+                        "The partition's snapshot does not restore: {e}"
+                    );
+                    return;
+                }
+            };
+            // The claim: whoever wrote since our read wins, and we read again.
+            let written = if revision == 0 {
+                self.state
+                    .create(&key, bytes)
+                    .await
+                    .map_err(|e| e.to_string())
+            } else {
+                self.state
+                    .update(&key, bytes, revision)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            match written {
+                Ok(rev) => {
+                    let from = saved.as_ref().map(|s| s.worker.clone()).unwrap_or_default();
+                    tracing::info!(partition = p, position = applied, from = %from, "Pinned on the partition; restored its snapshot.");
+                    self.parts.insert(
+                        p,
+                        Part {
+                            engine,
+                            applied,
+                            saved: applied,
+                            revision: rev,
+                            unacked: Vec::new(),
+                            publishes: Vec::new(),
+                            catch_up: true,
+                            last_cseq: 0,
+                            pinned_at: Instant::now(),
+                            first_applied: false,
+                        },
+                    );
+                    if let Some(v) = view.partitions.get_mut(&p) {
+                        v.owned = true;
+                        v.applied = applied;
+                        v.saved = applied;
+                        v.pinned_times += 1;
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::info!(partition = p, "Claiming the partition's snapshot raced another write ({e}); reading it again.");
+                    tokio::time::sleep(Duration::from_millis(50 * attempt.min(20))).await;
+                }
+            }
+        }
+    }
+
+    /// Applies a batch of `p`'s deliveries, after the stream itself where deliveries are
+    /// missing (just pinned, or lost on the way).
+    async fn apply(&mut self, p: u32, batch: Vec<Delivery>, view: &mut ClusterView) {
+        // A jump in the delivery count inside the batch starts a new run (checked as the
+        // first of a batch is).
+        let mut runs: Vec<Vec<Delivery>> = Vec::new();
+        for d in batch {
+            match runs.last_mut() {
+                Some(r) if r.last().is_some_and(|l| d.cseq == l.cseq + 1) => r.push(d),
+                _ => runs.push(vec![d]),
+            }
+        }
+        for run in runs {
+            self.apply_run(p, run, view).await;
+        }
+    }
+
+    async fn apply_run(&mut self, p: u32, batch: Vec<Delivery>, view: &mut ClusterView) {
+        let Some(first) = batch.first() else { return };
+        let Some(part) = self.parts.get(&p) else {
+            // Not (or no longer) ours: not acknowledged, the owner has them.
+            return;
+        };
+        // Just pinned, or another client was delivered some of the partition (the consumer's
+        // delivery count jumped): what the consumer delivered up to now, to anyone, is read
+        // from the stream itself. Its redeliveries come later, mixed with new messages (a
+        // batch may hold the first few redeliveries, whose `ack_wait` ran out, then new ones),
+        // so only a position that covers every delivery makes "at or below: skip" safe.
+        let gap = part.catch_up || first.cseq > part.last_cseq + 1;
+        if gap {
+            let name = format!("{}-{p}", self.cluster.consumer_prefix);
+            let delivered = match self.parts_stream.consumer_info(&name).await {
+                Ok(i) => i.delivered.stream_sequence,
+                Err(e) => {
+                    tracing::error!(
+                        partition = p,
+                        "Consumer info failed ({e}); dropping the partition."
+                    );
+                    self.parts.remove(&p);
+                    return;
+                }
+            };
+            let Some(part) = self.parts.get(&p) else {
+                return;
+            };
+            let (from, to) = (part.applied + 1, delivered.max(first.seq - 1));
+            match if from <= to {
+                self.read_stream(p, from, to).await
+            } else {
+                Ok(Vec::new())
+            } {
+                Ok(missed) => {
+                    if !missed.is_empty() {
+                        tracing::info!(
+                            partition = p,
+                            from,
+                            to,
+                            messages = missed.len(),
+                            "Read the stream up to the consumer's last delivery."
+                        );
+                    }
+                    self.apply_payloads(p, missed.into_iter().map(|(s, b)| (s, b, None)))
+                        .await;
+                }
+                Err(e) => {
+                    // Without those, nothing after may be applied: drop the partition, which
+                    // the next pin (ours or another's) takes again from its snapshot.
+                    tracing::error!(
+                        partition = p,
+                        "Reading the partition stream failed ({e:#}); dropping the partition."
+                    );
+                    self.parts.remove(&p);
+                    if let Some(v) = view.partitions.get_mut(&p) {
+                        v.owned = false;
+                    }
+                    return;
+                }
+            }
+        }
+        let (last_cseq, pending) = batch
+            .last()
+            .map(|d| (d.cseq, d.pending))
+            .unwrap_or_default();
+        self.apply_payloads(
+            p,
+            batch.into_iter().map(|d| (d.seq, d.payload, Some(d.reply))),
+        )
+        .await;
+        if let Some(part) = self.parts.get_mut(&p) {
+            part.catch_up = false;
+            part.last_cseq = last_cseq;
+            if let Some(v) = view.partitions.get_mut(&p) {
+                v.applied = part.applied;
+                v.lag = pending;
+            }
+        }
+    }
+
+    /// Applies messages in order (skipping those already applied), then stores their records.
+    async fn apply_payloads(
+        &mut self,
+        p: u32,
+        items: impl Iterator<Item = (u64, Bytes, Option<String>)>,
+    ) {
+        let Some(part) = self.parts.get_mut(&p) else {
+            return;
+        };
+        let mut out: Vec<(u64, usize, Record)> = Vec::new();
+        let horizon = unix_ms().saturating_add(self.config.clock.max_future_ms());
+        part.engine.set_horizon(Some(horizon));
+        let projection = part.engine.projection();
+        let mut records = Vec::new();
+        for (seq, payload, reply) in items {
+            if let Some(r) = reply {
+                part.unacked.push(r);
+            }
+            if seq <= part.applied {
+                self.metrics.redeliveries_skipped.fetch_add(1, Relaxed);
+                continue;
+            }
+            part.applied = seq;
+            match decode_projected(payload.trim_ascii(), &projection) {
+                Ok(msg) => part.engine.observe(&msg, &mut records),
+                Err(e) => {
+                    part.engine.count_malformed();
+                    let n = part.engine.stats.malformed;
+                    if n <= 10 || n.is_multiple_of(1000) {
+                        tracing::warn!(
+                            partition = p,
+                            malformed = n,
+                            "Skipped a malformed message: {e}"
+                        );
+                    }
+                }
+            }
+            if !part.first_applied {
+                part.first_applied = true;
+                tracing::info!(
+                    partition = p,
+                    seq,
+                    after_ms = part.pinned_at.elapsed().as_millis() as u64,
+                    "First message applied since pinned."
+                );
+            }
+            out.extend(records.drain(..).enumerate().map(|(i, r)| (seq, i, r)));
+        }
+        for (seq, i, r) in out {
+            let id = format!("{p}:{seq}:{i}");
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id.as_str());
+            // The server keeps the first for itself; readers see this one.
+            headers.insert("Flowcast-Record", id.as_str());
+            let body = Bytes::from(serde_json::to_vec(&r).unwrap_or_default());
+            match self
+                .js
+                .publish_with_headers(
+                    format!("{}.{p}", self.cluster.records_prefix),
+                    headers,
+                    body,
+                )
+                .await
+            {
+                Ok(f) => part.publishes.push(f),
+                Err(e) => {
+                    // Not stored: the snapshot must not cover it. Drop the partition: the
+                    // next owner applies the message again from the last snapshot.
+                    tracing::error!(
+                        partition = p,
+                        "Publishing a record failed ({e}); dropping the partition."
+                    );
+                    self.parts.remove(&p);
+                    return;
+                }
+            }
+            self.sinks.send(r);
+        }
+    }
+
+    /// The partition's messages with sequences `from..=to`, read from the stream (an ordered
+    /// consumer on the partition's subject).
+    async fn read_stream(&self, p: u32, from: u64, to: u64) -> anyhow::Result<Vec<(u64, Bytes)>> {
+        use jetstream::consumer::{pull, DeliverPolicy};
+        let mut out = Vec::new();
+        let mut ordered = self
+            .parts_stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: format!("{}.{p}", self.cluster.prefix),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("catch-up consumer: {e}"))?;
+        let pending = ordered
+            .info()
+            .await
+            .map(|i| i.num_pending)
+            .map_err(|e| anyhow::anyhow!("catch-up consumer: {e}"))?;
+        if pending == 0 {
+            return Ok(out);
+        }
+        let mut msgs = ordered
+            .messages()
+            .await
+            .map_err(|e| anyhow::anyhow!("catch-up: {e}"))?;
+        while let Some(m) = msgs.next().await {
+            let m = m.map_err(|e| anyhow::anyhow!("catch-up: {e}"))?;
+            let info = m.info().map_err(|e| anyhow::anyhow!("catch-up: {e}"))?;
+            let (seq, left) = (info.stream_sequence, info.pending);
+            if seq > to {
+                break;
+            }
+            out.push((seq, m.message.payload.clone()));
+            if seq == to || left == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Saves every owned partition that applied or was delivered something since its last
+    /// snapshot, then acknowledges what each snapshot covers. Returns the failures.
+    async fn save_all(&mut self, view: &mut ClusterView) -> usize {
+        let mut failed = 0;
+        let owned: Vec<u32> = self.parts.keys().copied().collect();
+        for p in owned {
+            if !self.save(p, view).await {
+                failed += 1;
+            }
+        }
+        failed
+    }
+
+    async fn save(&mut self, p: u32, view: &mut ClusterView) -> bool {
+        let Some(part) = self.parts.get_mut(&p) else {
+            return true;
+        };
+        if part.applied == part.saved && part.unacked.is_empty() {
+            return true;
+        }
+        // The records of what the snapshot covers are stored first. One that was not can only
+        // be stored by applying its message again: the partition is dropped, and its next
+        // owner (this worker again, or another) does that from the last snapshot.
+        for f in std::mem::take(&mut part.publishes) {
+            if let Err(e) = f.await {
+                tracing::error!(
+                    partition = p,
+                    "A record was not stored ({e}); dropping the partition."
+                );
+                self.metrics.snapshots_failed.fetch_add(1, Relaxed);
+                self.parts.remove(&p);
+                if let Some(v) = view.partitions.get_mut(&p) {
+                    v.owned = false;
+                }
+                return false;
+            }
+        }
+        let Some(part) = self.parts.get_mut(&p) else {
+            return true;
+        };
+        let mut snap = part.engine.snapshot();
+        snap.source_position = Some(part.applied);
+        let bytes = match serde_json::to_vec(&Saved {
+            worker: self.cluster.worker.clone(),
+            engine: snap,
+        }) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                tracing::error!(partition = p, "Serialising the snapshot failed: {e}");
+                return false;
+            }
+        };
+        // This worker goes on from what it saved, restored as the next owner would restore it:
+        // so that a message applied again after a failover gives the same records, under the
+        // same ids, as the first time (the engine's caches, the model's solution first, are
+        // not in a snapshot, and would otherwise make the two differ).
+        let rebased = engine_from(&self.flows, self.config, &bytes);
+        let Some(part) = self.parts.get_mut(&p) else {
+            return true;
+        };
+        match self.state.update(Self::key(p), bytes, part.revision).await {
+            Ok(rev) => {
+                match rebased {
+                    Ok(e) => part.engine = e,
+                    Err(e) => tracing::error!(
+                        partition = p,
+                        "The snapshot just written does not restore: {e}"
+                    ),
+                }
+                part.revision = rev;
+                part.saved = part.applied;
+                for r in part.unacked.drain(..) {
+                    if let Err(e) = self.client.publish(r, Bytes::from_static(b"+ACK")).await {
+                        tracing::warn!(
+                            partition = p,
+                            "Acknowledging failed (redelivered and skipped): {e}"
+                        );
+                    }
+                }
+                self.metrics.snapshots_ok.fetch_add(1, Relaxed);
+                self.metrics
+                    .last_snapshot_unix
+                    .store(unix_ms() / 1000, Relaxed);
+                if let Some(v) = view.partitions.get_mut(&p) {
+                    v.saved = part.saved;
+                }
+                true
+            }
+            Err(e) if matches!(e.kind(), kv::UpdateErrorKind::WrongLastRevision) => {
+                // Another worker claimed the partition: what we applied since is theirs.
+                tracing::warn!(
+                    partition = p,
+                    "Another worker wrote the partition's state; dropped it here."
+                );
+                self.parts.remove(&p);
+                if let Some(v) = view.partitions.get_mut(&p) {
+                    v.owned = false;
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!(
+                    partition = p,
+                    "Writing the partition's snapshot failed: {e}"
+                );
+                self.metrics.snapshots_failed.fetch_add(1, Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Publishes the view and the summed counters for `/metrics` and `/api/cluster`.
+    fn show(&self, view: &mut ClusterView) {
+        let mut stats = crate::engine::Stats::default();
+        for part in self.parts.values() {
+            stats.add(&part.engine.stats);
+        }
+        *self.metrics.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+        for (p, v) in view.partitions.iter_mut() {
+            v.owned = self.parts.contains_key(p);
+        }
+        *self
+            .metrics
+            .cluster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(view.clone());
+    }
+}
+
+fn new_engine(flows: &[CompiledFlow], config: &Config) -> Engine {
+    let mut engine = Engine::new(flows.to_vec());
+    engine.set_limits(config.limits.engine());
+    engine.retire_grace_ms = config.reload_grace_ms;
+    engine
+}
+
+/// A partition's engine from its saved bytes (a `Saved`).
+fn engine_from(flows: &[CompiledFlow], config: &Config, bytes: &[u8]) -> anyhow::Result<Engine> {
+    let saved: Saved = serde_json::from_slice(bytes)?;
+    saved
+        .engine
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut engine = new_engine(flows, config);
+    engine.restore(&saved.engine);
+    Ok(engine)
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
