@@ -474,14 +474,16 @@ snapshot_interval_ms: 5s"
     local got; got=$(amqp_messages)
     kill "$pid"; wait "$pid" 2> /dev/null || true
     local hz; hz=$(getconf CLK_TCK)
-    echo "$(python3 -c "print(round(($got - $first)/$secs))") $(python3 -c "print(f'{($b1-$b0)/$hz/$secs:.2f}')")"
+    local bare; bare=$(python3 -c "import json; print(round(json.load(open('$OUT/amqp-bare.json'))['per_second']))")
+    echo "$(python3 -c "print(round(($got - $first)/$secs))") $(python3 -c "print(f'{($b1-$b0)/$hz/$secs:.2f}')") $bare"
 }
 for MODE in nostate state; do
     R=()
     for _ in $(seq "$REPS"); do R+=("$(amqp_run "" "$MODE" "--prefetch 20000 --batch 1024")"); done
-    MED=$(printf '%s\n' "${R[@]}" | sort -n | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}')
-    read -r FRATE SHARE <<< "$MED"
-    BARE_RATE=$(python3 -c "import json; print(json.load(open('$OUT/amqp-bare.json'))['per_second'])")
+    # The median of each column over the runs: flowcast's rate, RabbitMQ's share, and the bare
+    # consumer's rate of the same runs (not the last run's alone: it varies by 25% run to run).
+    col() { printf '%s\n' "${R[@]}" | awk -v c="$1" '{print $c}' | sort -n | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
+    FRATE=$(col 1); SHARE=$(col 2); BARE_RATE=$(col 3)
     PUB=$(grep -o '([0-9]*/s)' "$OUT/amqp-pub.log" | tr -d '()/s')
     WHAT=$([ "$MODE" = state ] && echo "with a state directory: acknowledged once the covering snapshot is written" || echo "without a state directory: acknowledged once applied")
     row "AMQP intake, ${AMQP_BYTES}-byte nova notifications in the oslo envelope, prefetch 20,000, $WHAT (RabbitMQ's CPU share while flowcast reads: $SHARE cores; publish with confirms: $PUB/s) | $(python3 -c "print(f'{$FRATE:,}')") msgs/s | bare lapin consumer, same prefetch, one ack per batch: $(python3 -c "print(f'{$BARE_RATE:,.0f}')")/s | $(ratio "$FRATE" "$BARE_RATE") | >= 0.7"

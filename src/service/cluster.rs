@@ -911,8 +911,9 @@ impl Worker<'_> {
         };
         // This worker goes on from what it saved, restored as the next owner would restore it:
         // so that a message applied again after a failover gives the same records, under the
-        // same ids, as the first time (the engine's caches, the model's solution first, are
-        // not in a snapshot, and would otherwise make the two differ).
+        // same ids, as the first time. The model's solution and thresholds are in the snapshot
+        // now (`engine::solve_cache`); the rebuild still guards what no snapshot holds (the
+        // lazily sampled remaining-time walks, the feature model's background fit).
         let rebased = engine_from(&self.flows, self.config, &bytes);
         let Some(part) = self.parts.get_mut(&p) else {
             return true;
