@@ -1198,20 +1198,12 @@ impl Engine {
                 .then(|| round6(surprise::nats(u32::from(obj.surprise_peak)))),
         }));
         if obj.episode > 0 {
-            out.push(Record::AnomalyResolved(AnomalyResolved {
-                at: format_rfc3339(now),
-                flow: flow.name.clone(),
-                object: key.to_string(),
-                state: flow.name_of(outcome).to_string(),
-                reason: match kind {
-                    "success" => "completed",
-                    "artifact" => "artifact",
-                    _ => "expired",
-                }
-                .into(),
-                unusual_steps: u32::from(obj.unusual),
-                surprise_peak: round6(surprise::nats(u32::from(obj.surprise_peak))),
-            }));
+            let reason = match kind {
+                "success" => "completed",
+                "artifact" => "artifact",
+                _ => "expired",
+            };
+            out.push(anomaly_resolved(&flow, &key, &obj, outcome, reason, now));
         }
         let rt = &mut self.flows[fi];
         rt.remove_object(&key);
@@ -1297,15 +1289,7 @@ impl Engine {
                 obj.episode = obj.episode.saturating_add(1);
                 if usize::from(obj.episode - 1) >= usize::from(cfg.window) {
                     obj.episode = 0;
-                    out.push(Record::AnomalyResolved(AnomalyResolved {
-                        at: format_rfc3339(now),
-                        flow: rt.flow.name.clone(),
-                        object: key.to_string(),
-                        state: rt.flow.name_of(to).to_string(),
-                        reason: "path_normal".into(),
-                        unusual_steps: u32::from(obj.unusual),
-                        surprise_peak: round6(surprise::nats(u32::from(obj.surprise_peak))),
-                    }));
+                    out.push(anomaly_resolved(&rt.flow, key, obj, to, "path_normal", now));
                 }
             }
             return;
@@ -1890,6 +1874,26 @@ pub fn artifact_risks(flow: &CompiledFlow, sol: &Solution, risk: &[f64]) -> BTre
 /// What an `anomaly` record shows besides the step: the three likeliest next states of the
 /// distribution the object was judged by, and its path (its states so far, then `to` when
 /// the step moved it).
+/// The end of an object's anomaly episode, in state `state`, for `reason`.
+fn anomaly_resolved(
+    flow: &CompiledFlow,
+    key: &ObjectKey,
+    obj: &ObjectState,
+    state: StateId,
+    reason: &str,
+    now: i64,
+) -> Record {
+    Record::AnomalyResolved(AnomalyResolved {
+        at: format_rfc3339(now),
+        flow: flow.name.clone(),
+        object: key.to_string(),
+        state: flow.name_of(state).to_string(),
+        reason: reason.into(),
+        unusual_steps: u32::from(obj.unusual),
+        surprise_peak: round6(surprise::nats(u32::from(obj.surprise_peak))),
+    })
+}
+
 fn anomaly_context(
     flow: &CompiledFlow,
     before: &ObjectState,
