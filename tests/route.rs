@@ -60,6 +60,10 @@ fn expected(lines: &[String]) -> Vec<Vec<u32>> {
 }
 
 fn start_router(url: &str, log: &Path) -> Child {
+    start_router_batch(url, log, 400)
+}
+
+fn start_router_batch(url: &str, log: &Path, batch: usize) -> Child {
     Command::new(env!("CARGO_BIN_EXE_flowcast"))
         .args([
             "route",
@@ -71,7 +75,7 @@ fn start_router(url: &str, log: &Path) -> Child {
             "SRC",
         ])
         .args(["--partitions", &PARTITIONS.to_string(), "--ack-wait", "2s"])
-        .args(["--batch", "400"])
+        .args(["--batch", &batch.to_string()])
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap()
@@ -339,4 +343,35 @@ fn two_workers_on_a_partition_each_end_every_object_as_one_replay_does() {
     let (one, two) = (message_outcomes(&replay), message_outcomes(&records));
     assert!(one.len() > 3000, "{} outcomes", one.len());
     assert_eq!(two, one);
+}
+
+/// A regression: a batch is acknowledged once all its publishes are confirmed, but the client
+/// holds at most 5,000 publishes unconfirmed and then waits: a batch of more (here up to
+/// 20,000 messages, some keyed to two partitions) stopped the router for good.
+#[test]
+fn a_batch_of_more_publishes_than_the_client_holds_unconfirmed_is_routed_whole() {
+    let nats = NatsServer::start(true);
+    let url = nats.url();
+    let tmp = tempfile::tempdir().unwrap();
+    let lines = stream(tmp.path(), 1500);
+    let want: u64 = expected(&lines).iter().map(|p| p.len() as u64).sum();
+    assert!(want > 10_000, "{want} publishes");
+    publish_source(&nats, tmp.path(), &lines);
+    let log = tmp.path().join("router.log");
+    let mut router = start_router_batch(&url, &log, 20_000);
+    let start = Instant::now();
+    while stored(&url) < want {
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = router.kill();
+            panic!(
+                "{} of {want} publishes stored after 60 s:\n{}",
+                stored(&url),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sigterm(router.id());
+    assert!(router.wait().unwrap().success());
+    assert_eq!(stored(&url), want);
 }

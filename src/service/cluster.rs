@@ -53,6 +53,13 @@ use tokio::sync::mpsc;
 /// How long one pull request waits on the server.
 const PULL_EXPIRES: Duration = Duration::from_millis(1000);
 
+/// The record publishes the JetStream client holds unconfirmed (its `max_ack_inflight`): one
+/// more waits for a confirmation, for ever if nobody asks for one.
+const CLIENT_INFLIGHT: usize = 8192;
+/// Record publishes left unconfirmed across every partition before they are confirmed
+/// without waiting for the next snapshot: below `CLIENT_INFLIGHT`, so a publish never waits.
+const MAX_UNCONFIRMED: usize = 4096;
+
 /// A partition's saved state: the engine's snapshot (its `source_position` is the last
 /// partition-stream sequence applied) and who wrote it.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -116,7 +123,9 @@ pub async fn run(
         "cluster.pin_ttl_ms must be more than zero"
     );
     let client = super::source::connect(&config.nats, metrics.clone()).await?;
-    let js = jetstream::new(client.clone());
+    let js = jetstream::ContextBuilder::new()
+        .max_ack_inflight(CLIENT_INFLIGHT)
+        .build(client.clone());
     let replicas = cluster.replicas.max(1);
     js.get_or_create_stream(jetstream::stream::Config {
         name: cluster.stream.clone(),
@@ -234,6 +243,7 @@ pub async fn run(
         parts_stream: &parts_stream,
         state: &state,
         parts: BTreeMap::new(),
+        unconfirmed: 0,
         pins: BTreeMap::new(),
         metrics: &metrics,
         sinks: &sinks,
@@ -264,7 +274,7 @@ pub async fn run(
                 }
                 Some(Event::Lost(p)) => {
                     w.pins.remove(&p);
-                    if w.parts.remove(&p).is_some() {
+                    if w.drop_part(p).is_some() {
                         tracing::warn!(partition = p, "Another worker was pinned on the partition; dropped it.");
                     }
                     if let Some(v) = view.partitions.get_mut(&p) {
@@ -518,6 +528,8 @@ struct Worker<'a> {
     parts_stream: &'a jetstream::stream::Stream,
     state: &'a kv::Store,
     parts: BTreeMap<u32, Part>,
+    /// Record publishes not yet confirmed, every partition's (`Part::publishes`).
+    unconfirmed: usize,
     /// The pin id each partition's puller last reported (none once pinned elsewhere).
     pins: BTreeMap<u32, String>,
     metrics: &'a Metrics,
@@ -605,6 +617,7 @@ impl Worker<'_> {
                 Ok(rev) => {
                     let from = saved.as_ref().map(|s| s.worker.clone()).unwrap_or_default();
                     tracing::info!(partition = p, position = applied, from = %from, "Pinned on the partition; restored its snapshot.");
+                    self.drop_part(p);
                     self.parts.insert(
                         p,
                         Part {
@@ -674,7 +687,7 @@ impl Worker<'_> {
                         partition = p,
                         "Consumer info failed ({e}); dropping the partition."
                     );
-                    self.parts.remove(&p);
+                    self.drop_part(p);
                     return;
                 }
             };
@@ -707,7 +720,7 @@ impl Worker<'_> {
                         partition = p,
                         "Reading the partition stream failed ({e:#}); dropping the partition."
                     );
-                    self.parts.remove(&p);
+                    self.drop_part(p);
                     if let Some(v) = view.partitions.get_mut(&p) {
                         v.owned = false;
                     }
@@ -783,6 +796,12 @@ impl Worker<'_> {
             out.extend(records.drain(..).enumerate().map(|(i, r)| (seq, i, r)));
         }
         for (seq, i, r) in out {
+            if self.unconfirmed >= MAX_UNCONFIRMED {
+                self.confirm_all().await;
+            }
+            let Some(part) = self.parts.get_mut(&p) else {
+                return;
+            };
             let id = format!("{p}:{seq}:{i}");
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Msg-Id", id.as_str());
@@ -798,7 +817,10 @@ impl Worker<'_> {
                 )
                 .await
             {
-                Ok(f) => part.publishes.push(f),
+                Ok(f) => {
+                    part.publishes.push(f);
+                    self.unconfirmed += 1;
+                }
                 Err(e) => {
                     // Not stored: the snapshot must not cover it. Drop the partition: the
                     // next owner applies the message again from the last snapshot.
@@ -806,7 +828,7 @@ impl Worker<'_> {
                         partition = p,
                         "Publishing a record failed ({e}); dropping the partition."
                     );
-                    self.parts.remove(&p);
+                    self.drop_part(p);
                     return;
                 }
             }
@@ -880,19 +902,12 @@ impl Worker<'_> {
         // The records of what the snapshot covers are stored first. One that was not can only
         // be stored by applying its message again: the partition is dropped, and its next
         // owner (this worker again, or another) does that from the last snapshot.
-        for f in std::mem::take(&mut part.publishes) {
-            if let Err(e) = f.await {
-                tracing::error!(
-                    partition = p,
-                    "A record was not stored ({e}); dropping the partition."
-                );
-                self.metrics.snapshots_failed.fetch_add(1, Relaxed);
-                self.parts.remove(&p);
-                if let Some(v) = view.partitions.get_mut(&p) {
-                    v.owned = false;
-                }
-                return false;
+        if !self.confirm(p).await {
+            self.metrics.snapshots_failed.fetch_add(1, Relaxed);
+            if let Some(v) = view.partitions.get_mut(&p) {
+                v.owned = false;
             }
+            return false;
         }
         let Some(part) = self.parts.get_mut(&p) else {
             return true;
@@ -952,7 +967,7 @@ impl Worker<'_> {
                     partition = p,
                     "Another worker wrote the partition's state; dropped it here."
                 );
-                self.parts.remove(&p);
+                self.drop_part(p);
                 if let Some(v) = view.partitions.get_mut(&p) {
                     v.owned = false;
                 }
@@ -966,6 +981,44 @@ impl Worker<'_> {
                 self.metrics.snapshots_failed.fetch_add(1, Relaxed);
                 false
             }
+        }
+    }
+
+    /// Forgets partition `p` (its unconfirmed publishes too).
+    fn drop_part(&mut self, p: u32) -> Option<Part> {
+        let part = self.parts.remove(&p)?;
+        self.unconfirmed = self.unconfirmed.saturating_sub(part.publishes.len());
+        Some(part)
+    }
+
+    /// Waits for the confirmation of `p`'s record publishes. One not stored can only be stored
+    /// by applying its message again: the partition is dropped (false), and its next owner
+    /// (this worker again, or another) does that from the last snapshot.
+    async fn confirm(&mut self, p: u32) -> bool {
+        let Some(part) = self.parts.get_mut(&p) else {
+            return true;
+        };
+        let publishes = std::mem::take(&mut part.publishes);
+        self.unconfirmed = self.unconfirmed.saturating_sub(publishes.len());
+        for f in publishes {
+            if let Err(e) = f.await {
+                tracing::error!(
+                    partition = p,
+                    "A record was not stored ({e}); dropping the partition."
+                );
+                self.drop_part(p);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Confirms every partition's record publishes (too many were left for the next
+    /// snapshots: the client would stop publishing).
+    async fn confirm_all(&mut self) {
+        let owned: Vec<u32> = self.parts.keys().copied().collect();
+        for p in owned {
+            self.confirm(p).await;
         }
     }
 

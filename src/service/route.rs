@@ -220,6 +220,10 @@ pub async fn route(
     Ok(stats)
 }
 
+/// Publishes left unconfirmed before the router waits for their confirmations: below the
+/// client's `max_ack_inflight` (5,000 by default).
+const MAX_UNCONFIRMED: usize = 4096;
+
 type Acks = futures::stream::FuturesUnordered<
     <jetstream::context::PublishAckFuture as std::future::IntoFuture>::IntoFuture,
 >;
@@ -255,6 +259,14 @@ impl Router<'_> {
             stats.unrouted += 1;
         }
         for p in parts {
+            // The client holds at most `max_ack_inflight` publishes unconfirmed and then waits
+            // for a confirmation, which only the end of the batch asks for: a batch of more
+            // publishes than that waited for ever. The router confirms them as it goes.
+            if acks.len() >= MAX_UNCONFIRMED {
+                while let Some(a) = acks.next().await {
+                    a.map_err(|e| anyhow::anyhow!("a partition publish was not confirmed: {e}"))?;
+                }
+            }
             let mut headers = async_nats::HeaderMap::new();
             let id = format!("{}:{seq}/{p}", self.opts.from_stream);
             // The server keeps `Nats-Msg-Id` for deduplication only; workers read the other.
