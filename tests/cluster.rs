@@ -47,7 +47,9 @@ fn partitions(lines: &[String]) -> Vec<Vec<u32>> {
 }
 
 /// Publishes each line to its partitions as a router does (`Nats-Msg-Id` `SRC:<line>/<p>`),
-/// counting the confirmed publishes in `done`.
+/// counting the confirmed publishes in `done`. A publish not confirmed (a server of the
+/// cluster killed, a leader being elected) is sent again under the same id, as a router's
+/// is after a crash: the stream's duplicate window keeps one.
 /// `first`: the line number of `lines[0]` in the whole stream (ids stay unique across calls).
 fn publish_partitions(
     replicas: usize,
@@ -56,6 +58,19 @@ fn publish_partitions(
     parts: &[Vec<u32>],
     first: usize,
     done: &AtomicU64,
+) {
+    publish_paced(replicas, url, lines, parts, first, done, 5)
+}
+
+/// `publish_partitions`, waiting `pace_ms` after every 500 publishes.
+fn publish_paced(
+    replicas: usize,
+    url: &str,
+    lines: &[String],
+    parts: &[Vec<u32>],
+    first: usize,
+    done: &AtomicU64,
+    pace_ms: u64,
 ) {
     block_on(async {
         let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
@@ -68,37 +83,86 @@ fn publish_partitions(
         })
         .await
         .unwrap();
-        let mut acks = Vec::new();
+        let mut pending = Vec::new();
         for (i, (line, ps)) in lines.iter().zip(parts).enumerate() {
             for p in ps {
-                let mut h = async_nats::HeaderMap::new();
-                h.insert("Nats-Msg-Id", format!("SRC:{}/{p}", first + i + 1).as_str());
-                acks.push(
-                    js.publish_with_headers(
-                        format!("flowcast.part.{p}"),
-                        h,
-                        line.clone().into_bytes().into(),
-                    )
-                    .await
-                    .unwrap(),
-                );
+                let id = format!("SRC:{}/{p}", first + i + 1);
+                let ack = send_part(&js, *p, &id, line).await;
+                pending.push((*p, id, line.clone(), ack));
             }
-            if acks.len() >= 500 {
-                let n = acks.len() as u64;
-                for a in acks.drain(..) {
-                    a.await.unwrap();
-                }
+            if pending.len() >= 500 {
+                let n = confirm_parts(&js, std::mem::take(&mut pending)).await;
                 done.fetch_add(n, Ordering::Relaxed);
                 // A steady load rather than one burst: the kill lands while messages flow.
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(Duration::from_millis(pace_ms)).await;
             }
         }
-        let n = acks.len() as u64;
-        for a in acks.drain(..) {
-            a.await.unwrap();
-        }
+        let n = confirm_parts(&js, pending).await;
         done.fetch_add(n, Ordering::Relaxed);
     });
+}
+
+type Sent = Result<
+    async_nats::jetstream::context::PublishAckFuture,
+    async_nats::jetstream::context::PublishError,
+>;
+
+async fn send_part(js: &async_nats::jetstream::Context, p: u32, id: &str, line: &str) -> Sent {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Nats-Msg-Id", id);
+    js.publish_with_headers(
+        format!("flowcast.part.{p}"),
+        h,
+        line.to_string().into_bytes().into(),
+    )
+    .await
+}
+
+/// Waits for each publish's confirmation, sending again (same id) what was not confirmed.
+/// All at once: when a stream's leader dies, each of hundreds of publishes waits for the
+/// context's timeout, and one after the other that is many minutes.
+async fn confirm_parts(
+    js: &async_nats::jetstream::Context,
+    sent: Vec<(u32, String, String, Sent)>,
+) -> u64 {
+    let n = sent.len() as u64;
+    let mut waiting: Vec<_> = sent
+        .into_iter()
+        .map(|(p, id, line, ack)| (p, id, line, Some(ack)))
+        .collect();
+    for tries in 0.. {
+        let acks = futures::future::join_all(waiting.iter_mut().map(|(_, _, _, ack)| {
+            let ack = ack.take();
+            async move {
+                match ack {
+                    Some(Ok(f)) => f.await.is_ok(),
+                    _ => false,
+                }
+            }
+        }))
+        .await;
+        let mut left = Vec::new();
+        for (w, ok) in waiting.into_iter().zip(acks) {
+            if !ok {
+                left.push(w);
+            }
+        }
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            tries < 120,
+            "{} publishes never confirmed, {} first",
+            left.len(),
+            left[0].1
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        for (p, id, line, ack) in left.iter_mut() {
+            *ack = Some(send_part(js, *p, id, line).await);
+        }
+        waiting = left;
+    }
+    n
 }
 
 fn start_worker(dir: &Path, name: &str, url: &str, pin_ttl: &str, replicas: usize) -> Service {
@@ -119,7 +183,7 @@ fn start_worker_saving(
     let config = format!(
         "models: {models:?}\nsnapshot_interval_ms: {snapshot_interval}\nsinks: []\n\
          nats: {{ url: \"{url}\" }}\nclock: {{ mode: event, idle_after_ms: \"0\" }}\n\
-         cluster: {{ partitions: {PARTITIONS}, pin_ttl_ms: {pin_ttl}, ack_wait_ms: 10s, replicas: {replicas}, worker: {name} }}"
+         cluster: {{ partitions: {PARTITIONS}, pin_ttl_ms: {pin_ttl}, ack_wait_ms: 10s, replicas: {replicas}, worker: {name}, worker_ttl_ms: 3s }}"
     );
     Service::start(&dir, &config)
 }
@@ -128,14 +192,17 @@ fn start_worker_saving(
 fn consumer_state(url: &str, p: u32) -> (serde_json::Value, serde_json::Value) {
     block_on(async {
         let c = async_nats::connect(url).await.unwrap();
-        let reply = c
+        let Ok(reply) = c
             .request(
                 format!("$JS.API.CONSUMER.INFO.FLOWCAST_PARTS.part-{p}"),
                 "".into(),
             )
             .await
-            .unwrap();
-        let i: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+        else {
+            // No answer (a cluster electing a leader): not idle.
+            return (serde_json::Value::Null, serde_json::Value::Null);
+        };
+        let i: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap_or_default();
         (i["num_pending"].clone(), i["num_ack_pending"].clone())
     })
 }
@@ -416,9 +483,17 @@ fn kill_a_worker_under_load(urls: &[String], replicas: usize, objects: usize) {
         w.stop();
     }
 
+    assert_replayed(tmp.path(), url, &lines, &parts);
+}
+
+/// Each partition's saved state covers its whole subject, every message counted once; each
+/// partition's records are exactly a replay of its messages; every object ends as one replay
+/// of the whole stream ends it.
+fn assert_replayed(dir: &Path, url: &str, lines: &[String], parts: &[Vec<u32>]) {
+    let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
     // Each partition's saved state covers its whole subject, every message counted once.
     let mut by_partition: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-    for (line, ps) in lines.iter().zip(&parts) {
+    for (line, ps) in lines.iter().zip(parts) {
         for p in ps {
             by_partition.entry(*p).or_default().push(line.clone());
         }
@@ -448,7 +523,7 @@ fn kill_a_worker_under_load(urls: &[String], replicas: usize, objects: usize) {
     }
     let mut alerts = 0;
     for (p, msgs) in &by_partition {
-        let file = tmp.path().join(format!("part-{p}.jsonl"));
+        let file = dir.join(format!("part-{p}.jsonl"));
         std::fs::write(&file, msgs.join("\n") + "\n").unwrap();
         let want = replay_records("models", &file);
         let got: Vec<serde_json::Value> = stored
@@ -483,7 +558,7 @@ fn kill_a_worker_under_load(urls: &[String], replicas: usize, objects: usize) {
     );
 
     // And every object ends as one uninterrupted replay of the whole stream ends it.
-    let file = tmp.path().join("all.jsonl");
+    let file = dir.join("all.jsonl");
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
     let one = message_outcomes(replay_records("models", &file).iter());
     let cluster = message_outcomes(stored.values().flatten().map(|(_, v)| v));
@@ -621,4 +696,150 @@ fn more_records_between_two_snapshots_than_the_client_holds_unconfirmed_stop_not
         counted, total,
         "the final snapshots count every message once"
     );
+}
+
+/// Waits until `workers` own every partition between them, as evenly as can be (counts
+/// differing by one at most), and returns how long it took.
+fn wait_balanced(workers: &[&Service], what: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        let owned: Vec<BTreeSet<u32>> = workers.iter().map(|w| owned(w)).collect();
+        let all: BTreeSet<u32> = owned.iter().flatten().copied().collect();
+        let counts: Vec<usize> = owned.iter().map(|o| o.len()).collect();
+        let (lo, hi) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+        let disjoint = counts.iter().sum::<usize>() == all.len();
+        if all.len() == PARTITIONS as usize && disjoint && hi - lo <= 1 {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "{what}: not balanced within 40 s: {owned:?}\n{}",
+            workers
+                .iter()
+                .map(|w| w.log())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Workers added one by one while messages flow: each gets its share of the partitions from
+/// those that have more (final snapshot, unpin, the new owner restores), and at the end
+/// every partition's records are a replay of its messages, each message applied once.
+/// (A partition is pinned when a message is delivered: the load flows throughout, or a
+/// partition handed over would wait for its next message to have an owner.)
+#[test]
+fn workers_added_under_load_take_their_share_and_nothing_is_lost_or_repeated() {
+    let nats = NatsServer::start_current();
+    let url = nats.url();
+    let tmp = tempfile::tempdir().unwrap();
+    let lines = simulated_bundled_lines(tmp.path(), 4_000, &["--seed", "14"]);
+    let parts = partitions(&lines);
+    let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
+    let done = Arc::new(AtomicU64::new(0));
+    let w0 = start_worker(tmp.path(), "w0", &url, "2s", 1);
+    // About 2,000 messages a second, for 25 s or so.
+    let publisher = {
+        let (url, lines, parts, done) = (url.clone(), lines.clone(), parts.clone(), done.clone());
+        std::thread::spawn(move || publish_paced(1, &url, &lines, &parts, 0, &done, 250))
+    };
+    let start = Instant::now();
+    while done.load(Ordering::Relaxed) < total / 10 {
+        assert!(start.elapsed() < Duration::from_secs(30), "no load");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_balanced(&[&w0], "one worker");
+    let w1 = start_worker(tmp.path(), "w1", &url, "2s", 1);
+    let two = wait_balanced(&[&w0, &w1], "two workers");
+    let w2 = start_worker(tmp.path(), "w2", &url, "2s", 1);
+    let three = wait_balanced(&[&w0, &w1, &w2], "three workers");
+    let during = done.load(Ordering::Relaxed);
+    eprintln!(
+        "rebalanced: 6 partitions over two workers in {} ms, over three in {} ms; \
+         {during} of {total} messages published by then",
+        two.as_millis(),
+        three.as_millis()
+    );
+    assert!(during < total, "the load ended before the last rebalancing");
+    publisher.join().unwrap();
+    wait_idle(&url, "after the rebalancing");
+    let released: usize = [&w0, &w1, &w2]
+        .iter()
+        .map(|w| w.log().matches("Handed the partition over").count())
+        .sum();
+    assert!(
+        released >= 4,
+        "{released} hand-overs: 6 -> 3/3 -> 2/2/2 needs 4 at least"
+    );
+    let v = view(&w2).unwrap();
+    assert_eq!(v["workers"].as_object().unwrap().len(), 3, "{v}");
+    for w in [w0, w1, w2] {
+        w.stop();
+    }
+    assert_replayed(tmp.path(), &url, &lines, &parts);
+}
+
+/// `kill -9` of a nats-server node of a three-node R3 cluster while messages flow: the
+/// workers on it reconnect to the others (they are given every server), the streams and the
+/// bucket go on with two replicas, the publisher sends again what was not confirmed, and
+/// every partition's records are still a replay of its messages.
+#[test]
+fn on_a_three_node_r3_cluster_a_server_killed_under_load_loses_nothing() {
+    let seed = seed_from_env("FLOWCAST_CLUSTER_SEED");
+    eprintln!("cluster seed {seed} (FLOWCAST_CLUSTER_SEED={seed} replays it)");
+    let mut rng = Rng(seed);
+    let mut cluster = NatsCluster::start(3);
+    let urls: Vec<String> = (0..3).map(|i| cluster.url(i)).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let lines = simulated_bundled_lines(tmp.path(), 2_500, &["--seed", "15"]);
+    let parts = partitions(&lines);
+    let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
+    let workers: Vec<Service> = (0..3)
+        .map(|i| {
+            let list: Vec<&str> = (0..3).map(|k| urls[(i + k) % 3].as_str()).collect();
+            start_worker(tmp.path(), &format!("w{i}"), &list.join(","), "2s", 3)
+        })
+        .collect();
+    let done = Arc::new(AtomicU64::new(0));
+    let publisher = {
+        let (url, lines, parts, done) =
+            (urls[0].clone(), lines.clone(), parts.clone(), done.clone());
+        std::thread::spawn(move || publish_partitions(3, &url, &lines, &parts, 0, &done))
+    };
+    // Not the publisher's server: a publisher cut off is the router's test, not this one.
+    let victim = 1 + rng.below(2) as usize;
+    let kill_at = total / 5 + rng.below(total * 2 / 5);
+    let start = Instant::now();
+    while done.load(Ordering::Relaxed) < kill_at {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the load never reached {kill_at}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cluster.kill9(victim);
+    eprintln!(
+        "killed nats-server n{victim} after {} of {total} publishes",
+        done.load(Ordering::Relaxed)
+    );
+    publisher.join().unwrap();
+    assert_eq!(done.load(Ordering::Relaxed), total);
+    wait_idle(&urls[0], "after the server was killed");
+    let logs: String = workers.iter().map(|w| w.log()).collect();
+    eprintln!(
+        "{} disconnections in the workers' logs",
+        logs.matches("Disconnected from NATS").count()
+    );
+    // What the workers went through, for a failure below.
+    for l in logs
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+    {
+        eprintln!("  {l}");
+    }
+    for w in workers {
+        w.stop();
+    }
+    assert_replayed(tmp.path(), &urls[0], &lines, &parts);
 }

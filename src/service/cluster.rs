@@ -30,7 +30,15 @@
 //!   message that caused them, and their rank): applying a message again after a failover
 //!   gives the same records with the same ids, which the stream's duplicate window drops. The
 //!   configured sinks get them too, at least once.
-//! - A graceful stop writes a final snapshot of every partition, acknowledges, and unpins.
+//! - A graceful stop writes a final snapshot of every partition, acknowledges, unpins, and
+//!   removes the worker from `workers_bucket`.
+//!
+//! Balancing (`Worker::heartbeat`): each worker writes how many partitions it owns to the KV
+//! bucket `workers_bucket` (entries expire after `worker_ttl_ms`) and reads the others'. It
+//! waits to be pinned on partitions it does not own only while it owns fewer than its share
+//! (ceil(P / live workers)), and hands its highest partition over (final snapshot, unpin)
+//! while it owns two or more more than the live worker with the fewest, one at a time. The
+//! pin stays the only ownership: the counts only decide who asks for it.
 
 use super::config::{Cluster, Config};
 use super::metrics::{ClusterView, Metrics, PartitionView};
@@ -46,12 +54,17 @@ use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// How long one pull request waits on the server.
 const PULL_EXPIRES: Duration = Duration::from_millis(1000);
+
+/// How long a worker that handed a partition over leaves it to the others (its puller does
+/// not pull it), so that another worker's waiting pull is pinned.
+const RELEASE_PAUSE_MS: i64 = 3_000;
 
 /// The record publishes the JetStream client holds unconfirmed (its `max_ack_inflight`): one
 /// more waits for a confirmation, for ever if nobody asks for one.
@@ -66,6 +79,12 @@ const MAX_UNCONFIRMED: usize = 4096;
 struct Saved {
     worker: String,
     engine: EngineSnapshot,
+}
+
+/// What a live worker tells the others in the workers bucket.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Heartbeat {
+    owned: usize,
 }
 
 /// A delivery from a partition's consumer.
@@ -164,6 +183,20 @@ pub async fn run(
             .await
             .map_err(|e| anyhow::anyhow!("state bucket {}: {e}", cluster.state_bucket))?,
     };
+    let workers = match js.get_key_value(&cluster.workers_bucket).await {
+        Ok(kv) => kv,
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: cluster.workers_bucket.clone(),
+                history: 1,
+                max_age: Duration::from_millis(cluster.worker_ttl_ms.max(1) as u64),
+                num_replicas: replicas,
+                storage: jetstream::stream::StorageType::Memory,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("workers bucket {}: {e}", cluster.workers_bucket))?,
+    };
     for p in 0..cluster.partitions {
         create_consumer(&client, &cluster, p).await?;
     }
@@ -209,6 +242,8 @@ pub async fn run(
         partitions: (0..cluster.partitions)
             .map(|p| (p, PartitionView::default()))
             .collect(),
+        workers: BTreeMap::new(),
+        released: 0,
     };
     *metrics.cluster.lock().unwrap_or_else(|e| e.into_inner()) = Some(view.clone());
 
@@ -219,10 +254,23 @@ pub async fn run(
     // partition at once, not after the batches queued before it.
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<Event>();
+    // Per partition: until when (unix ms) its puller leaves it to the others.
+    let pauses: Arc<Vec<AtomicI64>> =
+        Arc::new((0..cluster.partitions).map(|_| AtomicI64::new(0)).collect());
+    // Whether this worker waits to be pinned on partitions it does not own: only while it owns
+    // fewer than its share (`Worker::heartbeat`), so that what another hands over comes to a
+    // worker that has too few, not back to one that has enough.
+    let standby = Arc::new(AtomicBool::new(true));
     let pullers: Vec<_> = (0..cluster.partitions)
         .map(|p| {
             let chans = (ctl_tx.clone(), tx.clone());
-            tokio::spawn(pull(client.clone(), cluster.clone(), p, chans))
+            tokio::spawn(pull(
+                client.clone(),
+                cluster.clone(),
+                p,
+                chans,
+                (pauses.clone(), standby.clone()),
+            ))
         })
         .collect();
     drop((tx, ctl_tx));
@@ -247,12 +295,20 @@ pub async fn run(
         pins: BTreeMap::new(),
         metrics: &metrics,
         sinks: &sinks,
+        workers: &workers,
+        pauses: &pauses,
+        standby: &standby,
+        last_release: None,
     };
     let mut snapshot_every = tokio::time::interval(Duration::from_millis(
         config.snapshot_interval_ms.max(1) as u64,
     ));
     snapshot_every.tick().await;
     let mut publish_view = tokio::time::interval(Duration::from_millis(250));
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(
+        (cluster.worker_ttl_ms / 4).clamp(100, 5_000) as u64,
+    ));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -266,6 +322,9 @@ pub async fn run(
             }
             _ = publish_view.tick() => {
                 w.show(&mut view);
+            }
+            _ = heartbeat.tick() => {
+                w.heartbeat(&mut view).await;
             }
             ev = next_event(&mut ctl_rx, &mut rx) => match ev {
                 Some(Event::Pinned(p, id)) => {
@@ -311,6 +370,10 @@ pub async fn run(
     let failed = w.save_all(&mut view).await;
     for p in w.parts.keys() {
         unpin(&client, &cluster, *p).await;
+    }
+    // Gone: the others count without this worker at once, not after `worker_ttl_ms`.
+    if let Err(e) = workers.delete(&cluster.worker).await {
+        tracing::warn!("Removing this worker from {}: {e}", cluster.workers_bucket);
     }
     w.show(&mut view);
     drop(w);
@@ -385,6 +448,7 @@ async fn pull(
     c: Cluster,
     p: u32,
     (ctl, tx): (mpsc::UnboundedSender<Event>, mpsc::UnboundedSender<Event>),
+    (pauses, standby): (Arc<Vec<AtomicI64>>, Arc<AtomicBool>),
 ) {
     let consumer = format!("{}-{p}", c.consumer_prefix);
     let next = format!("$JS.API.CONSUMER.MSG.NEXT.{}.{consumer}", c.stream);
@@ -398,6 +462,18 @@ async fn pull(
     };
     let mut pin: Option<String> = None;
     loop {
+        // Handed over: left to the others for a while, then pulled as a stand-by again.
+        let until = pauses[p as usize].load(Relaxed);
+        let now = unix_ms();
+        if until > now {
+            pin = None;
+            tokio::time::sleep(Duration::from_millis((until - now) as u64)).await;
+            continue;
+        }
+        if pin.is_none() && !standby.load(Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
         let mut req = serde_json::json!({
             "batch": c.pull_batch.max(1),
             "expires": PULL_EXPIRES.as_nanos() as u64,
@@ -534,6 +610,10 @@ struct Worker<'a> {
     pins: BTreeMap<u32, String>,
     metrics: &'a Metrics,
     sinks: &'a Sinks,
+    workers: &'a kv::Store,
+    pauses: &'a [AtomicI64],
+    standby: &'a AtomicBool,
+    last_release: Option<Instant>,
 }
 
 impl Worker<'_> {
@@ -669,7 +749,17 @@ impl Worker<'_> {
     async fn apply_run(&mut self, p: u32, batch: Vec<Delivery>, view: &mut ClusterView) {
         let Some(first) = batch.first() else { return };
         let Some(part) = self.parts.get(&p) else {
-            // Not (or no longer) ours: not acknowledged, the owner has them.
+            // Not (or no longer) ours: handed over or dropped while these were on the way.
+            // Given back (after a second, so that a worker that cannot take the partition is
+            // not sent them in a loop) rather than left to `ack_wait`: the next owner's catch-up
+            // starts at the first delivery it gets, and at the end of a load there may be no
+            // other.
+            for d in &batch {
+                let nak = Bytes::from_static(br#"-NAK {"delay":1000000000}"#);
+                if let Err(e) = self.client.publish(d.reply.clone(), nak).await {
+                    tracing::debug!(partition = p, "Giving a delivery back failed: {e}");
+                }
+            }
             return;
         };
         // Just pinned, or another client was delivered some of the partition (the consumer's
@@ -982,6 +1072,93 @@ impl Worker<'_> {
                 false
             }
         }
+    }
+
+    /// Tells the others how many partitions this worker owns, reads what they own, and, when
+    /// this worker owns two or more partitions more than another live one, hands one over.
+    /// One at a time: the next only once the last is owned elsewhere, or after a pause.
+    async fn heartbeat(&mut self, view: &mut ClusterView) {
+        let me = &self.cluster.worker;
+        let beat = serde_json::to_vec(&Heartbeat {
+            owned: self.parts.len(),
+        })
+        .unwrap_or_default();
+        if let Err(e) = self.workers.put(me, Bytes::from(beat)).await {
+            tracing::warn!("Writing this worker's heartbeat failed: {e}");
+            return;
+        }
+        let mut live = BTreeMap::new();
+        match self.workers.keys().await {
+            Ok(mut keys) => {
+                while let Some(k) = keys.next().await {
+                    let Ok(k) = k else { continue };
+                    if let Ok(Some(v)) = self.workers.get(&k).await {
+                        if let Ok(h) = serde_json::from_slice::<Heartbeat>(&v) {
+                            live.insert(k, h.owned);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!("Reading the live workers failed: {e}");
+                return;
+            }
+        }
+        live.insert(me.clone(), self.parts.len());
+        view.workers = live;
+        if !self.cluster.rebalance {
+            return;
+        }
+        let mine = self.parts.len();
+        // A dead worker counts until its entry expires (`worker_ttl_ms`): its partitions are
+        // taken by the others once the share grows without it.
+        let share = (self.cluster.partitions as usize).div_ceil(view.workers.len().max(1));
+        self.standby.store(mine < share, Relaxed);
+        let fewest = view.workers.values().copied().min().unwrap_or(mine);
+        if mine < fewest + 2 {
+            return;
+        }
+        // The last one handed over is owned again (every partition counted) or given time.
+        let placed = view.workers.values().sum::<usize>() >= self.cluster.partitions as usize;
+        let pause = Duration::from_millis(RELEASE_PAUSE_MS as u64);
+        if !placed && self.last_release.is_some_and(|t| t.elapsed() < pause) {
+            return;
+        }
+        let Some(&p) = self.parts.keys().next_back() else {
+            return;
+        };
+        self.release(p, view).await;
+    }
+
+    /// Hands partition `p` over: its puller leaves it alone for a while, a final snapshot
+    /// acknowledges what was applied, and the unpin lets a waiting worker be pinned.
+    async fn release(&mut self, p: u32, view: &mut ClusterView) {
+        self.last_release = Some(Instant::now());
+        self.pauses[p as usize].store(unix_ms() + RELEASE_PAUSE_MS, Relaxed);
+        self.pins.remove(&p);
+        let saved = self.save(p, view).await;
+        if !self.parts.contains_key(&p) {
+            // Taken by another meanwhile, or dropped: nothing to hand over.
+            return;
+        }
+        if !saved {
+            tracing::warn!(
+                partition = p,
+                "Handing the partition over without a final snapshot: its next owner applies again what the last one does not cover."
+            );
+        }
+        let applied = self.parts.get(&p).map(|x| x.applied).unwrap_or_default();
+        self.drop_part(p);
+        if let Some(v) = view.partitions.get_mut(&p) {
+            v.owned = false;
+        }
+        unpin(self.client, self.cluster, p).await;
+        view.released += 1;
+        tracing::info!(
+            partition = p,
+            position = applied,
+            "Handed the partition over to rebalance (final snapshot, unpinned)."
+        );
     }
 
     /// Forgets partition `p` (its unconfirmed publishes too).

@@ -80,6 +80,14 @@ pub struct Cluster {
     /// the server holds back: what a worker buffers, and, over `snapshot_interval_ms`, the
     /// most a partition can take per second.
     pub max_ack_pending: u64,
+    /// The KV bucket where each live worker says how many partitions it owns (an entry per
+    /// worker, expiring after `worker_ttl_ms` without a refresh).
+    pub workers_bucket: String,
+    #[serde(deserialize_with = "duration")]
+    pub worker_ttl_ms: i64,
+    /// A worker owning two or more partitions more than another live worker hands one over
+    /// (final snapshot, unpin), one at a time, until the counts differ by one at most.
+    pub rebalance: bool,
 }
 
 impl Default for Cluster {
@@ -100,6 +108,9 @@ impl Default for Cluster {
             worker: format!("worker-{}", std::process::id()),
             pull_batch: 500,
             max_ack_pending: 200_000,
+            workers_bucket: "FLOWCAST_WORKERS".into(),
+            worker_ttl_ms: 10_000,
+            rebalance: true,
         }
     }
 }
@@ -529,6 +540,8 @@ fn default_ack_wait() -> i64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Nats {
+    /// `nats://host:4222`, or several servers of one cluster comma-separated (the client also
+    /// learns the others from the server it reaches).
     pub url: String,
     pub token: Option<String>,
     pub user: Option<String>,

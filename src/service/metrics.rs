@@ -59,6 +59,11 @@ pub struct Metrics {
 pub struct ClusterView {
     pub worker: String,
     pub partitions: BTreeMap<u32, PartitionView>,
+    /// The live workers (this one too) and the partitions each says it owns, from the
+    /// workers bucket at the last heartbeat.
+    pub workers: BTreeMap<String, usize>,
+    /// Partitions this worker handed over to rebalance.
+    pub released: u64,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -449,6 +454,33 @@ impl Metrics {
 }
 
 fn render_cluster(o: &mut String, c: &ClusterView) {
+    family(
+        o,
+        "flowcast_cluster_workers",
+        "gauge",
+        "Live workers of the cluster, this one included, as the workers bucket says.",
+    );
+    let _ = writeln!(o, "flowcast_cluster_workers {}", c.workers.len());
+    family(
+        o,
+        "flowcast_cluster_worker_partitions",
+        "gauge",
+        "Partitions each live worker says it owns (at its last heartbeat).",
+    );
+    for (w, n) in &c.workers {
+        let _ = writeln!(
+            o,
+            "flowcast_cluster_worker_partitions{{worker=\"{}\"}} {n}",
+            escape(w)
+        );
+    }
+    family(
+        o,
+        "flowcast_partitions_released_total",
+        "counter",
+        "Partitions this worker handed over to another to rebalance.",
+    );
+    let _ = writeln!(o, "flowcast_partitions_released_total {}", c.released);
     family(
         o,
         "flowcast_partition_owned",

@@ -104,8 +104,15 @@ pub async fn connect(cfg: &Nats, metrics: Arc<Metrics>) -> anyhow::Result<async_
     if let Some(ca) = &cfg.tls_ca {
         opts = opts.add_root_certificates(ca.clone()).require_tls(true);
     }
+    // Several servers of one cluster, comma-separated, as the NATS tools take them.
+    let servers = cfg
+        .url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("NATS url {:?}: {e}", cfg.url))?;
     let client = opts
-        .connect(cfg.url.as_str())
+        .connect(servers)
         .await
         .map_err(|e| anyhow::anyhow!("connecting to NATS at {}: {e}", cfg.url))?;
     metrics

@@ -333,6 +333,12 @@ impl NatsCluster {
         format!("nats://127.0.0.1:{}", self.ports[i])
     }
 
+    /// `kill -9` of node `i`.
+    pub fn kill9(&mut self, i: usize) {
+        let _ = self.nodes[i].kill();
+        let _ = self.nodes[i].wait();
+    }
+
     pub fn logs(&self) -> String {
         (0..self.ports.len())
             .map(|i| {
