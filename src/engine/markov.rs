@@ -170,7 +170,8 @@ pub struct FlowModel {
 }
 
 /// What one shard's model learned, applied to the other shards' models (`apply_delta`).
-#[derive(Debug, Clone, PartialEq)]
+/// Serialised between cluster workers (`service::cluster`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Delta {
     Learn(Box<Learned>),
     /// A scored step's surprise for the calibration.
@@ -181,7 +182,7 @@ pub enum Delta {
 }
 
 /// One learned transition with what the model read of the object's past.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Learned {
     pub from: StateId,
     pub to: StateId,

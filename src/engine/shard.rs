@@ -34,12 +34,12 @@ pub fn shard_of(key: &ObjectKey, count: u32) -> u32 {
 }
 
 /// What one shard learned since its last exchange, per flow.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ShardDelta {
     pub flows: Vec<FlowDelta>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FlowDelta {
     /// The flow's index and name (the index is checked against the name).
     pub index: usize,
@@ -78,6 +78,14 @@ impl Engine {
         }
     }
 
+    /// Keeps what this engine learns for `take_deltas` without making it a shard: a cluster
+    /// worker's partition engine, whose steps the other partitions fold in.
+    pub fn keep_deltas(&mut self) {
+        for rt in &mut self.flows {
+            rt.model.outbox.get_or_insert_with(Vec::new);
+        }
+    }
+
     pub fn shard(&self) -> Option<Shard> {
         self.shard
     }
@@ -109,7 +117,12 @@ impl Engine {
     /// Adds what another shard learned. A flow this engine does not have (a reload that
     /// reached the shards at different moments) is skipped.
     pub fn apply_deltas(&mut self, delta: &ShardDelta) {
-        for fd in &delta.flows {
+        self.apply_flow_deltas(&delta.flows);
+    }
+
+    /// `apply_deltas` on the flows' deltas alone (a cluster's learned batch).
+    pub fn apply_flow_deltas(&mut self, flows: &[FlowDelta]) {
+        for fd in flows {
             let fi = match self.flows.get(fd.index) {
                 Some(rt) if rt.flow.name == fd.name => fd.index,
                 _ => match self.flow_index(&fd.name) {

@@ -41,6 +41,7 @@
 //! pin stays the only ownership: the counts only decide who asks for it.
 
 use super::config::{Cluster, Config};
+use super::learned::{self, Shared};
 use super::metrics::{ClusterView, Metrics, PartitionView};
 use super::sink::Sinks;
 use crate::engine::message::decode_projected;
@@ -79,6 +80,10 @@ const MAX_UNCONFIRMED: usize = 4096;
 struct Saved {
     worker: String,
     engine: EngineSnapshot,
+    /// What was folded in of the other partitions' learned steps, and this partition's own
+    /// not yet published (`service::learned`).
+    #[serde(default)]
+    learned: Shared,
 }
 
 /// What a live worker tells the others in the workers bucket.
@@ -124,6 +129,12 @@ struct Part {
     last_cseq: u64,
     pinned_at: Instant,
     first_applied: bool,
+    /// Learned steps shared: folded in, not yet published.
+    shared: Shared,
+    /// Nothing is folded in before this sequence is applied: up to it, the last owner may have
+    /// applied the same messages from the same snapshot, and only an engine that folds
+    /// nothing in between gives the same records for them (folding changes predictions).
+    fold_after: u64,
 }
 
 pub async fn run(
@@ -200,6 +211,27 @@ pub async fn run(
     for p in 0..cluster.partitions {
         create_consumer(&client, &cluster, p).await?;
     }
+    let sharing = if cluster.share_learned {
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: cluster.learned_stream.clone(),
+            subjects: vec![format!("{}.>", cluster.learned_prefix)],
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas,
+            duplicate_window: Duration::from_millis(cluster.records_dedup_ms.max(1) as u64),
+            max_age: Duration::from_millis(cluster.learned_max_age_ms.max(1) as u64),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("learned stream {}: {e}", cluster.learned_stream))?;
+        let stream = js
+            .get_stream(&cluster.learned_stream)
+            .await
+            .map_err(|e| anyhow::anyhow!("learned stream {}: {e}", cluster.learned_stream))?;
+        let cache = learned::Cache::start(stream.clone()).await?;
+        Some((stream, cache))
+    } else {
+        None
+    };
 
     let mut sinks = Sinks::spawn(
         &config.sinks,
@@ -244,6 +276,9 @@ pub async fn run(
             .collect(),
         workers: BTreeMap::new(),
         released: 0,
+        learned_published: 0,
+        learned_folded: 0,
+        merge_delay_ms: None,
     };
     *metrics.cluster.lock().unwrap_or_else(|e| e.into_inner()) = Some(view.clone());
 
@@ -299,6 +334,7 @@ pub async fn run(
         pauses: &pauses,
         standby: &standby,
         last_release: None,
+        sharing,
     };
     let mut snapshot_every = tokio::time::interval(Duration::from_millis(
         config.snapshot_interval_ms.max(1) as u64,
@@ -614,6 +650,8 @@ struct Worker<'a> {
     pauses: &'a [AtomicI64],
     standby: &'a AtomicBool,
     last_release: Option<Instant>,
+    /// With `share_learned`: the learned stream and what this worker read of it.
+    sharing: Option<(jetstream::stream::Stream, learned::Cache)>,
 }
 
 impl Worker<'_> {
@@ -623,6 +661,64 @@ impl Worker<'_> {
 
     fn new_engine(&self) -> Engine {
         new_engine(&self.flows, self.config)
+    }
+
+    /// A partition's engine from its saved bytes, keeping what it learns when shared.
+    fn restore(&self, bytes: &[u8]) -> anyhow::Result<Engine> {
+        let mut engine = engine_from(&self.flows, self.config, bytes)?;
+        if self.sharing.is_some() {
+            engine.keep_deltas();
+        }
+        Ok(engine)
+    }
+
+    /// Folds the other partitions' learned batches into partition `p` (at a snapshot, see
+    /// `service::learned`). False when the stream could not be read: nothing is folded then.
+    async fn fold(&mut self, p: u32, view: &mut ClusterView) -> bool {
+        let folded = match (self.sharing.as_mut(), self.parts.get(&p)) {
+            (Some((_, cache)), Some(part)) => {
+                cache.drain();
+                part.shared.folded
+            }
+            _ => return true,
+        };
+        let Some((stream, cache)) = self.sharing.as_ref() else {
+            return true;
+        };
+        // Restored from a snapshot older than what this worker holds: the stream has it.
+        let mut older = Vec::new();
+        if folded + 1 < cache.first {
+            match learned::read(stream, folded + 1, cache.first - 1).await {
+                Ok(items) => older = items,
+                Err(e) => {
+                    tracing::warn!(
+                        partition = p,
+                        "Reading the learned stream failed ({e:#}); folding later."
+                    );
+                    return false;
+                }
+            }
+        }
+        let Some((_, cache)) = self.sharing.as_ref() else {
+            return true;
+        };
+        let Some(part) = self.parts.get_mut(&p) else {
+            return true;
+        };
+        let now = unix_ms();
+        let mut delay: Option<i64> = None;
+        for (seq, batch, at) in older.iter().chain(cache.items.iter()) {
+            if learned::fold(&mut part.engine, &mut part.shared, p, *seq, batch) {
+                view.learned_folded += 1;
+                if *at > 0 {
+                    delay = Some(delay.unwrap_or(0).max(now - at));
+                }
+            }
+        }
+        if delay.is_some() {
+            view.merge_delay_ms = delay;
+        }
+        true
     }
 
     /// Pinned on `p`: read its snapshot and claim it (compare-and-set), restore it.
@@ -660,9 +756,14 @@ impl Worker<'_> {
                 None => self.new_engine().snapshot(),
             };
             snap.source_position = Some(applied);
+            let shared = saved
+                .as_ref()
+                .map(|s| s.learned.clone())
+                .unwrap_or_default();
             let bytes = match serde_json::to_vec(&Saved {
                 worker: self.cluster.worker.clone(),
                 engine: snap,
+                learned: shared.clone(),
             }) {
                 Ok(b) => Bytes::from(b),
                 Err(e) => {
@@ -671,7 +772,7 @@ impl Worker<'_> {
                 }
             };
             // Restored from the bytes written, as every restore and rebase is (see `save`).
-            let engine = match engine_from(&self.flows, self.config, &bytes) {
+            let engine = match self.restore(&bytes) {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::error!(
@@ -680,6 +781,16 @@ impl Worker<'_> {
                     );
                     return;
                 }
+            };
+            // What the last owner may have applied past its snapshot (see `Part::fold_after`).
+            let fold_after = if self.sharing.is_some() {
+                let name = format!("{}-{p}", self.cluster.consumer_prefix);
+                match self.parts_stream.consumer_info(&name).await {
+                    Ok(i) => i.delivered.stream_sequence,
+                    Err(_) => u64::MAX,
+                }
+            } else {
+                0
             };
             // The claim: whoever wrote since our read wins, and we read again.
             let written = if revision == 0 {
@@ -711,6 +822,8 @@ impl Worker<'_> {
                             last_cseq: 0,
                             pinned_at: Instant::now(),
                             first_applied: false,
+                            shared,
+                            fold_after,
                         },
                     );
                     if let Some(v) = view.partitions.get_mut(&p) {
@@ -785,6 +898,12 @@ impl Worker<'_> {
                 return;
             };
             let (from, to) = (part.applied + 1, delivered.max(first.seq - 1));
+            if let Some(part) = self.parts.get_mut(&p) {
+                part.fold_after = match part.fold_after {
+                    u64::MAX => to,
+                    f => f.max(to),
+                };
+            }
             match if from <= to {
                 self.read_stream(p, from, to).await
             } else {
@@ -973,11 +1092,25 @@ impl Worker<'_> {
     /// snapshot, then acknowledges what each snapshot covers. Returns the failures.
     async fn save_all(&mut self, view: &mut ClusterView) -> usize {
         let mut failed = 0;
+        if let Some((_, cache)) = self.sharing.as_mut() {
+            cache.drain();
+        }
         let owned: Vec<u32> = self.parts.keys().copied().collect();
         for p in owned {
             if !self.save(p, view).await {
                 failed += 1;
             }
+        }
+        // What every owned partition folded is not needed again (a partition gained later
+        // reads what it needs from the stream).
+        if let Some((_, cache)) = self.sharing.as_mut() {
+            let floor = self
+                .parts
+                .values()
+                .map(|x| x.shared.folded)
+                .min()
+                .unwrap_or(cache.newest());
+            cache.trim(floor);
         }
         failed
     }
@@ -986,7 +1119,10 @@ impl Worker<'_> {
         let Some(part) = self.parts.get_mut(&p) else {
             return true;
         };
-        if part.applied == part.saved && part.unacked.is_empty() {
+        let unfolded = self.sharing.as_ref().is_some_and(|(_, c)| {
+            c.newest() > part.shared.folded || !part.shared.unpublished.is_empty()
+        });
+        if part.applied == part.saved && part.unacked.is_empty() && !unfolded {
             return true;
         }
         // The records of what the snapshot covers are stored first. One that was not can only
@@ -999,6 +1135,20 @@ impl Worker<'_> {
             }
             return false;
         }
+        if self.sharing.is_some() {
+            // What this partition learned since its last snapshot, published once this one
+            // is written; then the others' batches, folded in here so that the snapshot (and
+            // the engine rebuilt from it) holds them.
+            let Some(part) = self.parts.get_mut(&p) else {
+                return true;
+            };
+            let own = part.engine.take_deltas();
+            let batches = learned::batches(p, part.applied, own);
+            part.shared.unpublished.extend(batches);
+            if part.applied >= part.fold_after {
+                self.fold(p, view).await;
+            }
+        }
         let Some(part) = self.parts.get_mut(&p) else {
             return true;
         };
@@ -1007,6 +1157,7 @@ impl Worker<'_> {
         let bytes = match serde_json::to_vec(&Saved {
             worker: self.cluster.worker.clone(),
             engine: snap,
+            learned: part.shared.clone(),
         }) {
             Ok(b) => Bytes::from(b),
             Err(e) => {
@@ -1019,7 +1170,7 @@ impl Worker<'_> {
         // same ids, as the first time. The model's solution and thresholds are in the snapshot
         // now (`engine::solve_cache`); the rebuild still guards what no snapshot holds (the
         // lazily sampled remaining-time walks, the feature model's background fit).
-        let rebased = engine_from(&self.flows, self.config, &bytes);
+        let rebased = self.restore(&bytes);
         let Some(part) = self.parts.get_mut(&p) else {
             return true;
         };
@@ -1041,6 +1192,16 @@ impl Worker<'_> {
                             "Acknowledging failed (redelivered and skipped): {e}"
                         );
                     }
+                }
+                if self.sharing.is_some() && !part.shared.unpublished.is_empty() {
+                    let ids = learned::publish(
+                        self.js,
+                        &self.cluster.learned_prefix,
+                        &part.shared.unpublished,
+                    )
+                    .await;
+                    view.learned_published += ids.len() as u64;
+                    part.shared.unpublished.retain(|b| !ids.contains(&b.id()));
                 }
                 self.metrics.snapshots_ok.fetch_add(1, Relaxed);
                 self.metrics
@@ -1236,7 +1397,7 @@ fn engine_from(flows: &[CompiledFlow], config: &Config, bytes: &[u8]) -> anyhow:
     Ok(engine)
 }
 
-fn unix_ms() -> i64 {
+pub(super) fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

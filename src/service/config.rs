@@ -88,6 +88,17 @@ pub struct Cluster {
     /// A worker owning two or more partitions more than another live worker hands one over
     /// (final snapshot, unpin), one at a time, until the counts differ by one at most.
     pub rebalance: bool,
+    /// Partitions share what they learn: each partition's learned steps go to
+    /// `<learned_prefix>.<p>` on `learned_stream` at its snapshots, and every partition folds
+    /// the others' in at its own, so every partition predicts from the counts of the whole
+    /// stream (within about two snapshot intervals).
+    pub share_learned: bool,
+    pub learned_stream: String,
+    pub learned_prefix: String,
+    /// How long the learned stream keeps a batch: a partition whose snapshot is older than this
+    /// when it is restored misses what the others learned in between.
+    #[serde(deserialize_with = "duration")]
+    pub learned_max_age_ms: i64,
 }
 
 impl Default for Cluster {
@@ -111,6 +122,10 @@ impl Default for Cluster {
             workers_bucket: "FLOWCAST_WORKERS".into(),
             worker_ttl_ms: 10_000,
             rebalance: true,
+            share_learned: true,
+            learned_stream: "FLOWCAST_LEARNED".into(),
+            learned_prefix: "flowcast.learned".into(),
+            learned_max_age_ms: 24 * 3_600_000,
         }
     }
 }

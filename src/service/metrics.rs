@@ -64,6 +64,13 @@ pub struct ClusterView {
     pub workers: BTreeMap<String, usize>,
     /// Partitions this worker handed over to rebalance.
     pub released: u64,
+    /// Learned batches this worker published (its partitions' steps) and folded in (the
+    /// other partitions', once per owned partition), and the largest time from a batch's
+    /// publish to its fold at the last snapshot that folded any (the model-merge delay, to
+    /// which the wait for the publishing partition's snapshot adds up to one interval).
+    pub learned_published: u64,
+    pub learned_folded: u64,
+    pub merge_delay_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -481,6 +488,41 @@ fn render_cluster(o: &mut String, c: &ClusterView) {
         "Partitions this worker handed over to another to rebalance.",
     );
     let _ = writeln!(o, "flowcast_partitions_released_total {}", c.released);
+    family(
+        o,
+        "flowcast_learned_batches_published_total",
+        "counter",
+        "Batches of learned steps this worker's partitions shared with the others.",
+    );
+    let _ = writeln!(
+        o,
+        "flowcast_learned_batches_published_total {}",
+        c.learned_published
+    );
+    family(
+        o,
+        "flowcast_learned_batches_folded_total",
+        "counter",
+        "Other partitions' learned batches folded into this worker's partitions (once each).",
+    );
+    let _ = writeln!(
+        o,
+        "flowcast_learned_batches_folded_total {}",
+        c.learned_folded
+    );
+    if let Some(ms) = c.merge_delay_ms {
+        family(
+            o,
+            "flowcast_model_merge_delay_seconds",
+            "gauge",
+            "At the last fold: the longest time from a learned batch's publish to its fold here.",
+        );
+        let _ = writeln!(
+            o,
+            "flowcast_model_merge_delay_seconds {:.3}",
+            ms as f64 / 1000.0
+        );
+    }
     family(
         o,
         "flowcast_partition_owned",

@@ -11,6 +11,7 @@ pub mod feed;
 pub mod graph;
 pub mod http;
 pub mod layout;
+pub mod learned;
 pub mod metrics;
 pub mod route;
 pub mod run;
