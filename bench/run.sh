@@ -9,7 +9,10 @@
 #   QUICK=1 bash bench/run.sh    # smaller inputs, one repetition: a smoke test of the script
 #   SKIP_PM4PY=1 ...             # skip the PM4Py comparison (needs PyPI for its virtualenv)
 #   SECTIONS="replay nats" ...   # run some sections only: replay memory objects flows check
-#                                # fmt lsp discover eval nats amqp viewers (default: all)
+#                                # fmt lsp discover eval nats amqp viewers cluster
+#                                # (default: all; cluster needs a current nats-server: 2.11+,
+#                                # FLOWCAST_NATS_SERVER_CURRENT or target/nats-venv, made by
+#                                # scripts/test.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -18,7 +21,7 @@ mkdir -p "$OUT"
 QUICK=${QUICK:-0}
 REPS=${REPS:-$([ "$QUICK" = 1 ] && echo 1 || echo 3)}
 scale() { if [ "$QUICK" = 1 ]; then echo $(( $1 / 20 )); else echo "$1"; fi; }
-SECTIONS=${SECTIONS:-replay memory objects flows check fmt lsp discover eval nats amqp viewers}
+SECTIONS=${SECTIONS:-replay memory objects flows check fmt lsp discover eval nats amqp viewers cluster}
 want() { case " $SECTIONS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 cargo build --release --quiet
@@ -553,6 +556,87 @@ MW=$(med "${WITHOUT[@]}"); MV=$(med "${WITH[@]}")
 note "  JetStream replay without viewers: ${WITHOUT[*]} msgs/s; with 10 event streams ($(cat "$OUT/view.listeners") connected) and the API polled each second: ${WITH[*]} msgs/s"
 row "JetStream replay with 10 /api/events clients and the API polled every second (start included) | $(python3 -c "print(f'{$MV:,.0f}')") msgs/s | the same without viewers: $(python3 -c "print(f'{$MW:,.0f}')") msgs/s | $(ratio "$MV" "$MW") | >= 0.90"
 v_cleanup
+trap - EXIT
+fi
+
+if want cluster; then
+# ---------------------------------------------------------------- cluster (issue 16)
+# The nova notifications routed to 12 partitions (`flowcast route`), then read by 1, 2 and 3
+# workers (`flowcast run` with a `cluster` section) from a fresh server each time. A figure is
+# the partition messages over the time from the workers' start to every partition consumer
+# having nothing pending and nothing unacknowledged (acknowledged after a snapshot, 1 s).
+C_NATS=${FLOWCAST_NATS_SERVER_CURRENT:-$ROOT/target/nats-venv/bin/nats-server}
+[ -x "$C_NATS" ] || { echo "cluster: no current nats-server at $C_NATS (run scripts/test.sh once)"; exit 1; }
+N_CLUSTER=$(scale 100000)
+head -n "$N_CLUSTER" "$OUT/nova.jsonl" > "$OUT/cluster.jsonl"
+free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
+jsz() { # what -> prints a figure from the server's monitoring endpoint
+    curl -s "127.0.0.1:$C_MON/jsz?consumers=true" | python3 -c "
+import json, sys
+d = json.load(sys.stdin)
+streams = {s['name']: s for a in d.get('account_details', []) for s in a.get('stream_detail', [])}
+what = sys.argv[1]
+if what == 'parts':
+    print(streams.get('FLOWCAST_PARTS', {}).get('state', {}).get('messages', 0))
+elif what == 'route-left':
+    c = [c for c in streams.get('SRC', {}).get('consumer_detail', []) if c['name'] == 'flowcast-route']
+    print(sum(x['num_pending'] + x['num_ack_pending'] for x in c) if c else -1)
+else:
+    cs = streams.get('FLOWCAST_PARTS', {}).get('consumer_detail', [])
+    print(sum(x['num_pending'] + x['num_ack_pending'] for x in cs) if len(cs) == 12 else -1)
+" "$1"
+}
+C_PIDS=()
+c_cleanup() { kill -9 ${C_PIDS[@]+"${C_PIDS[@]}"} 2> /dev/null || true; C_PIDS=(); }
+trap c_cleanup EXIT
+cluster_run() { # workers -> prints "route_rate worker_rate partition_messages"
+    local dir; dir=$(mktemp -d)
+    C_PORT=$(free_port); C_MON=$(free_port)
+    local url=nats://127.0.0.1:$C_PORT
+    "$C_NATS" -a 127.0.0.1 -p "$C_PORT" -m "$C_MON" -js -sd "$dir/js" > "$dir/nats.log" 2>&1 & C_PIDS+=($!)
+    for _ in $(seq 100); do curl -sf "127.0.0.1:$C_MON/healthz" > /dev/null && break; sleep 0.05; done
+    # The source stream, made by a service that reads it, then filled.
+    local http; http=$(free_port)
+    printf 'models: models\nsource: { kind: jetstream, stream: SRC, subjects: ["src.>"], consumer: setup }\nnats: { url: "%s" }\nsinks: []\nwatch: false\nhttp: { listen: "127.0.0.1:%s" }\n' "$url" "$http" > "$dir/setup.yaml"
+    $FC run --config "$dir/setup.yaml" > /dev/null 2> "$dir/setup.log" & local setup=$!
+    for _ in $(seq 200); do curl -sf "127.0.0.1:$http/readyz" > /dev/null && break; sleep 0.05; done
+    kill "$setup"; wait "$setup" 2> /dev/null || true
+    $FC publish "$OUT/cluster.jsonl" --subject src.nova --url "$url" --jetstream 2> /dev/null
+    local t0 t1 t2
+    t0=$(python3 -c "import time; print(time.time())")
+    $FC route --from-stream SRC --url "$url" --partitions 12 > "$dir/route.json" 2> "$dir/route.log" & local route=$!
+    C_PIDS+=($route)
+    for _ in $(seq 6000); do [ "$(jsz route-left)" = 0 ] && break; sleep 0.05; done
+    t1=$(python3 -c "import time; print(time.time())")
+    kill "$route"; wait "$route" 2> /dev/null || true
+    local parts; parts=$(jsz parts)
+    local pids=()
+    for i in $(seq "$1"); do
+        mkdir -p "$dir/w$i"
+        printf 'models: %s/models\nsnapshot_interval_ms: 1s\nsinks: []\nnats: { url: "%s" }\nclock: { mode: event, idle_after_ms: "0" }\nhttp: { listen: "127.0.0.1:%s" }\ncluster: { partitions: 12, pin_ttl_ms: 2s, ack_wait_ms: 60s, worker: w%s }\n' "$ROOT" "$url" "$(free_port)" "$i" > "$dir/w$i/c.yaml"
+    done
+    t1=$(python3 -c "import time; print(time.time())")
+    for i in $(seq "$1"); do
+        $FC run --config "$dir/w$i/c.yaml" > /dev/null 2> "$dir/w$i/log" & pids+=($!); C_PIDS+=($!)
+    done
+    # Wait until the 12 consumers exist and have nothing pending or unacknowledged.
+    for _ in $(seq 12000); do [ "$(jsz workers)" = 0 ] && break; sleep 0.05; done
+    t2=$(python3 -c "import time; print(time.time())")
+    kill "${pids[@]}"; wait "${pids[@]}" 2> /dev/null || true
+    c_cleanup
+    python3 -c "print(f'{$N_CLUSTER/($t1-$t0):.0f} {$parts/($t2-$t1):.0f} $parts')"
+    rm -rf "$dir"
+}
+C1=(); C2=(); C3=(); CR=()
+for _ in $(seq "$REPS"); do
+    read -r r w n < <(cluster_run 1); CR+=("$r"); C1+=("$w")
+    read -r r w n < <(cluster_run 2); CR+=("$r"); C2+=("$w")
+    read -r r w n < <(cluster_run 3); CR+=("$r"); C3+=("$w")
+done
+cmed() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+note "  cluster: $n partition messages from $N_CLUSTER notifications; route ${CR[*]} msgs/s; 1 worker ${C1[*]}, 2 workers ${C2[*]}, 3 workers ${C3[*]} msgs/s (nats-server $("$C_NATS" --version | awk '{print $2}'), on the same $(nproc) cores)"
+row "cluster: \`flowcast route\` onto 12 partitions (JetStream in and out, one router) | $(python3 -c "print(f'{$(cmed "${CR[@]}"):,.0f}')") msgs/s | - | - | -"
+row "cluster: 1 / 2 / 3 workers on 12 partitions, backlog, snapshots every 1 s (start included) | $(python3 -c "print(f'{$(cmed "${C1[@]}"):,.0f} / {$(cmed "${C2[@]}"):,.0f} / {$(cmed "${C3[@]}"):,.0f}')") msgs/s | - | 3 workers / 1: $(ratio "$(cmed "${C3[@]}")" "$(cmed "${C1[@]}")") | bounded by $(nproc) cores shared with nats-server |"
 trap - EXIT
 fi
 

@@ -39,6 +39,8 @@
 //! (ceil(P / live workers)), and hands its highest partition over (final snapshot, unpin)
 //! while it owns two or more more than the live worker with the fewest, one at a time. The
 //! pin stays the only ownership: the counts only decide who asks for it.
+//!
+//! Learned counts are shared across partitions at their snapshots (`service::learned`).
 
 use super::config::{Cluster, Config};
 use super::learned::{self, Shared};

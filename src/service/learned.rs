@@ -41,6 +41,9 @@ use tokio::sync::mpsc;
 /// below the server's default `max_payload` (1 MB).
 pub const CHUNK: usize = 400;
 
+/// Batches a worker holds in memory at most (each up to `CHUNK` steps, about 60 KB).
+const MAX_CACHED: usize = 1_000;
+
 /// The header carrying a batch's publish time (unix ms), for the merge delay.
 const AT_HEADER: &str = "Flowcast-Learned-At";
 
@@ -162,12 +165,19 @@ impl Cache {
         self.items.back().map(|i| i.0).unwrap_or(self.first - 1)
     }
 
-    /// Forgets what every owned partition has folded (`floor`: the least of their positions).
+    /// Forgets what every owned partition has folded (`floor`: the least of their positions),
+    /// and the oldest beyond `MAX_CACHED` batches (a partition that cannot fold yet reads
+    /// them from the stream when it can).
     pub fn trim(&mut self, floor: u64) {
         while self.items.front().is_some_and(|i| i.0 <= floor) {
             self.items.pop_front();
         }
         self.first = self.first.max(floor + 1);
+        while self.items.len() > MAX_CACHED {
+            if let Some((seq, _, _)) = self.items.pop_front() {
+                self.first = self.first.max(seq + 1);
+            }
+        }
     }
 }
 
@@ -376,6 +386,32 @@ mod tests {
             .collect();
         assert_eq!(a, (0..CHUNK as u32 + 10).collect::<Vec<_>>());
         assert!(batches(3, 99, ShardDelta::default()).is_empty());
+    }
+
+    #[test]
+    fn the_cache_keeps_what_some_partition_has_not_folded_up_to_its_bound() {
+        let (_tx, rx) = mpsc::unbounded_channel();
+        let batch = Arc::new(Batch {
+            part: 0,
+            to: 1,
+            chunk: 0,
+            flows: Vec::new(),
+        });
+        let mut cache = Cache {
+            first: 1,
+            items: (1..=MAX_CACHED as u64 + 50)
+                .map(|s| (s, batch.clone(), 0))
+                .collect(),
+            rx,
+        };
+        cache.trim(10);
+        assert_eq!(cache.items.len(), MAX_CACHED);
+        assert_eq!(cache.first, 51);
+        assert_eq!(cache.items.front().map(|i| i.0), Some(51));
+        assert_eq!(cache.newest(), MAX_CACHED as u64 + 50);
+        cache.trim(cache.newest());
+        assert!(cache.items.is_empty());
+        assert_eq!(cache.first, MAX_CACHED as u64 + 51);
     }
 
     #[test]
