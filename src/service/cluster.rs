@@ -88,6 +88,13 @@ struct Saved {
     learned: Shared,
 }
 
+/// A KV entry for a snapshot too big for one message: the object holding it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Pointer {
+    object: String,
+    bytes: usize,
+}
+
 /// What a live worker tells the others in the workers bucket.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Heartbeat {
@@ -133,6 +140,9 @@ struct Part {
     first_applied: bool,
     /// Learned steps shared: folded in, not yet published.
     shared: Shared,
+    /// The object holding the snapshot this worker last wrote, when it was too big for the KV
+    /// entry: deleted once a newer snapshot is written.
+    object: Option<String>,
     /// Nothing is folded in before this sequence is applied: up to it, the last owner may have
     /// applied the same messages from the same snapshot, and only an engine that folds
     /// nothing in between gives the same records for them (folding changes predictions).
@@ -196,6 +206,22 @@ pub async fn run(
             .await
             .map_err(|e| anyhow::anyhow!("state bucket {}: {e}", cluster.state_bucket))?,
     };
+    let objects = match js.get_object_store(&cluster.state_objects).await {
+        Ok(o) => o,
+        Err(_) => js
+            .create_object_store(jetstream::object_store::Config {
+                bucket: cluster.state_objects.clone(),
+                num_replicas: replicas,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("snapshot objects {}: {e}", cluster.state_objects))?,
+    };
+    // A KV value must fit one message, headers and subject included.
+    let max_inline = (client.server_info().max_payload as usize)
+        .saturating_sub(64 * 1024)
+        .max(16 * 1024);
     let workers = match js.get_key_value(&cluster.workers_bucket).await {
         Ok(kv) => kv,
         Err(_) => js
@@ -337,6 +363,9 @@ pub async fn run(
         standby: &standby,
         last_release: None,
         sharing,
+        objects: &objects,
+        max_inline,
+        object_serial: 0,
     };
     let mut snapshot_every = tokio::time::interval(Duration::from_millis(
         config.snapshot_interval_ms.max(1) as u64,
@@ -654,6 +683,11 @@ struct Worker<'a> {
     last_release: Option<Instant>,
     /// With `share_learned`: the learned stream and what this worker read of it.
     sharing: Option<(jetstream::stream::Stream, learned::Cache)>,
+    /// Snapshots over `max_inline` bytes go to `objects`, named uniquely (a worker that lost
+    /// a partition without knowing must not overwrite the object its next owner wrote).
+    objects: &'a jetstream::object_store::ObjectStore,
+    max_inline: usize,
+    object_serial: u64,
 }
 
 impl Worker<'_> {
@@ -663,6 +697,72 @@ impl Worker<'_> {
 
     fn new_engine(&self) -> Engine {
         new_engine(&self.flows, self.config)
+    }
+
+    /// The snapshot bytes of a KV value: the value itself, or the object it names.
+    async fn load(&self, value: &[u8]) -> anyhow::Result<(Bytes, Option<String>)> {
+        if !value.starts_with(b"{\"object\":") {
+            return Ok((Bytes::copy_from_slice(value), None));
+        }
+        let ptr: Pointer = serde_json::from_slice(value)?;
+        let mut obj = self
+            .objects
+            .get(&ptr.object)
+            .await
+            .map_err(|e| anyhow::anyhow!("snapshot object {}: {e}", ptr.object))?;
+        let mut out = Vec::with_capacity(ptr.bytes);
+        tokio::io::AsyncReadExt::read_to_end(&mut obj, &mut out)
+            .await
+            .map_err(|e| anyhow::anyhow!("snapshot object {}: {e}", ptr.object))?;
+        anyhow::ensure!(
+            out.len() == ptr.bytes,
+            "snapshot object {}: {} bytes, {} expected",
+            ptr.object,
+            out.len(),
+            ptr.bytes
+        );
+        Ok((Bytes::from(out), Some(ptr.object)))
+    }
+
+    /// The KV value for snapshot bytes: the bytes themselves, or, over `max_inline`, a pointer
+    /// to a new object holding them (returned too, to be deleted if the write fails).
+    async fn stored(&mut self, p: u32, bytes: &Bytes) -> anyhow::Result<(Bytes, Option<String>)> {
+        if bytes.len() <= self.max_inline {
+            return Ok((bytes.clone(), None));
+        }
+        self.object_serial += 1;
+        let name = format!(
+            "part-{p}.{}.{}.{}",
+            self.cluster.worker,
+            std::process::id(),
+            self.object_serial
+        );
+        let mut reader: &[u8] = bytes;
+        // Chunks of one message each: the default 128 KB would not fit a server whose
+        // `max_payload` is smaller.
+        let meta = jetstream::object_store::ObjectMetadata {
+            name: name.clone(),
+            chunk_size: Some(self.max_inline.min(128 * 1024)),
+            ..Default::default()
+        };
+        self.objects
+            .put(meta, &mut reader)
+            .await
+            .map_err(|e| anyhow::anyhow!("snapshot object {name}: {e}"))?;
+        let ptr = serde_json::to_vec(&Pointer {
+            object: name.clone(),
+            bytes: bytes.len(),
+        })?;
+        Ok((Bytes::from(ptr), Some(name)))
+    }
+
+    /// Deletes a snapshot object no KV entry names any more.
+    async fn forget_object(&self, name: Option<String>) {
+        if let Some(name) = name {
+            if let Err(e) = self.objects.delete(&name).await {
+                tracing::warn!(object = %name, "Deleting an old snapshot object failed: {e}");
+            }
+        }
     }
 
     /// A partition's engine from its saved bytes, keeping what it learns when shared.
@@ -738,8 +838,24 @@ impl Worker<'_> {
                     continue;
                 }
             };
-            let (saved, revision) = match entry.filter(|e| !e.value.is_empty()) {
-                Some(e) => match serde_json::from_slice::<Saved>(&e.value) {
+            let entry = entry.filter(|e| !e.value.is_empty());
+            // A big snapshot is an object the entry names (`stored`).
+            let (value, old_object) = match entry.as_ref() {
+                Some(e) => match self.load(&e.value).await {
+                    Ok(v) => (Some(v.0), v.1),
+                    Err(err) => {
+                        tracing::warn!(
+                            partition = p,
+                            "Reading the partition's snapshot object failed: {err:#}; trying again."
+                        );
+                        tokio::time::sleep(Duration::from_millis(200 * attempt.min(10))).await;
+                        continue;
+                    }
+                },
+                None => (None, None),
+            };
+            let (saved, revision) = match entry.as_ref().zip(value.as_ref()) {
+                Some((e, value)) => match serde_json::from_slice::<Saved>(value) {
                     Ok(s) => (Some(s), e.revision),
                     Err(err) => {
                         // Not ours to read: never overwrite what may be a newer format.
@@ -795,19 +911,34 @@ impl Worker<'_> {
                 0
             };
             // The claim: whoever wrote since our read wins, and we read again.
+            let (value, object) = match self.stored(p, &bytes).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(
+                        partition = p,
+                        "Storing the partition's snapshot failed: {e:#}; trying again."
+                    );
+                    tokio::time::sleep(Duration::from_millis(200 * attempt.min(10))).await;
+                    continue;
+                }
+            };
             let written = if revision == 0 {
                 self.state
-                    .create(&key, bytes)
+                    .create(&key, value)
                     .await
                     .map_err(|e| e.to_string())
             } else {
                 self.state
-                    .update(&key, bytes, revision)
+                    .update(&key, value, revision)
                     .await
                     .map_err(|e| e.to_string())
             };
+            if written.is_err() {
+                self.forget_object(object.clone()).await;
+            }
             match written {
                 Ok(rev) => {
+                    self.forget_object(old_object).await;
                     let from = saved.as_ref().map(|s| s.worker.clone()).unwrap_or_default();
                     tracing::info!(partition = p, position = applied, from = %from, "Pinned on the partition; restored its snapshot.");
                     self.drop_part(p);
@@ -826,6 +957,7 @@ impl Worker<'_> {
                             first_applied: false,
                             shared,
                             fold_after,
+                            object,
                         },
                     );
                     if let Some(v) = view.partitions.get_mut(&p) {
@@ -1145,7 +1277,8 @@ impl Worker<'_> {
                 return true;
             };
             let own = part.engine.take_deltas();
-            let batches = learned::batches(p, part.applied, own);
+            let batches =
+                learned::batches(p, part.applied, own, learned::chunk_for(self.max_inline));
             part.shared.unpublished.extend(batches);
             if part.applied >= part.fold_after {
                 self.fold(p, view).await;
@@ -1173,11 +1306,26 @@ impl Worker<'_> {
         // now (`engine::solve_cache`); the rebuild still guards what no snapshot holds (the
         // lazily sampled remaining-time walks, the feature model's background fit).
         let rebased = self.restore(&bytes);
+        let (value, object) = match self.stored(p, &bytes).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(
+                    partition = p,
+                    "Storing the partition's snapshot failed: {e:#}"
+                );
+                self.metrics.snapshots_failed.fetch_add(1, Relaxed);
+                return false;
+            }
+        };
         let Some(part) = self.parts.get_mut(&p) else {
+            self.forget_object(object).await;
             return true;
         };
-        match self.state.update(Self::key(p), bytes, part.revision).await {
+        // The object no entry names once this write is done (or that this write leaves unnamed).
+        let mut unnamed = None;
+        let result = match self.state.update(Self::key(p), value, part.revision).await {
             Ok(rev) => {
+                unnamed = std::mem::replace(&mut part.object, object);
                 match rebased {
                     Ok(e) => part.engine = e,
                     Err(e) => tracing::error!(
@@ -1216,6 +1364,7 @@ impl Worker<'_> {
             }
             Err(e) if matches!(e.kind(), kv::UpdateErrorKind::WrongLastRevision) => {
                 // Another worker claimed the partition: what we applied since is theirs.
+                unnamed = object;
                 tracing::warn!(
                     partition = p,
                     "Another worker wrote the partition's state; dropped it here."
@@ -1227,6 +1376,7 @@ impl Worker<'_> {
                 true
             }
             Err(e) => {
+                // Written or not, unknown: the new object stays (at worst an orphan).
                 tracing::error!(
                     partition = p,
                     "Writing the partition's snapshot failed: {e}"
@@ -1234,7 +1384,9 @@ impl Worker<'_> {
                 self.metrics.snapshots_failed.fetch_add(1, Relaxed);
                 false
             }
-        }
+        };
+        self.forget_object(unnamed).await;
+        result
     }
 
     /// Tells the others how many partitions this worker owns, reads what they own, and, when

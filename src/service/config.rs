@@ -64,6 +64,9 @@ pub struct Cluster {
     pub ack_wait_ms: i64,
     /// The KV bucket of the partitions' snapshots (key `part-<p>`).
     pub state_bucket: String,
+    /// Where a snapshot too big for one message (over the server's `max_payload`) goes: an
+    /// object store; the KV entry then names the object.
+    pub state_objects: String,
     /// The records (outcomes, alerts) go, deduplicated, to `<records_prefix>.<p>` on this stream.
     pub records_stream: String,
     pub records_prefix: String,
@@ -124,6 +127,7 @@ impl Default for Cluster {
             rebalance: true,
             share_learned: true,
             learned_stream: "FLOWCAST_LEARNED".into(),
+            state_objects: "FLOWCAST_SNAPSHOTS".into(),
             learned_prefix: "flowcast.learned".into(),
             learned_max_age_ms: 24 * 3_600_000,
         }

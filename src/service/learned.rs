@@ -37,9 +37,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Learned steps per published message: about 700 bytes each in JSON, so a message stays far
-/// below the server's default `max_payload` (1 MB).
+/// Learned steps per published message at most: about 700 bytes each in JSON, so a message
+/// stays far below the server's default `max_payload` (1 MB); fewer on a server with a smaller
+/// one (`chunk_for`).
 pub const CHUNK: usize = 400;
+
+/// Steps per batch for messages of at most `max_bytes`.
+pub fn chunk_for(max_bytes: usize) -> usize {
+    (max_bytes / 1_000).clamp(16, CHUNK)
+}
 
 /// Batches a worker holds in memory at most (each up to `CHUNK` steps, about 60 KB).
 const MAX_CACHED: usize = 1_000;
@@ -73,14 +79,15 @@ impl Batch {
     }
 }
 
-/// Cuts what a partition learned up to `to` into batches of at most `CHUNK` steps.
-pub fn batches(part: u32, to: u64, learned: ShardDelta) -> Vec<Batch> {
+/// Cuts what a partition learned up to `to` into batches of at most `chunk` steps.
+pub fn batches(part: u32, to: u64, learned: ShardDelta, chunk: usize) -> Vec<Batch> {
+    let chunk = chunk.max(1);
     let mut out: Vec<Batch> = Vec::new();
     let mut size = 0;
     for fd in learned.flows {
         let mut deltas = fd.deltas.into_iter().peekable();
         while deltas.peek().is_some() {
-            if out.is_empty() || size >= CHUNK {
+            if out.is_empty() || size >= chunk {
                 out.push(Batch {
                     part,
                     to,
@@ -89,7 +96,7 @@ pub fn batches(part: u32, to: u64, learned: ShardDelta) -> Vec<Batch> {
                 });
                 size = 0;
             }
-            let take: Vec<_> = deltas.by_ref().take(CHUNK - size).collect();
+            let take: Vec<_> = deltas.by_ref().take(chunk - size).collect();
             size += take.len();
             let batch = out.last_mut().expect("pushed above");
             batch.flows.push(FlowDelta {
@@ -363,7 +370,7 @@ mod tests {
         let learned = ShardDelta {
             flows: vec![delta(CHUNK + 10, "a"), delta(CHUNK * 2, "b"), delta(0, "c")],
         };
-        let out = batches(3, 99, learned);
+        let out = batches(3, 99, learned, CHUNK);
         assert_eq!(out.len(), 4);
         let sizes: Vec<usize> = out
             .iter()
@@ -385,7 +392,9 @@ mod tests {
             })
             .collect();
         assert_eq!(a, (0..CHUNK as u32 + 10).collect::<Vec<_>>());
-        assert!(batches(3, 99, ShardDelta::default()).is_empty());
+        assert!(batches(3, 99, ShardDelta::default(), CHUNK).is_empty());
+        assert_eq!(chunk_for(1 << 20), CHUNK);
+        assert_eq!(chunk_for(64 * 1024), 65);
     }
 
     #[test]

@@ -75,6 +75,7 @@ pub struct NatsServer {
     dir: tempfile::TempDir,
     jetstream: bool,
     binary: PathBuf,
+    max_payload: &'static str,
 }
 
 /// A current nats-server (2.11 or later: priority groups and `pinned_client`), which
@@ -123,6 +124,7 @@ impl NatsServer {
             dir: tempfile::tempdir().unwrap(),
             jetstream,
             binary: PathBuf::from("nats-server"),
+            max_payload: "16MB",
         };
         s.spawn();
         s
@@ -130,12 +132,18 @@ impl NatsServer {
 
     /// A current nats-server ([`current_nats_server`]) with JetStream.
     pub fn start_current() -> NatsServer {
+        Self::start_current_with_max_payload("16MB")
+    }
+
+    /// The same with the server's `max_payload` (its default is 1MB).
+    pub fn start_current_with_max_payload(max_payload: &'static str) -> NatsServer {
         let mut s = NatsServer {
             child: None,
             port: 0,
             dir: tempfile::tempdir().unwrap(),
             jetstream: true,
             binary: current_nats_server(),
+            max_payload,
         };
         s.spawn();
         s
@@ -150,7 +158,10 @@ impl NatsServer {
         } else {
             self.port.to_string()
         };
-        let mut conf = format!("listen: 127.0.0.1:{listen}\nmax_payload: 16MB\n");
+        let mut conf = format!(
+            "listen: 127.0.0.1:{listen}\nmax_payload: {}\n",
+            self.max_payload
+        );
         if self.jetstream {
             conf.push_str(&format!(
                 "jetstream {{ store_dir: {:?} }}\n",
