@@ -568,6 +568,7 @@ if want cluster; then
 C_NATS=${FLOWCAST_NATS_SERVER_CURRENT:-$ROOT/target/nats-venv/bin/nats-server}
 [ -x "$C_NATS" ] || { echo "cluster: no current nats-server at $C_NATS (run scripts/test.sh once)"; exit 1; }
 N_CLUSTER=$(scale 100000)
+C_SNAP=${C_SNAP:-1s}  # the workers' snapshot interval
 head -n "$N_CLUSTER" "$OUT/nova.jsonl" > "$OUT/cluster.jsonl"
 free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
 jsz() { # what -> prints a figure from the server's monitoring endpoint
@@ -582,7 +583,8 @@ elif what == 'route-left':
     c = [c for c in streams.get('SRC', {}).get('consumer_detail', []) if c['name'] == 'flowcast-route']
     print(sum(x['num_pending'] + x['num_ack_pending'] for x in c) if c else -1)
 else:
-    cs = streams.get('FLOWCAST_PARTS', {}).get('consumer_detail', [])
+    # The partitions' durable consumers, not the catch-ups' ordered (ephemeral) ones.
+    cs = [c for c in streams.get('FLOWCAST_PARTS', {}).get('consumer_detail', []) if c['name'].startswith('part-')]
     print(sum(x['num_pending'] + x['num_ack_pending'] for x in cs) if len(cs) == 12 else -1)
 " "$1"
 }
@@ -613,7 +615,7 @@ cluster_run() { # workers -> prints "route_rate worker_rate partition_messages"
     local pids=()
     for i in $(seq "$1"); do
         mkdir -p "$dir/w$i"
-        printf 'models: %s/models\nsnapshot_interval_ms: 1s\nsinks: []\nnats: { url: "%s" }\nclock: { mode: event, idle_after_ms: "0" }\nhttp: { listen: "127.0.0.1:%s" }\ncluster: { partitions: 12, pin_ttl_ms: 2s, ack_wait_ms: 60s, worker: w%s }\n' "$ROOT" "$url" "$(free_port)" "$i" > "$dir/w$i/c.yaml"
+        printf 'models: %s/models\nsnapshot_interval_ms: %s\nsinks: []\nnats: { url: "%s" }\nclock: { mode: event, idle_after_ms: "0" }\nhttp: { listen: "127.0.0.1:%s" }\ncluster: { partitions: 12, pin_ttl_ms: 2s, ack_wait_ms: 60s, worker: w%s }\n' "$ROOT" "$C_SNAP" "$url" "$(free_port)" "$i" > "$dir/w$i/c.yaml"
     done
     t1=$(python3 -c "import time; print(time.time())")
     for i in $(seq "$1"); do
@@ -625,6 +627,7 @@ cluster_run() { # workers -> prints "route_rate worker_rate partition_messages"
     kill "${pids[@]}"; wait "${pids[@]}" 2> /dev/null || true
     c_cleanup
     python3 -c "print(f'{$N_CLUSTER/($t1-$t0):.0f} {$parts/($t2-$t1):.0f} $parts')"
+    if [ -n "${KEEP_CLUSTER_LOGS:-}" ]; then cp "$dir"/w*/log "$OUT/" 2> /dev/null || true; fi
     rm -rf "$dir"
 }
 C1=(); C2=(); C3=(); CR=()
@@ -636,7 +639,7 @@ done
 cmed() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 note "  cluster: $n partition messages from $N_CLUSTER notifications; route ${CR[*]} msgs/s; 1 worker ${C1[*]}, 2 workers ${C2[*]}, 3 workers ${C3[*]} msgs/s (nats-server $("$C_NATS" --version | awk '{print $2}'), on the same $(nproc) cores)"
 row "cluster: \`flowcast route\` onto 12 partitions (JetStream in and out, one router) | $(python3 -c "print(f'{$(cmed "${CR[@]}"):,.0f}')") msgs/s | - | - | -"
-row "cluster: 1 / 2 / 3 workers on 12 partitions, backlog, snapshots every 1 s (start included) | $(python3 -c "print(f'{$(cmed "${C1[@]}"):,.0f} / {$(cmed "${C2[@]}"):,.0f} / {$(cmed "${C3[@]}"):,.0f}')") msgs/s | - | 3 workers / 1: $(ratio "$(cmed "${C3[@]}")" "$(cmed "${C1[@]}")") | bounded by $(nproc) cores shared with nats-server |"
+row "cluster: 1 / 2 / 3 workers on 12 partitions, backlog, snapshots every $C_SNAP (start included) | $(python3 -c "print(f'{$(cmed "${C1[@]}"):,.0f} / {$(cmed "${C2[@]}"):,.0f} / {$(cmed "${C3[@]}"):,.0f}')") msgs/s | - | 3 workers / 1: $(ratio "$(cmed "${C3[@]}")" "$(cmed "${C1[@]}")") | bounded by $(nproc) cores shared with nats-server |"
 trap - EXIT
 fi
 

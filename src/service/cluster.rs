@@ -16,7 +16,8 @@
 //! - One engine per partition, so that a partition's state is its own and moves whole (Flink's
 //!   key groups): its objects, timers, alerts, learned counts and the partition-stream
 //!   sequence it covers are one `EngineSnapshot`, saved in the KV bucket `state_bucket` under
-//!   `part-<p>`. A partition's engine sees only its own messages, so what it does depends on
+//!   `part-<p>` (or, when it does not fit one message, in the object store `state_objects`
+//!   under a unique name that the entry holds). A partition's engine sees only its own messages, so what it does depends on
 //!   them alone: a replay of the partition's messages gives the same records.
 //! - A worker pinned on p reads `part-<p>` and writes it back at once with compare-and-set
 //!   (its revision is the fence: a worker that lost p without knowing it fails its next write
