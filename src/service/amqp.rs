@@ -283,7 +283,12 @@ async fn read(
 ) -> Option<String> {
     let mut batch = Vec::with_capacity(batch_size.min(1024));
     loop {
-        let first = session.consumer.next().await;
+        // The engine gone (shutting down, after its acknowledgements): the caller closes the
+        // connection properly, which delivers what was sent on it first.
+        let first = tokio::select! {
+            first = session.consumer.next() => first,
+            _ = tx.closed() => return None,
+        };
         let mut end = take(session, first, &mut batch);
         // Take what is ready, then linger up to LINGER for more: deliveries arrive one by one
         // from lapin's thread, and handing the engine a batch per few messages costs a thread
