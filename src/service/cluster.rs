@@ -1183,44 +1183,11 @@ impl Worker<'_> {
     /// The partition's messages with sequences `from..=to`, read from the stream (an ordered
     /// consumer on the partition's subject).
     async fn read_stream(&self, p: u32, from: u64, to: u64) -> anyhow::Result<Vec<(u64, Bytes)>> {
-        use jetstream::consumer::{pull, DeliverPolicy};
-        let mut out = Vec::new();
-        let mut ordered = self
-            .parts_stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: format!("{}.{p}", self.cluster.prefix),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: from,
-                },
-                ..Default::default()
-            })
+        let filter = format!("{}.{p}", self.cluster.prefix);
+        let msgs = read_range(self.parts_stream, filter, from, to)
             .await
-            .map_err(|e| anyhow::anyhow!("catch-up consumer: {e}"))?;
-        let pending = ordered
-            .info()
-            .await
-            .map(|i| i.num_pending)
-            .map_err(|e| anyhow::anyhow!("catch-up consumer: {e}"))?;
-        if pending == 0 {
-            return Ok(out);
-        }
-        let mut msgs = ordered
-            .messages()
-            .await
-            .map_err(|e| anyhow::anyhow!("catch-up: {e}"))?;
-        while let Some(m) = msgs.next().await {
-            let m = m.map_err(|e| anyhow::anyhow!("catch-up: {e}"))?;
-            let info = m.info().map_err(|e| anyhow::anyhow!("catch-up: {e}"))?;
-            let (seq, left) = (info.stream_sequence, info.pending);
-            if seq > to {
-                break;
-            }
-            out.push((seq, m.message.payload.clone()));
-            if seq == to || left == 0 {
-                break;
-            }
-        }
-        Ok(out)
+            .map_err(|e| anyhow::anyhow!("catch-up: {e:#}"))?;
+        Ok(msgs.into_iter().map(|(s, m)| (s, m.payload)).collect())
     }
 
     /// Saves every owned partition that applied or was delivered something since its last
@@ -1550,6 +1517,50 @@ fn engine_from(flows: &[CompiledFlow], config: &Config, bytes: &[u8]) -> anyhow:
     let mut engine = new_engine(flows, config);
     engine.restore(&saved.engine);
     Ok(engine)
+}
+
+/// A stream's messages with sequences `from..=to` (on `filter`, or every subject when empty),
+/// read with an ordered consumer: the partition catch-up and the learned catch-up.
+pub(super) async fn read_range(
+    stream: &jetstream::stream::Stream,
+    filter: String,
+    from: u64,
+    to: u64,
+) -> anyhow::Result<Vec<(u64, async_nats::Message)>> {
+    use jetstream::consumer::{pull, DeliverPolicy};
+    let mut out = Vec::new();
+    let mut ordered = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: filter,
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: from,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("ordered consumer: {e}"))?;
+    let pending = ordered
+        .info()
+        .await
+        .map(|i| i.num_pending)
+        .map_err(|e| anyhow::anyhow!("ordered consumer: {e}"))?;
+    if pending == 0 {
+        return Ok(out);
+    }
+    let mut msgs = ordered.messages().await?;
+    while let Some(m) = msgs.next().await {
+        let m = m?;
+        let info = m.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (seq, left) = (info.stream_sequence, info.pending);
+        if seq > to {
+            break;
+        }
+        out.push((seq, m.message.clone()));
+        if seq == to || left == 0 {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 pub(super) fn unix_ms() -> i64 {

@@ -259,53 +259,20 @@ pub async fn read(
     from: u64,
     to: u64,
 ) -> anyhow::Result<Vec<Item>> {
-    use jetstream::consumer::{pull, DeliverPolicy};
-    let mut out = Vec::new();
-    let mut ordered = stream
-        .create_consumer(pull::OrderedConfig {
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: from,
-            },
-            ..Default::default()
-        })
+    let msgs = super::cluster::read_range(stream, String::new(), from, to)
         .await
-        .map_err(|e| anyhow::anyhow!("learned catch-up: {e}"))?;
-    let pending = ordered
-        .info()
-        .await
-        .map(|i| i.num_pending)
-        .map_err(|e| anyhow::anyhow!("learned catch-up: {e}"))?;
-    if pending == 0 {
-        return Ok(out);
+        .map_err(|e| anyhow::anyhow!("learned catch-up: {e:#}"))?;
+    if msgs.first().is_some_and(|(seq, _)| *seq > from) {
+        tracing::warn!(
+            from,
+            first = msgs[0].0,
+            "Learned batches aged out of the stream before this partition folded them: its model misses what other partitions learned in between."
+        );
     }
-    let mut msgs = ordered
-        .messages()
-        .await
-        .map_err(|e| anyhow::anyhow!("learned catch-up: {e}"))?;
-    while let Some(m) = msgs.next().await {
-        let m = m.map_err(|e| anyhow::anyhow!("learned catch-up: {e}"))?;
-        let info = m
-            .info()
-            .map_err(|e| anyhow::anyhow!("learned catch-up: {e}"))?;
-        let (seq, left) = (info.stream_sequence, info.pending);
-        if seq > to {
-            break;
-        }
-        if out.is_empty() && seq > from {
-            tracing::warn!(
-                from,
-                first = seq,
-                "Learned batches aged out of the stream before this partition folded them: its model misses what other partitions learned in between."
-            );
-        }
-        if let Some((batch, at)) = parse(&m.message) {
-            out.push((seq, Arc::new(batch), at));
-        }
-        if seq == to || left == 0 {
-            break;
-        }
-    }
-    Ok(out)
+    Ok(msgs
+        .iter()
+        .filter_map(|(seq, m)| parse(m).map(|(b, at)| (*seq, Arc::new(b), at)))
+        .collect())
 }
 
 /// Publishes a partition's batches; returns the ids confirmed stored.
