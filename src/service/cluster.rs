@@ -144,9 +144,11 @@ struct Part {
     /// The object holding the snapshot this worker last wrote, when it was too big for the KV
     /// entry: deleted once a newer snapshot is written.
     object: Option<String>,
-    /// Nothing is folded in before this sequence is applied: up to it, the last owner may have
-    /// applied the same messages from the same snapshot, and only an engine that folds
-    /// nothing in between gives the same records for them (folding changes predictions).
+    /// Nothing is folded in while this is above `applied`: up to the consumer's position at
+    /// the takeover, the last owner may have applied the same messages from the same snapshot,
+    /// and only an engine that folds nothing in between gives the same records for them
+    /// (folding changes predictions). 0 once the first delivery's catch-up has applied the
+    /// partition up to that position (or at once when nothing was left unacknowledged).
     fold_after: u64,
 }
 
@@ -810,7 +812,19 @@ impl Worker<'_> {
         };
         let now = unix_ms();
         let mut delay: Option<i64> = None;
+        let mut expect = part.shared.folded + 1;
         for (seq, batch, at) in older.iter().chain(cache.items.iter()) {
+            if *seq > expect {
+                tracing::warn!(
+                    partition = p,
+                    expected = expect,
+                    got = *seq,
+                    cache_first = cache.first,
+                    older = older.len(),
+                    "A gap in the learned batches folded."
+                );
+            }
+            expect = expect.max(*seq + 1);
             if learned::fold(&mut part.engine, &mut part.shared, p, *seq, batch) {
                 view.learned_folded += 1;
                 if *at > 0 {
@@ -905,6 +919,12 @@ impl Worker<'_> {
             let fold_after = if self.sharing.is_some() {
                 let name = format!("{}-{p}", self.cluster.consumer_prefix);
                 match self.parts_stream.consumer_info(&name).await {
+                    // Everything delivered was acknowledged, so covered by the snapshot just
+                    // read (acknowledgements follow the snapshot's write, and a write after
+                    // the read makes the claim below fail): nothing to wait for.
+                    Ok(i) if i.num_ack_pending == 0 => 0,
+                    // Cleared by the first delivery's catch-up, which reads and applies the
+                    // partition's messages up to the consumer's position (`apply_run`).
                     Ok(i) => i.delivered.stream_sequence,
                     Err(_) => u64::MAX,
                 }
@@ -1033,12 +1053,6 @@ impl Worker<'_> {
                 return;
             };
             let (from, to) = (part.applied + 1, delivered.max(first.seq - 1));
-            if let Some(part) = self.parts.get_mut(&p) {
-                part.fold_after = match part.fold_after {
-                    u64::MAX => to,
-                    f => f.max(to),
-                };
-            }
             match if from <= to {
                 self.read_stream(p, from, to).await
             } else {
@@ -1056,6 +1070,14 @@ impl Worker<'_> {
                     }
                     self.apply_payloads(p, missed.into_iter().map(|(s, b)| (s, b, None)))
                         .await;
+                    // Every message of the partition up to the consumer's position is applied
+                    // now: whatever another client was delivered of it is in this engine too,
+                    // so folding may go on. (Waiting for `applied` to reach that position
+                    // waited for ever: for a consumer filtered on one partition it is where
+                    // the server's scan stopped, often past the partition's last message.)
+                    if let Some(part) = self.parts.get_mut(&p) {
+                        part.fold_after = 0;
+                    }
                 }
                 Err(e) => {
                     // Without those, nothing after may be applied: drop the partition, which
@@ -1250,6 +1272,14 @@ impl Worker<'_> {
             part.shared.unpublished.extend(batches);
             if part.applied >= part.fold_after {
                 self.fold(p, view).await;
+            }
+            if let (Some(part), Some(v)) = (self.parts.get(&p), view.partitions.get_mut(&p)) {
+                v.learned_folded = part.shared.folded;
+                v.folds_after = if part.applied < part.fold_after {
+                    part.fold_after
+                } else {
+                    0
+                };
             }
         }
         let Some(part) = self.parts.get_mut(&p) else {

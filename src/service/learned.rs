@@ -122,7 +122,17 @@ pub fn fold(engine: &mut Engine, shared: &mut Shared, p: u32, seq: u64, batch: &
         return false;
     }
     let at = (batch.to, batch.chunk);
-    if shared.last.get(&batch.part).is_some_and(|&l| l >= at) {
+    if let Some(&l) = shared.last.get(&batch.part).filter(|&&l| l >= at) {
+        tracing::info!(
+            partition = p,
+            seq,
+            source = batch.part,
+            to = batch.to,
+            chunk = batch.chunk,
+            last_to = l.0,
+            last_chunk = l.1,
+            "A learned batch at or before the last folded from its partition; skipped."
+        );
         return false;
     }
     shared.last.insert(batch.part, at);

@@ -86,6 +86,11 @@ pub struct PartitionView {
     pub saved: u64,
     /// Times this worker was pinned on the partition.
     pub pinned_times: u64,
+    /// With shared learned counts: the learned-stream sequence this partition has folded up
+    /// to, and the partition-stream sequence it must apply before it folds again (after a
+    /// takeover: what the last owner may have applied past its snapshot), 0 when none.
+    pub learned_folded: u64,
+    pub folds_after: u64,
 }
 
 impl Metrics {
