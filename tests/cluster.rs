@@ -783,14 +783,24 @@ fn kill_a_worker_under_load(
                 .collect::<Vec<_>>()
                 .join("\n")
         );
+        let delays: Vec<Option<f64>> = survivors
+            .iter()
+            .map(|w| w.metric_opt("flowcast_model_merge_delay_seconds"))
+            .collect();
+        // Every survivor folded the others' batches, each published at most a few snapshot
+        // intervals (500 ms) before: a delay in the wrong unit, from the wrong clock or never
+        // set shows here.
+        assert!(
+            delays
+                .iter()
+                .all(|d| d.is_some_and(|d| (0.0..30.0).contains(&d))),
+            "merge delays {delays:?}"
+        );
         eprintln!(
             "every partition holds the learned counts of the partitions' replays {} ms after the load; merge \
              delay at the last fold {:?} s; batches published {:?}",
             start.elapsed().as_millis(),
-            survivors
-                .iter()
-                .map(|w| w.metric_opt("flowcast_model_merge_delay_seconds"))
-                .collect::<Vec<_>>(),
+            delays,
             survivors
                 .iter()
                 .map(|w| w.metric("flowcast_learned_batches_published_total"))
