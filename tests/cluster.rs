@@ -577,6 +577,48 @@ fn on_a_three_node_r3_cluster_a_worker_killed_loses_nothing() {
     kill_a_worker_under_load(&urls, 3, 2_500, false);
 }
 
+/// What the engine is promised to survive, through the cluster path with a kill: a key of
+/// 100 KB (in the routing hash, the partition stream, the records, the snapshot restored by
+/// the new owner), timestamps from 1970 and 9999 (and year 0, which does not parse), and
+/// lines that are not JSON or not an event (the routing drops them). Every record must still
+/// be the replay's, and the workers must go on.
+#[test]
+fn keys_of_100_kb_and_timestamps_from_1970_and_9999_cross_the_cluster_like_a_replay() {
+    let nats = NatsServer::start_current();
+    let url = nats.url();
+    kill_a_worker_under_load_with(&[url.clone(), url.clone(), url], 1, false, |dir| {
+        let mut lines = simulated_bundled_lines(dir, 1_500, &["--seed", "15"]);
+        // The first volume attach's volume id becomes 100 KB long, in every line of it.
+        let first = lines
+            .iter()
+            .find(|l| l.contains("instance.volume_attach.start"))
+            .unwrap()
+            .clone();
+        let v: serde_json::Value = serde_json::from_str(&first).unwrap();
+        let id = v["payload"]["nova_object.data"]["volume_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let long = format!("{id}-{}", "k".repeat(100 * 1024));
+        for l in lines.iter_mut().filter(|l| l.contains(&id)) {
+            *l = l.replace(&id, &long);
+        }
+        let at = |ts: &str, n: u32| {
+            format!(
+                r#"{{"event_type":"instance.volume_attach.start","message_id":"edge-{n}","payload":{{"nova_object.data":{{"volume_id":"edge-volume-{n}"}}}},"timestamp":"{ts}"}}"#
+            )
+        };
+        let mid = lines.len() / 2;
+        lines.insert(mid, at("1970-01-01T00:00:00.000Z", 1));
+        lines.insert(mid + 1, at("9999-12-31T23:59:59.999Z", 2));
+        lines.insert(mid + 2, at("0000-01-01T00:00:00Z", 3));
+        lines.insert(mid + 3, "[]".to_string());
+        lines.insert(mid + 4, "{\"event_type\": 7}".to_string());
+        lines.insert(100, "{not json".to_string());
+        lines
+    });
+}
+
 /// Three workers (on `urls`, one each) and a publisher on the first; one worker killed with -9
 /// at a seeded moment; then every check. With `share`, the partitions share what they learn:
 /// their records are no longer a replay of their own messages, and each partition's learned
@@ -588,13 +630,26 @@ fn kill_a_worker_under_load(
     objects: usize,
     share: bool,
 ) -> String {
+    kill_a_worker_under_load_with(urls, replicas, share, |dir| {
+        let mut lines = simulated_bundled_lines(dir, objects, &["--seed", "11"]);
+        lines.insert(100, "{not json".to_string());
+        lines
+    })
+}
+
+/// `kill_a_worker_under_load` on the lines `make` writes (given the test's directory).
+fn kill_a_worker_under_load_with(
+    urls: &[String],
+    replicas: usize,
+    share: bool,
+    make: impl FnOnce(&Path) -> Vec<String>,
+) -> String {
     let seed = seed_from_env("FLOWCAST_CLUSTER_SEED");
     eprintln!("cluster seed {seed} (FLOWCAST_CLUSTER_SEED={seed} replays it)");
     let mut rng = Rng(seed);
     let url = &urls[0];
     let tmp = tempfile::tempdir().unwrap();
-    let mut lines = simulated_bundled_lines(tmp.path(), objects, &["--seed", "11"]);
-    lines.insert(100, "{not json".to_string());
+    let lines = make(tmp.path());
     let parts = partitions(&lines);
     let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
     eprintln!("{} lines, {total} partition messages", lines.len());
