@@ -511,6 +511,7 @@ mod tests {
             // 2011-10-01T19:45:13Z, a Saturday.
             entered_ms: 1_317_498_313_000,
             age_ms: 15_000,
+            visited: 0,
         };
         let v = values(&past, 5);
         assert_eq!(v, [5, 5, 3, 2, UNKNOWN, 19, 5, 2]);

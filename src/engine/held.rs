@@ -7,7 +7,7 @@
 //! the model read, and the surprise it scored for the calibration. The mixture's losses are
 //! scored when the step is released, against the model as it is then (the object's earlier
 //! steps already in, as they would be in order). Each object holds at most `MAX_HELD` entries
-//! (56 bytes each, 3.5 KB per object); one that takes more steps stops teaching for the rest of
+//! (64 bytes each, 4 KB per object); one that takes more steps stops teaching for the rest of
 //! its life, since learning only the end of its path would teach a path nobody took.
 
 use super::key::ObjectKey;
@@ -38,6 +38,7 @@ pub struct HeldStep {
     pub at_ms: i64,
     pub entered_ms: i64,
     pub age_ms: i64,
+    pub visited: u64,
 }
 
 impl HeldStep {
@@ -55,6 +56,7 @@ impl HeldStep {
             at_ms,
             entered_ms: past.entered_ms,
             age_ms: past.age_ms,
+            visited: past.visited,
         }
     }
 
@@ -70,6 +72,7 @@ impl HeldStep {
             entered_ms: self.entered_ms,
             prev_dwell: self.prev_dwell,
             age_ms: self.age_ms,
+            visited: self.visited,
         }
     }
 }
@@ -104,6 +107,8 @@ pub enum HeldSnapshot {
         at_ms: i64,
         entered_ms: i64,
         age_ms: i64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        visited: Vec<String>,
     },
     Surprise {
         step: u8,
@@ -134,6 +139,10 @@ pub fn to_snapshot(flow: &CompiledFlow, held: &[Held]) -> Vec<HeldSnapshot> {
                 at_ms: s.at_ms,
                 entered_ms: s.entered_ms,
                 age_ms: s.age_ms,
+                visited: (0..flow.states.len().min(64))
+                    .filter(|&x| s.visited & (1u64 << x) != 0)
+                    .map(|x| flow.name_of(x as StateId).to_string())
+                    .collect(),
             },
             Held::Surprise { step, window } => HeldSnapshot::Surprise { step, window },
         })
@@ -155,6 +164,7 @@ pub fn from_snapshot(flow: &CompiledFlow, held: &[HeldSnapshot]) -> Option<Vec<H
                 at_ms,
                 entered_ms,
                 age_ms,
+                visited,
             } => {
                 let ids: Option<Vec<StateId>> = history.iter().map(|n| flow.state_id(n)).collect();
                 let ids = ids?;
@@ -171,6 +181,7 @@ pub fn from_snapshot(flow: &CompiledFlow, held: &[HeldSnapshot]) -> Option<Vec<H
                     at_ms: *at_ms,
                     entered_ms: *entered_ms,
                     age_ms: *age_ms,
+                    visited: markov::visited_from_names(flow, visited),
                 }))
             }
             HeldSnapshot::Surprise { step, window } => Some(Held::Surprise {
@@ -194,6 +205,7 @@ pub fn remap(held: &[Held], map: &[Option<StateId>]) -> Option<Vec<Held>> {
                         *x = id(*x)?;
                     }
                 }
+                s.visited = markov::remap_visited(s.visited, map, map.len());
                 Some(Held::Step(s))
             }
             other => Some(other),
@@ -214,6 +226,7 @@ mod tests {
             entered_ms: 1_000,
             prev_dwell: markov::NO_DWELL,
             age_ms: 50,
+            visited: 0b1001,
         };
         let s = HeldStep::new(past, 2, 5, 10, 2_000);
         let back = s.past();
@@ -233,9 +246,9 @@ mod tests {
 
     #[test]
     fn a_held_entry_costs_what_the_documentation_says() {
-        // grammar/README.md and MAX_HELD's bound per object (3.5 KB) count 56 bytes.
+        // grammar/README.md and MAX_HELD's bound per object (4 KB) count 64 bytes.
         assert!(
-            std::mem::size_of::<Held>() <= 56,
+            std::mem::size_of::<Held>() <= 64,
             "{}",
             std::mem::size_of::<Held>()
         );

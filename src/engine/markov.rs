@@ -31,6 +31,9 @@ pub struct Past<'a> {
     pub prev_dwell: u8,
     /// Time since the object was first seen, at its entry into its state (-1 when unknown).
     pub age_ms: i64,
+    /// The states the object has been in, its current one too: bit `s` for state `s`
+    /// (`visited_bit`); 0 when unknown or the flow has more than 64 states.
+    pub visited: u64,
 }
 
 impl Past<'static> {
@@ -40,8 +43,51 @@ impl Past<'static> {
         entered_ms: 0,
         prev_dwell: NO_DWELL,
         age_ms: -1,
+        visited: 0,
     };
 }
+
+/// State `s`'s bit in `Past::visited` (0 past 63: such flows keep no visited set).
+pub fn visited_bit(s: StateId) -> u64 {
+    if (s as usize) < 64 {
+        1u64 << s
+    } else {
+        0
+    }
+}
+
+/// A visited set under another definition's state ids (a reload): states gone are dropped; 0
+/// when the new definition has more than 64 states.
+pub fn remap_visited(visited: u64, map: &[Option<StateId>], states: usize) -> u64 {
+    if states > 64 {
+        return 0;
+    }
+    (0..map.len().min(64))
+        .filter(|&s| visited & (1u64 << s) != 0)
+        .filter_map(|s| map[s])
+        .fold(0, |a, s| a | visited_bit(s))
+}
+
+/// A visited set by state names (snapshots), and back (0 for a flow of more than 64 states).
+pub fn visited_names(visited: u64, names: &[String]) -> Vec<String> {
+    (0..names.len().min(64))
+        .filter(|&s| visited & (1u64 << s) != 0)
+        .map(|s| names[s].clone())
+        .collect()
+}
+
+pub fn visited_from_names(flow: &CompiledFlow, names: &[String]) -> u64 {
+    if flow.states.len() > 64 {
+        return 0;
+    }
+    names
+        .iter()
+        .filter_map(|n| flow.state_id(n))
+        .fold(0, |a, s| a | visited_bit(s))
+}
+
+/// Key of a visited-set context: the state and the set of states the object has been in.
+pub type VisitedKey = (StateId, u64);
 
 /// Key of a calendar context: the state, the dwell class of the state before it (`NO_DWELL`
 /// when dwell times are not used), the calendar class of the time it was entered.
@@ -130,6 +176,10 @@ pub struct FlowModel {
     pub dwell_contexts: HashMap<(StateId, u8), Vec<(StateId, f64)>>,
     /// Stored (scaled) next-state counts per calendar context (`learn { calendar ... }`).
     pub calendar_contexts: HashMap<CalendarKey, Vec<(StateId, f64)>>,
+    /// Stored (scaled) next-state counts per visited-set context (the self-tuning family:
+    /// which states the object has been in, whatever the order: what a case's activity counts
+    /// say in a process whose steps repeat).
+    pub visited_contexts: HashMap<VisitedKey, Vec<(StateId, f64)>>,
     calendar: Calendar,
     /// The log-linear feature model, when `learn { features on }`.
     pub features: Option<FeatureModel>,
@@ -198,6 +248,9 @@ pub struct Learned {
     pub age_ms: i64,
     /// The self-tuning members' losses on the step, scored where it was learned.
     pub losses: Option<super::mixture::Losses>,
+    /// `Past::visited`.
+    #[serde(default)]
+    pub visited: u64,
 }
 
 impl FlowModel {
@@ -241,6 +294,7 @@ impl FlowModel {
             contexts: HashMap::default(),
             dwell_contexts: HashMap::default(),
             calendar_contexts: HashMap::default(),
+            visited_contexts: HashMap::default(),
             calendar: flow.learning.calendar,
             features: flow.learning.features.then(FeatureModel::default),
             mixture: flow.learning.auto.then(|| Mixture::new(n)),
@@ -341,6 +395,7 @@ impl FlowModel {
             .values_mut()
             .chain(self.dwell_contexts.values_mut())
             .chain(self.calendar_contexts.values_mut())
+            .chain(self.visited_contexts.values_mut())
         {
             for (_, w) in row.iter_mut() {
                 *w *= f;
@@ -416,6 +471,7 @@ impl FlowModel {
                 entered_ms: past.entered_ms,
                 age_ms: past.age_ms,
                 losses,
+                visited: past.visited,
             })));
         }
     }
@@ -446,6 +502,7 @@ impl FlowModel {
                     entered_ms: l.entered_ms,
                     prev_dwell: l.prev_dwell,
                     age_ms: l.age_ms,
+                    visited: l.visited,
                 };
                 // The other shard's model clock may have moved further (a timer of its own).
                 self.set_now(l.at_ms);
@@ -491,6 +548,15 @@ impl FlowModel {
         }
         if let Some(key) = self.calendar_key(past, from) {
             add_to_row(self.calendar_contexts.entry(key).or_default(), to, w);
+        }
+        if self.auto && past.visited != 0 {
+            add_to_row(
+                self.visited_contexts
+                    .entry((from, past.visited))
+                    .or_default(),
+                to,
+                w,
+            );
         }
         if let Some(fm) = self.features.as_mut() {
             fm.add(Example {
@@ -854,6 +920,11 @@ impl FlowModel {
             .and_then(|key| self.calendar_contexts.get(&key))
         {
             rows.rows[super::mixture::CALENDAR] = Some((&row[..], weight(row)));
+        }
+        if past.visited != 0 {
+            if let Some(row) = self.visited_contexts.get(&(state, past.visited)) {
+                rows.rows[super::mixture::VISITED] = Some((&row[..], weight(row)));
+            }
         }
         let (prior, total) = &self.prior_rows[state as usize];
         if *total > 0.0 && self.prior_weight > 0.0 {
@@ -1252,6 +1323,8 @@ pub struct LearnedCounts {
     pub dwell_contexts: Vec<LearnedDwellContext>,
     #[serde(default)]
     pub calendar_contexts: Vec<LearnedCalendarContext>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub visited_contexts: Vec<LearnedVisitedContext>,
     /// The transitions the feature model is fitted on (`learn { features on }`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub feature_examples: Vec<super::features::LearnedExample>,
@@ -1270,6 +1343,14 @@ pub struct LearnedCalendarContext {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dwell_class: Option<u8>,
     pub calendar_class: u8,
+    pub next: Vec<(String, f64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LearnedVisitedContext {
+    pub state: String,
+    /// The states the objects had been in, in the flow's order.
+    pub visited: Vec<String>,
     pub next: Vec<(String, f64)>,
 }
 
@@ -1369,6 +1450,19 @@ impl FlowModel {
                 b.calendar_class,
             ))
         });
+        let mut visited_contexts: Vec<LearnedVisitedContext> = self
+            .visited_contexts
+            .iter()
+            .map(|((s, v), row)| LearnedVisitedContext {
+                state: names[*s as usize].clone(),
+                visited: visited_names(*v, names),
+                next: row
+                    .iter()
+                    .map(|&(t, w)| (names[t as usize].clone(), w))
+                    .collect(),
+            })
+            .collect();
+        visited_contexts.sort_by(|a, b| (&a.state, &a.visited).cmp(&(&b.state, &b.visited)));
         LearnedCounts {
             epoch_ms: self.epoch_ms,
             now_ms: self.now_ms,
@@ -1376,6 +1470,7 @@ impl FlowModel {
             contexts,
             dwell_contexts,
             calendar_contexts,
+            visited_contexts,
             feature_examples: self
                 .features
                 .as_ref()
@@ -1431,6 +1526,19 @@ impl FlowModel {
             let key = (s, c.dwell_class.unwrap_or(NO_DWELL), c.calendar_class);
             self.calendar_contexts
                 .insert(key, row_by_id(&c.next, &id_of));
+        }
+        if self.n <= 64 {
+            for c in &learned.visited_contexts {
+                let Some(s) = id_of(&c.state) else { continue };
+                // A set naming a state that is gone is another set: dropped.
+                let ids: Option<Vec<StateId>> = c.visited.iter().map(|v| id_of(v)).collect();
+                let Some(ids) = ids else { continue };
+                let v = ids.into_iter().fold(0, |a, x| a | visited_bit(x));
+                if v != 0 {
+                    self.visited_contexts
+                        .insert((s, v), row_by_id(&c.next, &id_of));
+                }
+            }
         }
         if let Some(fm) = self.features.as_mut() {
             fm.import(&learned.feature_examples, &id_of);

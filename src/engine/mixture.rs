@@ -8,9 +8,10 @@
 //! members differ in the history order, `k` and whether the dwell context is used: the grid
 //! an analyst would search, without the test data.
 //!
-//! Each member's distribution is a linear combination of at most five normalised rows (the
-//! base row and the four context rows an object can have), so a member is just five
-//! coefficients, computed in a few multiplications. Before a transition is learned, the
+//! Each member's distribution is a linear combination of a few normalised rows (the base
+//! row, the context rows an object can have, the a priori row), so a member is just a few
+//! coefficients, computed in a few multiplications. The family also reads the context of the
+//! set of states the object has been in (`markov::Past::visited`). Before a transition is learned, the
 //! probability each member gave it is scored (log-loss, past only: prequential), per state
 //! the object left. A state's weights are the Bayesian posterior over the members given the
 //! losses on its own transitions, the flow-wide losses acting as its prior (worth
@@ -34,6 +35,8 @@ pub struct Member {
     /// Refine by the calendar context: that dwell class and the UTC time of the week (3-hour
     /// classes, weekends apart) the object entered its state.
     pub calendar: bool,
+    /// Refine by the set of states the object has been in (`markov::Past::visited`).
+    pub visited: bool,
 }
 
 impl Member {
@@ -47,6 +50,9 @@ impl Member {
         }
         if self.calendar {
             s.push_str(" week");
+        }
+        if self.visited {
+            s.push_str(&format!(" k{} seen", self.k));
         }
         s
     }
@@ -67,6 +73,7 @@ impl Member {
             .then_some(1)
             .into_iter()
             .chain(self.calendar.then_some(CALENDAR))
+            .chain(self.visited.then_some(VISITED))
             .chain(2..=self.history as usize)
     }
 }
@@ -97,19 +104,25 @@ mod arrayvec_lite {
 pub const CALENDAR: usize = 5;
 /// The slot of the state's a priori row (claim 4), with the weight of its counts.
 pub const PRIOR: usize = 6;
+/// The slot of the visited-set context row.
+pub const VISITED: usize = 7;
 /// Row slots: the base, the dwell context, three history contexts, the calendar context, the
-/// a priori row.
-pub const SLOTS: usize = 7;
+/// a priori row, the visited-set context.
+pub const SLOTS: usize = 8;
 
 /// The family: history 1 to 4, `k` 0, 1 and 10, with and without the dwell context (the
-/// first-order chain alone once: `k` changes nothing there); and history 1 to 3 with the
-/// dwell and calendar contexts, `k` 1 and 10 (a calendar context is sparse: never alone).
+/// first-order chain alone once: `k` changes nothing there); history 1 to 3 with the dwell
+/// and calendar contexts, `k` 1 and 10 (a calendar context is sparse: never alone); and the
+/// state with the set of states the object has been in, `k` 0, 1 and 10 (in a process whose
+/// steps repeat, what was done already says what comes next; order aside, it is what a
+/// case's activity counts tell a learned classifier).
 pub fn family() -> Vec<Member> {
     let mut out = vec![Member {
         history: 1,
         k: 10.0,
         dwell: false,
         calendar: false,
+        visited: false,
     }];
     for history in 1..=4u8 {
         for dwell in [false, true] {
@@ -122,6 +135,7 @@ pub fn family() -> Vec<Member> {
                     k,
                     dwell,
                     calendar: false,
+                    visited: false,
                 });
             }
         }
@@ -133,8 +147,18 @@ pub fn family() -> Vec<Member> {
                 k,
                 dwell: true,
                 calendar: true,
+                visited: false,
             });
         }
+    }
+    for k in [0.0, 1.0, 10.0] {
+        out.push(Member {
+            history: 1,
+            k,
+            dwell: false,
+            calendar: false,
+            visited: true,
+        });
     }
     out
 }
@@ -154,7 +178,7 @@ const NEGLIGIBLE: f64 = 1e-4;
 
 /// The rows an object's prediction reads, slot 0 the base row (already probabilities), slots
 /// 1..=5 the dwell, history and calendar context rows (stored weights), slot 6 the a priori
-/// row (counts), each with its effective weight.
+/// row (counts), slot 7 the visited-set context row, each with its effective weight.
 #[derive(Default)]
 pub struct Rows<'a> {
     pub rows: [Option<Row<'a>>; SLOTS],
@@ -236,7 +260,7 @@ struct Prepared {
     own: [f64; SLOTS],
 }
 
-/// The most members a family has (`family()` has 28).
+/// The most members a family has (`family()` has 31).
 const MAX_MEMBERS: usize = 32;
 /// One scored step's loss per member (the first `members.len()` are used).
 pub type Losses = [f64; MAX_MEMBERS];
@@ -481,7 +505,7 @@ impl Mixture {
     /// slots that are absent change nothing, so members that differ only there (and share
     /// `k`) share their coefficients. Each group: its key, a member standing for it, and the
     /// summed `weights` of its members (those from `NEGLIGIBLE` up; all when `weights` is
-    /// None). Usually a handful of groups for the 28 members.
+    /// None). Usually a handful of groups for the 31 members.
     fn groups(&self, prep: &Prepared, weights: Option<&[f64]>, out: &mut Groups) {
         out.len = 0;
         let present = prep.present_mask();
@@ -737,7 +761,7 @@ mod tests {
     fn the_family_covers_the_grid_once() {
         let f = family();
         assert!(f.len() <= MAX_MEMBERS);
-        assert_eq!(f.len(), 1 + 3 + 3 * 2 * 3 + 3 * 2);
+        assert_eq!(f.len(), 1 + 3 + 3 * 2 * 3 + 3 * 2 + 3);
         let labels: std::collections::HashSet<String> = f.iter().map(Member::label).collect();
         assert_eq!(labels.len(), f.len());
     }
@@ -749,7 +773,7 @@ mod tests {
         let base = [(1, 0.5), (2, 0.5)];
         let ctx = [(1, 3.0), (3, 1.0)];
         let prior = [(2, 5.0)];
-        for mask in 0u32..(1 << 7) {
+        for mask in 0u32..(1 << 8) {
             let mut rows = Rows::default();
             if mask & 1 != 0 {
                 rows.rows[0] = Some((&base, 10.0));
@@ -761,6 +785,9 @@ mod tests {
             }
             if mask & (1 << 6) != 0 {
                 rows.rows[PRIOR] = Some((&prior, 5.0));
+            }
+            if mask & (1 << 7) != 0 {
+                rows.rows[VISITED] = Some((&ctx, 7.5));
             }
             let prep = Prepared::new(&rows);
             for m in family() {
@@ -788,13 +815,14 @@ mod tests {
             k: 1.0,
             dwell: false,
             calendar: false,
+            visited: false,
         };
         let a = coefficients(&m, &rows);
         assert!((a[0] - 0.25).abs() < 1e-12 && (a[2] - 0.75).abs() < 1e-12);
         let m0 = Member { k: 0.0, ..m };
         assert_eq!(
             coefficients(&m0, &rows),
-            [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+            [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
         );
         // With a priori counts worth 3 observations, a context is half its own, half them.
         let prior = [(2, 3.0)];

@@ -100,7 +100,8 @@ pub struct Routed {
     pub flows: u64,
 }
 
-/// Where one object is in one flow. Kept to 56 bytes (48 without the surprise window):
+/// Where one object is in one flow. Kept to 64 bytes (48 without the surprise window and the
+/// visited set):
 /// there may be millions. What only
 /// alerting objects need lives in `FlowRuntime::alert_log`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -146,6 +147,9 @@ pub struct ObjectState {
     /// sinks; a later unusual step opens another.
     #[serde(default)]
     pub episode: u8,
+    /// The states it has been in, its current one too (`markov::visited_bit`).
+    #[serde(default)]
+    pub visited: u64,
 }
 
 /// Alert times of an object that has alerted at least once.
@@ -175,6 +179,7 @@ impl ObjectState {
             entered_ms: self.entered_event_ms,
             prev_dwell: self.prev_dwell,
             age_ms: self.entered_ms - self.first_seen_ms,
+            visited: self.visited,
         }
     }
 
@@ -1022,6 +1027,11 @@ impl Engine {
                     surprise_peak: 0,
                     unusual: 0,
                     episode: 0,
+                    visited: if rt.flow.states.len() <= 64 {
+                        markov::visited_bit(target)
+                    } else {
+                        0
+                    },
                 },
             );
             self.entered(fi, &key, now, trig, out);
@@ -1079,6 +1089,10 @@ impl Engine {
         }
         let obj = rt.objects.get_mut(&key).expect("object present");
         obj.push_history(from);
+        // A flow of more than 64 states keeps no visited set (its bits would not name states).
+        if rt.flow.states.len() <= 64 {
+            obj.visited |= markov::visited_bit(target);
+        }
         obj.prev_dwell = obj.last_dwell;
         obj.last_dwell = markov::dwell_bucket(dwell);
         obj.state = target;
@@ -1951,7 +1965,8 @@ mod tests {
         // entering message's own time keeps dwell learned from event times (late messages).
         // 56: the last 8 bytes are the surprise window (a ring of 5 quantised steps), the
         // peak step, the unusual-step count and the anomaly flag (`surprise.rs`).
-        assert_eq!(std::mem::size_of::<super::ObjectState>(), 56);
+        // 64: the set of states visited, for the self-tuning model's visited-set context.
+        assert_eq!(std::mem::size_of::<super::ObjectState>(), 64);
         assert_eq!(std::mem::size_of::<super::key::ObjectKey>(), 24);
     }
 }

@@ -115,6 +115,9 @@ pub struct ObjectSnapshot {
     /// Normal steps it has taken since its last unusual one, in an open episode.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub normal_steps: u8,
+    /// The states it has been in (the self-tuning model's visited-set context), by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub visited: Vec<String>,
     /// When its risk is to be looked at again (engine time): the times at which it was
     /// expected to cross a threshold. A restore sets these and no others, so that it alerts
     /// exactly when an uninterrupted engine would.
@@ -199,6 +202,7 @@ fn flow_snapshot(rt: &FlowRuntime) -> FlowSnapshot {
                 unusual: o.unusual,
                 anomalous: o.episode > 0,
                 normal_steps: o.episode.saturating_sub(1),
+                visited: markov::visited_names(o.visited, &names),
                 risk_checks: checks
                     .remove(k)
                     .map(|mut at| {
@@ -299,6 +303,11 @@ pub fn validate_learned(flow: &str, l: &LearnedCounts) -> Result<(), String> {
         .chain(l.dwell_contexts.iter().map(|c| (c.state.clone(), &c.next)))
         .chain(
             l.calendar_contexts
+                .iter()
+                .map(|c| (c.state.clone(), &c.next)),
+        )
+        .chain(
+            l.visited_contexts
                 .iter()
                 .map(|c| (c.state.clone(), &c.next)),
         );
@@ -419,6 +428,7 @@ impl Engine {
                     } else {
                         0
                     },
+                    visited: markov::visited_from_names(&flow, &o.visited),
                 },
             );
             if !o.held.is_empty() {
@@ -513,6 +523,7 @@ impl Engine {
                     continue;
                 };
                 o.state = state;
+                o.visited = markov::remap_visited(o.visited, &map, flow.states.len());
                 for h in o.history.iter_mut() {
                     if *h != markov::NONE {
                         *h = map[*h as usize].unwrap_or(markov::NONE);
