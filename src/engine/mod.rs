@@ -1089,8 +1089,10 @@ impl Engine {
         }
         let obj = rt.objects.get_mut(&key).expect("object present");
         obj.push_history(from);
-        // A flow of more than 64 states keeps no visited set (its bits would not name states).
-        if rt.flow.states.len() <= 64 {
+        // A flow of more than 64 states keeps no visited set (its bits would not name states),
+        // and an object whose set is unknown (restored from a snapshot written before sets
+        // were kept) keeps none rather than one that would miss its first states.
+        if rt.flow.states.len() <= 64 && obj.visited != 0 {
             obj.visited |= markov::visited_bit(target);
         }
         obj.prev_dwell = obj.last_dwell;
