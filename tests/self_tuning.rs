@@ -324,6 +324,58 @@ fn when_the_telling_step_is_further_back_than_four_states_the_visited_set_member
     assert_eq!(moved, vec![0]);
 }
 
+/// Visited sets are combinatorial: a stream of random paths must not grow the model without
+/// bound. Past `MAX_VISITED_CONTEXTS`, new sets are not kept; those kept go on learning.
+#[test]
+fn the_visited_set_contexts_a_flow_keeps_are_bounded() {
+    use flowcast::engine::markov::{Delta, Learned, MAX_VISITED_CONTEXTS};
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("small.csv");
+    write_log(&log, 50, 3, |_| {
+        vec![("s", 1), ("a", 5), ("b", 5), ("end", 5)]
+    });
+    let (mut engine, _) = learned(&log);
+    let flow = engine.flows[0].flow.clone();
+    let (a, b) = (flow.state_id("a").unwrap(), flow.state_id("b").unwrap());
+    let model = &mut engine.flows[0].model;
+    let before = model.visited_contexts.len();
+    let now = model.now_ms;
+    let step = |visited: u64| {
+        Delta::Learn(Box::new(Learned {
+            from: a,
+            to: b,
+            dwell_ms: 5_000,
+            at_ms: now,
+            history: [0; 4],
+            history_len: 0,
+            last_dwell: 0,
+            prev_dwell: 0,
+            entered_ms: 0,
+            age_ms: 0,
+            losses: None,
+            visited,
+        }))
+    };
+    // Far more distinct sets than the bound (bits past the flow's states: sets nobody saw).
+    for i in 0..(MAX_VISITED_CONTEXTS as u64 + 10_000) {
+        model.apply_delta(&step((i + 1) << 8), 0);
+    }
+    assert_eq!(model.visited_contexts.len(), MAX_VISITED_CONTEXTS);
+    assert!(before < MAX_VISITED_CONTEXTS);
+    // A set kept before the bound was reached still learns.
+    let kept = *model
+        .visited_contexts
+        .keys()
+        .find(|k| k.0 == a)
+        .expect("a set out of a");
+    let weight = |m: &flowcast::engine::markov::FlowModel| -> f64 {
+        m.visited_contexts[&kept].iter().map(|(_, w)| w).sum()
+    };
+    let w0 = weight(model);
+    model.apply_delta(&step(kept.1), 0);
+    assert!(weight(model) > w0);
+}
+
 #[test]
 fn on_a_dwell_dependent_process_the_weight_goes_to_the_dwell_members() {
     let dir = tempfile::tempdir().unwrap();

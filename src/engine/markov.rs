@@ -86,6 +86,12 @@ pub fn visited_from_names(flow: &CompiledFlow, names: &[String]) -> u64 {
         .fold(0, |a, s| a | visited_bit(s))
 }
 
+/// Visited-set contexts a flow keeps at most (about 100 bytes each with a short row): real
+/// processes have a few thousand (5,000 in the permit log, the suite's most varied), but sets
+/// are combinatorial, and a stream of random paths must not grow the model without bound.
+/// Past the bound, sets not seen yet are not added; those kept go on learning.
+pub const MAX_VISITED_CONTEXTS: usize = 65_536;
+
 /// Key of a visited-set context: the state and the set of states the object has been in.
 pub type VisitedKey = (StateId, u64);
 
@@ -550,13 +556,12 @@ impl FlowModel {
             add_to_row(self.calendar_contexts.entry(key).or_default(), to, w);
         }
         if self.auto && past.visited != 0 {
-            add_to_row(
-                self.visited_contexts
-                    .entry((from, past.visited))
-                    .or_default(),
-                to,
-                w,
-            );
+            let key = (from, past.visited);
+            if let Some(row) = self.visited_contexts.get_mut(&key) {
+                add_to_row(row, to, w);
+            } else if self.visited_contexts.len() < MAX_VISITED_CONTEXTS {
+                add_to_row(self.visited_contexts.entry(key).or_default(), to, w);
+            }
         }
         if let Some(fm) = self.features.as_mut() {
             fm.add(Example {
@@ -1534,7 +1539,10 @@ impl FlowModel {
                 let ids: Option<Vec<StateId>> = c.visited.iter().map(|v| id_of(v)).collect();
                 let Some(ids) = ids else { continue };
                 let v = ids.into_iter().fold(0, |a, x| a | visited_bit(x));
-                if v != 0 {
+                if v != 0
+                    && (self.visited_contexts.contains_key(&(s, v))
+                        || self.visited_contexts.len() < MAX_VISITED_CONTEXTS)
+                {
                     self.visited_contexts
                         .insert((s, v), row_by_id(&c.next, &id_of));
                 }
