@@ -180,13 +180,34 @@ fn start_worker_saving(
     snapshot_interval: &str,
     share: bool,
 ) -> Service {
+    start_worker_with(
+        dir,
+        name,
+        url,
+        pin_ttl,
+        replicas,
+        snapshot_interval,
+        &format!("share_learned: {share}"),
+    )
+}
+
+/// A worker with `extra` settings in its `cluster:` map.
+fn start_worker_with(
+    dir: &Path,
+    name: &str,
+    url: &str,
+    pin_ttl: &str,
+    replicas: usize,
+    snapshot_interval: &str,
+    extra: &str,
+) -> Service {
     let dir = dir.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let models = std::fs::canonicalize("models").unwrap();
     let config = format!(
         "models: {models:?}\nsnapshot_interval_ms: {snapshot_interval}\nsinks: []\n\
          nats: {{ url: \"{url}\" }}\nclock: {{ mode: event, idle_after_ms: \"0\" }}\n\
-         cluster: {{ partitions: {PARTITIONS}, pin_ttl_ms: {pin_ttl}, ack_wait_ms: 10s, replicas: {replicas}, worker: {name}, worker_ttl_ms: 3s, share_learned: {share} }}"
+         cluster: {{ partitions: {PARTITIONS}, pin_ttl_ms: {pin_ttl}, ack_wait_ms: 10s, replicas: {replicas}, worker: {name}, worker_ttl_ms: 3s, {extra} }}"
     );
     Service::start(&dir, &config)
 }
@@ -1154,6 +1175,70 @@ fn a_partition_taken_over_with_nothing_left_to_apply_still_folds_what_the_others
         view(&second)
     );
     second.stop();
+}
+
+/// `rebalance: false`: a worker that joins takes nothing from a live one, however uneven;
+/// it takes the partitions over when that one dies, and every message is applied once.
+#[test]
+fn without_rebalancing_a_new_worker_waits_and_takes_over_only_when_the_owner_dies() {
+    let nats = NatsServer::start_current();
+    let url = nats.url();
+    let tmp = tempfile::tempdir().unwrap();
+    let lines = simulated_bundled_lines(tmp.path(), 1_200, &["--seed", "16"]);
+    let parts = partitions(&lines);
+    let third = lines.len() / 3;
+    let extra = "share_learned: false, rebalance: false";
+    let first = start_worker_with(tmp.path(), "first", &url, "2s", 1, "500ms", extra);
+    let done = AtomicU64::new(0);
+    publish_partitions(1, &url, &lines[..third], &parts[..third], 0, &done);
+    wait_idle(&url, "the first third");
+    assert_eq!(
+        owned(&first).len(),
+        PARTITIONS as usize,
+        "one worker, every partition"
+    );
+    let second = start_worker_with(tmp.path(), "second", &url, "2s", 1, "500ms", extra);
+    // Messages for every partition for a while, with the second worker waiting: with
+    // rebalancing on, it would have half of them within about 3 s (the workers-added test).
+    publish_paced(
+        1,
+        &url,
+        &lines[third..2 * third],
+        &parts[third..2 * third],
+        third,
+        &done,
+        600,
+    );
+    wait_idle(&url, "the second third");
+    assert!(
+        owned(&second).is_empty(),
+        "the second worker took {:?} from a live owner with rebalance off",
+        owned(&second)
+    );
+    assert_eq!(owned(&first).len(), PARTITIONS as usize);
+    first.kill9();
+    let killed = Instant::now();
+    publish_partitions(
+        1,
+        &url,
+        &lines[2 * third..],
+        &parts[2 * third..],
+        2 * third,
+        &done,
+    );
+    while owned(&second).len() < PARTITIONS as usize {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the partitions did not move to the waiting worker within 30 s of the kill: {:?}",
+            owned(&second)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_idle(&url, "the last third");
+    second.stop();
+    let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
+    let counted: u64 = saved_states(&url).values().map(|s| s.1).sum();
+    assert_eq!(counted, total, "every message applied once");
 }
 
 /// The messages a worker applied, from its `/metrics` (`flowcast_messages_total`, every result).
