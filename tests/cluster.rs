@@ -473,6 +473,30 @@ fn learned_differences(
     out
 }
 
+/// Waits up to `limit` for every partition's saved learned counts to equal `want` (they fold
+/// the others' steps at their next snapshots); returns the differences left, none on success.
+fn wait_learned(
+    url: &str,
+    want: &BTreeMap<(String, String, String), f64>,
+    limit: Duration,
+) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let got = partition_learned(url);
+        let left: Vec<String> = (0..PARTITIONS)
+            .flat_map(|p| {
+                learned_differences(got.get(&p).unwrap_or(&BTreeMap::new()), want)
+                    .into_iter()
+                    .map(move |d| format!("partition {p}: {d}"))
+            })
+            .collect();
+        if left.is_empty() || start.elapsed() >= limit {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// The alerts fired: (flow, object, state, artifact).
 fn fired(records: &[serde_json::Value]) -> BTreeSet<String> {
     records
@@ -823,21 +847,7 @@ fn kill_a_worker_under_load_with(
     if let Some(want) = &want {
         // Every partition folds the others' steps at its next snapshots.
         let start = Instant::now();
-        let mut last = Vec::new();
-        while start.elapsed() < Duration::from_secs(30) {
-            let got = partition_learned(url);
-            last = (0..PARTITIONS)
-                .flat_map(|p| {
-                    learned_differences(got.get(&p).unwrap_or(&BTreeMap::new()), want)
-                        .into_iter()
-                        .map(move |d| format!("partition {p}: {d}"))
-                })
-                .collect();
-            if last.is_empty() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let last = wait_learned(url, want, Duration::from_secs(30));
         assert!(
             last.is_empty(),
             "learned counts differ from the partitions' replays 30 s after the load ({} differences):\n{}\n\
@@ -1150,22 +1160,7 @@ fn a_partition_taken_over_with_nothing_left_to_apply_still_folds_what_the_others
     let all_lines: Vec<String> = lines[..half].iter().chain(&more).cloned().collect();
     let all_parts: Vec<Vec<u32>> = parts[..half].iter().chain(&more_parts).cloned().collect();
     let want = replay_learned(tmp.path(), &all_lines, &all_parts);
-    let start = Instant::now();
-    let mut last = Vec::new();
-    while start.elapsed() < Duration::from_secs(20) {
-        let got = partition_learned(&url);
-        last = (0..PARTITIONS)
-            .flat_map(|p| {
-                learned_differences(got.get(&p).unwrap_or(&BTreeMap::new()), &want)
-                    .into_iter()
-                    .map(move |d| format!("partition {p}: {d}"))
-            })
-            .collect();
-        if last.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let last = wait_learned(&url, &want, Duration::from_secs(20));
     assert!(
         last.is_empty(),
         "{} differences 20 s after partition {q}'s messages (the others had nothing to apply):\n{}\n{:#?}\n{:?}",

@@ -1073,8 +1073,9 @@ impl Worker<'_> {
                     // Every message of the partition up to the consumer's position is applied
                     // now: whatever another client was delivered of it is in this engine too,
                     // so folding may go on. (Waiting for `applied` to reach that position
-                    // waited for ever: for a consumer filtered on one partition it is where
-                    // the server's scan stopped, often past the partition's last message.)
+                    // could wait for ever: for a consumer filtered on one partition it is where
+                    // the server's scan stopped, which may be past the partition's last
+                    // message.)
                     if let Some(part) = self.parts.get_mut(&p) {
                         part.fold_after = 0;
                     }
