@@ -265,23 +265,83 @@ const MAX_MEMBERS: usize = 32;
 /// One scored step's loss per member (the first `members.len()` are used).
 pub type Losses = [f64; MAX_MEMBERS];
 
-/// Groups of members with the same distribution for one object's rows (`Mixture::groups`):
-/// (key, a member of the group, summed weight).
-struct Groups {
-    items: [(u16, usize, f64); MAX_MEMBERS],
-    len: usize,
-    /// The group of each member (members left out: unspecified).
+/// The context slots that can be present or absent (the base and the a priori row are not
+/// grouped on): 1..=5 and `VISITED`.
+const CONTEXT_SLOTS: [usize; 6] = [1, 2, 3, 4, CALENDAR, VISITED];
+
+/// A group of members for one combination of present context slots: the present slots its
+/// members read, in member order, and the index of their `k` in `KS`.
+#[derive(Debug, Clone, Copy, Default)]
+struct GroupDef {
+    slots: [u8; 6],
+    len: u8,
+    ki: u8,
+}
+
+/// How `family()` falls into groups for one combination of present context slots.
+#[derive(Debug, Clone)]
+struct Table {
+    groups: Vec<GroupDef>,
+    /// The group (index into `groups`) of each member.
     of_member: [u8; MAX_MEMBERS],
 }
 
-impl Default for Groups {
-    fn default() -> Groups {
-        Groups {
-            items: [(0, 0, 0.0); MAX_MEMBERS],
-            len: 0,
-            of_member: [0; MAX_MEMBERS],
-        }
-    }
+/// The index of a present-slot mask (bits by slot) among the 64 combinations of
+/// `CONTEXT_SLOTS`.
+fn table_index(present: u8) -> usize {
+    CONTEXT_SLOTS
+        .iter()
+        .enumerate()
+        .fold(0, |a, (i, &s)| a | usize::from(present >> s & 1) << i)
+}
+
+/// The family's groups for every combination of present context slots, made once per process
+/// (every mixture has the same family): grouping members by a lookup instead of comparing
+/// them, and each group's slots already filtered, is what keeps 31 members affordable per step.
+fn tables() -> &'static [Table] {
+    static TABLES: std::sync::OnceLock<Vec<Table>> = std::sync::OnceLock::new();
+    TABLES.get_or_init(|| {
+        let family = family();
+        (0..1u32 << CONTEXT_SLOTS.len())
+            .map(|combo| {
+                let present = CONTEXT_SLOTS
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| combo >> i & 1 != 0)
+                    .fold(0u8, |a, (_, &s)| a | 1 << s);
+                let mut keys: Vec<(u8, u8)> = Vec::new();
+                let mut table = Table {
+                    groups: Vec::new(),
+                    of_member: [0; MAX_MEMBERS],
+                };
+                for (i, m) in family.iter().enumerate() {
+                    let ki = KS.iter().position(|&k| k == m.k).unwrap_or(2) as u8;
+                    let mut def = GroupDef {
+                        ki,
+                        ..GroupDef::default()
+                    };
+                    let mut mask = 0u8;
+                    for &s in m.slot_list().iter() {
+                        if present >> s & 1 != 0 {
+                            def.slots[def.len as usize] = s as u8;
+                            def.len += 1;
+                            mask |= 1 << s;
+                        }
+                    }
+                    let g = match keys.iter().position(|&k| k == (mask, ki)) {
+                        Some(g) => g,
+                        None => {
+                            keys.push((mask, ki));
+                            table.groups.push(def);
+                            keys.len() - 1
+                        }
+                    };
+                    table.of_member[i] = g as u8;
+                }
+                table
+            })
+            .collect()
+    })
 }
 
 /// The interpolation strengths of the family, by index (`Member::k`).
@@ -320,39 +380,38 @@ impl Prepared {
             .fold(0u8, |a, s| a | 1 << s)
     }
 
-    /// `coefficients`, from the prepared values: walking the member's slots backwards, each
-    /// present slot takes its weight times what the later ones left (the running product of
-    /// their k / (n + k)), the base what is left at the end; a slot where the forward walk
-    /// starts afresh (k = 0, or nothing before it) ends the walk.
-    fn coefficients(&self, member: &Member) -> [f64; SLOTS] {
-        let mut a = [0.0; SLOTS];
-        let ki = KS.iter().position(|&k| k == member.k).unwrap_or(2);
-        let slots = member.slot_list();
-        let mut first_present = None;
-        for &s in slots.iter() {
-            if self.present[s] {
-                first_present = Some(s);
-                break;
-            }
-        }
+    /// The raw coefficients of a group of members (its present slots, in member order):
+    /// `coefficients` before each context's share is split with the a priori row
+    /// (`split`), passed to `f` as (slot, coefficient). Walking the slots backwards, each
+    /// takes its weight times what the later ones left (the running product of their
+    /// k / (n + k)), the base what is left at the end; a slot where the forward walk starts
+    /// afresh (k = 0, or nothing before it) ends the walk.
+    #[inline]
+    fn walk(&self, g: &GroupDef, mut f: impl FnMut(usize, f64)) {
+        let ki = usize::from(g.ki);
+        let fresh = KS[ki] <= 0.0;
+        let slots = &g.slots[..usize::from(g.len)];
         let mut mult = 1.0;
-        let mut reset = false;
-        for &s in slots.iter().rev() {
-            if !self.present[s] {
-                continue;
-            }
-            if member.k <= 0.0 || (!self.base && Some(s) == first_present) {
-                a[s] = mult;
-                reset = true;
-                break;
+        for (i, &s) in slots.iter().enumerate().rev() {
+            let s = usize::from(s);
+            if fresh || (!self.base && i == 0) {
+                f(s, mult);
+                return;
             }
             let wc = self.wc[s][ki];
-            a[s] = mult * wc;
+            f(s, mult * wc);
             mult *= 1.0 - wc;
         }
-        if !reset && self.base {
-            a[0] = mult;
+        if self.base {
+            f(0, mult);
         }
+    }
+
+    /// Raw coefficients (`walk`, summed over groups: the map is linear) to the coefficients
+    /// of the rows: a context's share is its own n / (n + prior), the rest goes to the a
+    /// priori row (claim 4).
+    fn split(&self, raw: [f64; SLOTS]) -> [f64; SLOTS] {
+        let mut a = raw;
         for s in 1..SLOTS {
             if s != PRIOR && a[s] > 0.0 {
                 a[PRIOR] += a[s] * (1.0 - self.own[s]);
@@ -360,6 +419,14 @@ impl Prepared {
             }
         }
         a
+    }
+
+    /// `coefficients`, from the prepared values, for a group of members.
+    #[cfg(test)]
+    fn coefficients(&self, g: &GroupDef) -> [f64; SLOTS] {
+        let mut raw = [0.0; SLOTS];
+        self.walk(g, |s, c| raw[s] = c);
+        self.split(raw)
     }
 }
 
@@ -373,9 +440,6 @@ pub struct Mixture {
     /// The flow-wide losses, scaled as a prior, as of the last full refresh (every
     /// `REFRESH_EVERY` scored transitions).
     prior_loss: Vec<f64>,
-    /// Per member: the slots it reads (a bit per slot), and the index of its `k` in `KS`.
-    masks: Vec<u8>,
-    kis: Vec<u16>,
     /// Number of states.
     n: usize,
     /// Discounted log-loss of each member on each state's transitions, n x members.
@@ -427,14 +491,6 @@ impl Mixture {
         let members = family();
         let m = members.len();
         Mixture {
-            masks: members
-                .iter()
-                .map(|mb| mb.slots().fold(0u8, |a, s| a | 1 << s))
-                .collect(),
-            kis: members
-                .iter()
-                .map(|mb| KS.iter().position(|&k| k == mb.k).unwrap_or(2) as u16)
-                .collect(),
             members,
             cached: vec![1.0 / m as f64; n * m],
             prior_loss: vec![0.0; m],
@@ -501,34 +557,6 @@ impl Mixture {
         }
     }
 
-    /// The members as groups that give the same distribution for these rows: a member's
-    /// slots that are absent change nothing, so members that differ only there (and share
-    /// `k`) share their coefficients. Each group: its key, a member standing for it, and the
-    /// summed `weights` of its members (those from `NEGLIGIBLE` up; all when `weights` is
-    /// None). Usually a handful of groups for the 31 members.
-    fn groups(&self, prep: &Prepared, weights: Option<&[f64]>, out: &mut Groups) {
-        out.len = 0;
-        let present = prep.present_mask();
-        for (i, (&mask, &ki)) in self.masks.iter().zip(&self.kis).enumerate() {
-            let w = weights.map_or(1.0, |w| w[i]);
-            if w < NEGLIGIBLE {
-                continue;
-            }
-            let key = u16::from(mask & present) | ki << 8;
-            match out.items[..out.len].iter().position(|g| g.0 == key) {
-                Some(g) => {
-                    out.items[g].2 += w;
-                    out.of_member[i] = g as u8;
-                }
-                None => {
-                    out.items[out.len] = (key, i, w);
-                    out.of_member[i] = out.len as u8;
-                    out.len += 1;
-                }
-            }
-        }
-    }
-
     /// Scores every member on the transition `from -> to` before it is learned.
     pub fn score(&mut self, rows: &Rows<'_>, from: StateId, to: StateId) {
         let losses = self.losses(rows, to);
@@ -542,18 +570,24 @@ impl Mixture {
         let q: [f64; SLOTS] = std::array::from_fn(|slot| rows.q(slot, to));
         let uniform = EPSILON / self.n.max(1) as f64;
         let prep = Prepared::new(rows);
-        let mut groups = Groups::default();
-        self.groups(&prep, None, &mut groups);
+        let table = &tables()[table_index(prep.present_mask())];
+        // What a raw coefficient of each slot is worth for `to` (`Prepared::split`).
+        let mut qs = q;
+        for (s, x) in qs.iter_mut().enumerate().skip(1) {
+            if s != PRIOR && prep.present[s] {
+                *x = prep.own[s] * q[s] + (1.0 - prep.own[s]) * q[PRIOR];
+            }
+        }
         // The loss of each group, once.
         let mut group_loss = [0.0; MAX_MEMBERS];
-        for (g, l) in groups.items[..groups.len].iter().zip(group_loss.iter_mut()) {
-            let a = prep.coefficients(&self.members[g.1]);
-            let p: f64 = a.iter().zip(&q).map(|(a, q)| a * q).sum();
+        for (g, l) in table.groups.iter().zip(group_loss.iter_mut()) {
+            let mut p = 0.0;
+            prep.walk(g, |s, c| p += c * qs[s]);
             *l = -((1.0 - EPSILON) * p + uniform).ln();
         }
         let mut out = [0.0; MAX_MEMBERS];
         for (i, o) in out.iter_mut().enumerate().take(m) {
-            *o = group_loss[groups.of_member[i] as usize];
+            *o = group_loss[usize::from(table.of_member[i])];
         }
         out
     }
@@ -595,16 +629,21 @@ impl Mixture {
         let s = state as usize;
         let weights = &self.cached[s * m..(s + 1) * m];
         let prep = Prepared::new(rows);
-        let mut groups = Groups::default();
-        self.groups(&prep, Some(weights), &mut groups);
-        let mut slot_weight = [0.0; SLOTS];
-        for g in &groups.items[..groups.len] {
-            let a = prep.coefficients(&self.members[g.1]);
-            for (s, x) in slot_weight.iter_mut().zip(a) {
-                *s += g.2 * x;
+        let table = &tables()[table_index(prep.present_mask())];
+        // Each group's summed weight (members from `NEGLIGIBLE` up).
+        let mut group_weight = [0.0; MAX_MEMBERS];
+        for (i, &w) in weights.iter().enumerate() {
+            if w >= NEGLIGIBLE {
+                group_weight[usize::from(table.of_member[i])] += w;
             }
         }
-        slot_weight
+        let mut raw = [0.0; SLOTS];
+        for (g, &w) in table.groups.iter().zip(&group_weight) {
+            if w > 0.0 {
+                prep.walk(g, |s, c| raw[s] += w * c);
+            }
+        }
+        prep.split(raw)
     }
 
     /// The probability `predict` gives `to`, without building the distribution: surprise
@@ -790,8 +829,10 @@ mod tests {
                 rows.rows[VISITED] = Some((&ctx, 7.5));
             }
             let prep = Prepared::new(&rows);
-            for m in family() {
-                let (x, y) = (coefficients(&m, &rows), prep.coefficients(&m));
+            let table = &tables()[table_index(prep.present_mask())];
+            for (i, m) in family().into_iter().enumerate() {
+                let g = &table.groups[usize::from(table.of_member[i])];
+                let (x, y) = (coefficients(&m, &rows), prep.coefficients(g));
                 for (a, b) in x.iter().zip(&y) {
                     assert!(
                         (a - b).abs() < 1e-12,
