@@ -54,16 +54,10 @@ fn parse_uuid(s: &str) -> Option<[u8; 16]> {
     }
     // The 32 digits are every byte but the four dashes: a dash anywhere else is not a digit,
     // so the text is not a UUID (rather than shifting the pairs past the end).
-    let mut digits = b
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !matches!(i, 8 | 13 | 18 | 23))
-        .map(|(_, c)| hex(*c));
+    const DIGITS: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
     let mut out = [0u8; 16];
-    for byte in &mut out {
-        let hi = digits.next()??;
-        let lo = digits.next()??;
-        *byte = hi << 4 | lo;
+    for (byte, &i) in out.iter_mut().zip(&DIGITS) {
+        *byte = hex(b[i])? << 4 | hex(b[i + 1])?;
     }
     Some(out)
 }

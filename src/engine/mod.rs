@@ -1689,7 +1689,16 @@ impl Engine {
         for (curve, (to, _)) in curves.iter_mut().zip(base.iter()) {
             rt.model.survival_curve(state, *to, curve);
         }
+        // Only the artifacts' risks are compared with a threshold.
+        let artifacts: Vec<(usize, f64)> = sol
+            .finals
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| rt.flow.state(**s).kind == Kind::Artifact)
+            .map(|(i, s)| (i, rt.flow.alerts[*s as usize].threshold))
+            .collect();
         let mut found = None;
+        let mut tried = false;
         for (b, e) in dwell::DwellHist::boundaries().enumerate() {
             if e <= elapsed {
                 continue;
@@ -1697,20 +1706,22 @@ impl Engine {
             if e > limit {
                 break;
             }
-            let total: f64 = base.iter().zip(&curves).map(|((_, p), c)| p * c[b]).sum();
-            self.risk.clear();
-            self.risk.resize(sol.finals.len(), 0.0);
-            for ((to, p), c) in base.iter().zip(&curves) {
-                // Longer than anything ever seen: the unconditioned distribution (as `predict`).
-                let w = if total > 0.0 { p * c[b] / total } else { *p };
-                for (r, a) in self.risk.iter_mut().zip(sol.absorb_row(*to)) {
-                    *r += w * a;
-                }
+            // Where no successor's survival changed since the boundary before, neither did the
+            // risk: it did not cross there, so it does not here.
+            if tried && curves.iter().all(|c| c[b] == c[b - 1]) {
+                continue;
             }
-            let crosses = sol.finals.iter().zip(self.risk.iter()).any(|(s, r)| {
-                rt.flow.state(*s).kind == Kind::Artifact
-                    && *r > 0.0
-                    && *r >= rt.flow.alerts[*s as usize].threshold
+            tried = true;
+            let total: f64 = base.iter().zip(&curves).map(|((_, p), c)| p * c[b]).sum();
+            let crosses = artifacts.iter().any(|&(i, threshold)| {
+                let mut r = 0.0;
+                for ((to, p), c) in base.iter().zip(&curves) {
+                    // Longer than anything ever seen: the unconditioned distribution (as
+                    // `predict`).
+                    let w = if total > 0.0 { p * c[b] / total } else { *p };
+                    r += w * sol.absorb_row(*to)[i];
+                }
+                r > 0.0 && r >= threshold
             });
             if crosses {
                 found = Some(e);
