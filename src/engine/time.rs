@@ -32,13 +32,11 @@ fn parse_str_any(s: &str) -> Option<i64> {
     if b.len() < 19 {
         return None;
     }
+    // Digits only (no sign, no space): the value of the bytes in `r`.
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let part = s.get(r)?;
-        if part.bytes().all(|c| c.is_ascii_digit()) {
-            part.parse().ok()
-        } else {
-            None
-        }
+        b.get(r)?.iter().try_fold(0i64, |a, &c| {
+            c.is_ascii_digit().then(|| a * 10 + i64::from(c - b'0'))
+        })
     };
     if b[4] != b'-'
         || b[7] != b'-'
@@ -66,12 +64,14 @@ fn parse_str_any(s: &str) -> Option<i64> {
         while i < b.len() && b[i].is_ascii_digit() {
             i += 1;
         }
-        let frac = &s[start..i];
-        if frac.is_empty() {
+        if i == start {
             return None;
         }
-        let first3: String = frac.chars().chain("000".chars()).take(3).collect();
-        ms = first3.parse().ok()?;
+        // The first three digits, padded with zeros: milliseconds.
+        for k in 0..3 {
+            let digit = if start + k < i { b[start + k] - b'0' } else { 0 };
+            ms = ms * 10 + i64::from(digit);
+        }
     }
     let offset_min = match b.get(i) {
         None => 0,
