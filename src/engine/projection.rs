@@ -70,7 +70,8 @@ impl Projection {
             Segment::Field(name) => match self.fields.iter().position(|(k, _)| **k == **name) {
                 Some(i) => &mut self.fields[i].1,
                 None => {
-                    self.fields.push((name.as_str().into(), Projection::default()));
+                    self.fields
+                        .push((name.as_str().into(), Projection::default()));
                     &mut self.fields.last_mut().expect("pushed").1
                 }
             },

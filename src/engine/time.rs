@@ -69,7 +69,11 @@ fn parse_str_any(s: &str) -> Option<i64> {
         }
         // The first three digits, padded with zeros: milliseconds.
         for k in 0..3 {
-            let digit = if start + k < i { b[start + k] - b'0' } else { 0 };
+            let digit = if start + k < i {
+                b[start + k] - b'0'
+            } else {
+                0
+            };
             ms = ms * 10 + i64::from(digit);
         }
     }
