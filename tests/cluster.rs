@@ -1431,3 +1431,54 @@ fn on_a_three_node_r3_cluster_a_server_killed_under_load_loses_nothing() {
     }
     assert_replayed(tmp.path(), &urls[0], &lines, &parts, true);
 }
+
+/// `flowcast_redeliveries_skipped_total` of a worker.
+fn redeliveries_skipped(w: &Service) -> u64 {
+    let (_, body) = http(w.http_port, "GET", "/metrics");
+    body.lines()
+        .filter(|l| l.starts_with("flowcast_redeliveries_skipped_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A regression found by profiling the cluster benchmark: a worker pinned on a partition
+/// reads what the consumer delivered to anyone before from the stream, up to the consumer's
+/// position. That position was asked when the first batch was applied, by which time the
+/// worker's own pulls had been delivered the whole backlog: every partition was read twice
+/// (once delivered, once from the stream, the deliveries then skipped), one partition after
+/// the other. Asked before the next pull, it covers the first batch only.
+#[test]
+fn a_backlog_is_delivered_once_not_read_again_from_the_stream_at_the_pin() {
+    let nats = NatsServer::start_current();
+    let url = nats.url();
+    let tmp = tempfile::tempdir().unwrap();
+    let lines = simulated_bundled_lines(tmp.path(), 3_000, &["--seed", "15"]);
+    let parts = partitions(&lines);
+    let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
+    let done = AtomicU64::new(0);
+    publish_partitions(1, &url, &lines, &parts, 0, &done);
+    let w = start_worker_with(tmp.path(), "only", &url, "2s", 1, "500ms", "pull_batch: 50");
+    let start = Instant::now();
+    while messages_applied(&w) < total {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} of {total} messages applied after 60 s: {:?}",
+            messages_applied(&w),
+            view(&w),
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let skipped = redeliveries_skipped(&w);
+    w.stop();
+    // Each partition's first batch is read from the stream, then skipped when delivered.
+    assert!(
+        skipped <= u64::from(PARTITIONS) * 50,
+        "{skipped} of {total} deliveries skipped as already applied: the backlog was read from \
+         the stream as well as delivered (at most one pull batch of 50 per partition expected)"
+    );
+    let counted: u64 = saved_states(&url).values().map(|s| s.1).sum();
+    assert_eq!(
+        counted, total,
+        "the final snapshots count every message once"
+    );
+}

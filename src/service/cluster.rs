@@ -115,8 +115,10 @@ struct Delivery {
 enum Event {
     /// The server pinned this worker on the partition (with this pin id).
     Pinned(u32, String),
-    /// Deliveries, with the pin id they came under.
-    Batch(u32, Option<String>, Vec<Delivery>),
+    /// Deliveries, with the pin id they came under, and, for the first batch of a pin or
+    /// after a jump in the delivery count, the consumer's last delivered stream sequence
+    /// asked right after the batch came (before the next pull: see `pull`).
+    Batch(u32, Option<String>, Vec<Delivery>, Option<u64>),
     /// The server pinned another worker (our pull was refused: 423).
     Lost(u32),
     /// Nothing to deliver: the partition is caught up.
@@ -415,14 +417,14 @@ pub async fn run(
                         v.lag = 0;
                     }
                 }
-                Some(Event::Batch(p, pin, batch)) => {
+                Some(Event::Batch(p, pin, batch, delivered)) => {
                     // Pinned, but the partition was dropped (a failed write or read): take it
                     // again from its snapshot rather than leave its deliveries unapplied.
                     if !w.parts.contains_key(&p) && pin.is_some() && w.pins.get(&p) == pin.as_ref() {
                         tracing::info!(partition = p, "Still pinned on a partition dropped here; taking it again.");
                         w.gain(p, &mut view).await;
                     }
-                    w.apply(p, batch, &mut view).await;
+                    w.apply(p, batch, delivered, &mut view).await;
                 }
                 None => break,
             },
@@ -433,8 +435,8 @@ pub async fn run(
     }
     // What was already delivered is applied: it is in the final snapshot.
     while let Ok(ev) = rx.try_recv() {
-        if let Event::Batch(p, _, batch) = ev {
-            w.apply(p, batch, &mut view).await;
+        if let Event::Batch(p, _, batch, delivered) = ev {
+            w.apply(p, batch, delivered, &mut view).await;
         }
     }
     let failed = w.save_all(&mut view).await;
@@ -531,6 +533,10 @@ async fn pull(
         }
     };
     let mut pin: Option<String> = None;
+    let info = format!("$JS.API.CONSUMER.INFO.{}.{consumer}", c.stream);
+    // The pin under which the consumer's position was last asked, and the last delivery count.
+    let mut asked_under: Option<String> = None;
+    let mut last_cseq: Option<u64> = None;
     loop {
         // Handed over: left to the others for a while, then pulled as a stand-by again.
         let until = pauses[p as usize].load(Relaxed);
@@ -600,7 +606,7 @@ async fn pull(
                     let old_pin = pin.replace(id.clone());
                     if !batch.is_empty()
                         && tx
-                            .send(Event::Batch(p, old_pin, std::mem::take(&mut batch)))
+                            .send(Event::Batch(p, old_pin, std::mem::take(&mut batch), None))
                             .is_err()
                     {
                         return;
@@ -628,10 +634,43 @@ async fn pull(
                 break;
             }
         }
-        if !batch.is_empty() && tx.send(Event::Batch(p, pin.clone(), batch)).is_err() {
+        if batch.is_empty() {
+            continue;
+        }
+        // A new pin, or deliveries to someone else in between: the worker will read what the
+        // consumer delivered up to now, to anyone, from the stream before applying these
+        // (`Worker::apply_run`). Asked here, before the next pull, the answer covers this
+        // batch and the others' deliveries only; asked when the batch is applied, it also
+        // covered every later pull of ours queued meanwhile, and each partition's whole
+        // backlog was read twice (once delivered, once from the stream), one partition
+        // after the other.
+        let first_cseq = batch[0].cseq;
+        let jump = last_cseq.is_some_and(|l| first_cseq != l + 1);
+        let delivered = if pin.is_some() && (pin != asked_under || jump) {
+            asked_under.clone_from(&pin);
+            delivered_now(&client, &info).await
+        } else {
+            None
+        };
+        last_cseq = batch.last().map(|d| d.cseq);
+        if tx
+            .send(Event::Batch(p, pin.clone(), batch, delivered))
+            .is_err()
+        {
             return;
         }
     }
+}
+
+/// The consumer's last delivered stream sequence, from the JetStream API (None when the
+/// request fails: the worker then asks itself).
+async fn delivered_now(client: &async_nats::Client, info_subject: &str) -> Option<u64> {
+    let reply = client
+        .request(info_subject.to_string(), Bytes::new())
+        .await
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&reply.payload).ok()?;
+    v.get("delivered")?.get("stream_seq")?.as_u64()
 }
 
 /// (stream sequence, consumer sequence, pending) from a JetStream reply subject:
@@ -999,7 +1038,13 @@ impl Worker<'_> {
 
     /// Applies a batch of `p`'s deliveries, after the stream itself where deliveries are
     /// missing (just pinned, or lost on the way).
-    async fn apply(&mut self, p: u32, batch: Vec<Delivery>, view: &mut ClusterView) {
+    async fn apply(
+        &mut self,
+        p: u32,
+        batch: Vec<Delivery>,
+        mut delivered: Option<u64>,
+        view: &mut ClusterView,
+    ) {
         // A jump in the delivery count inside the batch starts a new run (checked as the
         // first of a batch is).
         let mut runs: Vec<Vec<Delivery>> = Vec::new();
@@ -1010,11 +1055,18 @@ impl Worker<'_> {
             }
         }
         for run in runs {
-            self.apply_run(p, run, view).await;
+            // The position asked with the batch is for its first run only.
+            self.apply_run(p, run, delivered.take(), view).await;
         }
     }
 
-    async fn apply_run(&mut self, p: u32, batch: Vec<Delivery>, view: &mut ClusterView) {
+    async fn apply_run(
+        &mut self,
+        p: u32,
+        batch: Vec<Delivery>,
+        asked: Option<u64>,
+        view: &mut ClusterView,
+    ) {
         let Some(first) = batch.first() else { return };
         let Some(part) = self.parts.get(&p) else {
             // Not (or no longer) ours: handed over or dropped while these were on the way.
@@ -1038,8 +1090,16 @@ impl Worker<'_> {
         let gap = part.catch_up || first.cseq > part.last_cseq + 1;
         if gap {
             let name = format!("{}-{p}", self.cluster.consumer_prefix);
-            let delivered = match self.parts_stream.consumer_info(&name).await {
-                Ok(i) => i.delivered.stream_sequence,
+            let delivered = match asked {
+                Some(d) => Ok(d),
+                None => self
+                    .parts_stream
+                    .consumer_info(&name)
+                    .await
+                    .map(|i| i.delivered.stream_sequence),
+            };
+            let delivered = match delivered {
+                Ok(d) => d,
                 Err(e) => {
                     tracing::error!(
                         partition = p,
