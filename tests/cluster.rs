@@ -1482,3 +1482,70 @@ fn a_backlog_is_delivered_once_not_read_again_from_the_stream_at_the_pin() {
         "the final snapshots count every message once"
     );
 }
+
+/// `flowcast_learned_batches_missed_total` of a worker.
+fn learned_missed(w: &Service) -> u64 {
+    let (_, body) = http(w.http_port, "GET", "/metrics");
+    body.lines()
+        .filter(|l| l.starts_with("flowcast_learned_batches_missed_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The learned stream keeps a batch `learned_max_age_ms`. A worker killed while messages
+/// flow leaves partitions whose snapshots folded the others' batches only up to their own last
+/// save; a worker that takes them over after those batches aged out cannot fold them. It
+/// says so (a warning, and `flowcast_learned_batches_missed_total`), and goes on: every
+/// message is still applied once.
+#[test]
+fn learned_batches_aged_out_before_a_takeover_are_counted_as_missed_and_nothing_else_is_lost() {
+    let nats = NatsServer::start_current();
+    let url = nats.url();
+    let tmp = tempfile::tempdir().unwrap();
+    let lines = simulated_bundled_lines(tmp.path(), 2_000, &["--seed", "16"]);
+    let parts = partitions(&lines);
+    let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
+    let extra = "share_learned: true, learned_max_age_ms: 1s";
+    let a = start_worker_with(tmp.path(), "a", &url, "2s", 1, "300ms", extra);
+    let done = Arc::new(AtomicU64::new(0));
+    let publisher = {
+        let (url, lines, parts, done) = (url.clone(), lines.clone(), parts.clone(), done.clone());
+        std::thread::spawn(move || publish_paced(1, &url, &lines, &parts, 0, &done, 100))
+    };
+    // Killed while messages flow, after a few snapshots (and learned batches) were written.
+    let start = Instant::now();
+    while messages_applied(&a) < total / 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the first worker applied {} of {total} in 60 s",
+            messages_applied(&a)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    a.kill9();
+    publisher.join().unwrap();
+    // Everything the first worker published is older than the learned stream keeps.
+    std::thread::sleep(Duration::from_secs(3));
+    let b = start_worker_with(tmp.path(), "b", &url, "2s", 1, "300ms", extra);
+    wait_idle(&url, "after the takeover");
+    let start = Instant::now();
+    while learned_missed(&b) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no learned batch counted as missed 20 s after the takeover:\n{}",
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        b.log().contains("A gap in the learned batches folded"),
+        "the gap is not in the log"
+    );
+    b.stop();
+    let counted: u64 = saved_states(&url).values().map(|s| s.1).sum();
+    assert_eq!(
+        counted, total,
+        "the final snapshots count every message once"
+    );
+}

@@ -250,7 +250,14 @@ pub async fn run(
             subjects: vec![format!("{}.>", cluster.learned_prefix)],
             storage: jetstream::stream::StorageType::File,
             num_replicas: replicas,
-            duplicate_window: Duration::from_millis(cluster.records_dedup_ms.max(1) as u64),
+            // No longer than a batch is kept (the server refuses a longer window: a
+            // `learned_max_age_ms` under `records_dedup_ms` stopped the worker at its start).
+            duplicate_window: Duration::from_millis(
+                cluster
+                    .records_dedup_ms
+                    .min(cluster.learned_max_age_ms)
+                    .max(1) as u64,
+            ),
             max_age: Duration::from_millis(cluster.learned_max_age_ms.max(1) as u64),
             ..Default::default()
         })
@@ -854,6 +861,9 @@ impl Worker<'_> {
         let mut expect = part.shared.folded + 1;
         for (seq, batch, at) in older.iter().chain(cache.items.iter()) {
             if *seq > expect {
+                self.metrics
+                    .learned_missed
+                    .fetch_add(*seq - expect, Relaxed);
                 tracing::warn!(
                     partition = p,
                     expected = expect,

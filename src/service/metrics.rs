@@ -41,6 +41,9 @@ pub struct Metrics {
     pub redeliveries_skipped: AtomicU64,
     /// JetStream: times deliveries were lost on the way and the stream was read again.
     pub jetstream_gaps: AtomicU64,
+    /// Cluster: learned batches a partition never folded (gone from the learned stream, past
+    /// `learned_max_age_ms`, before it got to them).
+    pub learned_missed: AtomicU64,
     /// JetStream: times the stream read was not the one the saved position belonged to.
     pub stream_resets: AtomicU64,
     pub snapshots_ok: AtomicU64,
@@ -214,6 +217,11 @@ impl Metrics {
                 "flowcast_redeliveries_skipped_total",
                 "Messages sent again and skipped because they were already applied (JetStream: by stream sequence; AMQP: by oslo message id).",
                 self.redeliveries_skipped.load(Relaxed),
+            ),
+            (
+                "flowcast_learned_batches_missed_total",
+                "Cluster: learned batches a partition never folded because they were gone from the learned stream (older than learned_max_age_ms) when it got to them; its model lacks what the others learned then.",
+                self.learned_missed.load(Relaxed),
             ),
             (
                 "flowcast_jetstream_gaps_total",
