@@ -1446,8 +1446,7 @@ fn redeliveries_skipped(w: &Service) -> u64 {
 /// position. That position was asked when the first batch was applied, by which time the
 /// worker's own pulls had been delivered the whole backlog: every partition was read twice
 /// (once delivered, once from the stream, the deliveries then skipped), one partition after
-/// the other. Asked before the next pull, it covers the first batch only, and the consumer's
-/// very first batch needs no reading at all.
+/// the other. Asked before the next pull, it covers the first batch only.
 #[test]
 fn a_backlog_is_delivered_once_not_read_again_from_the_stream_at_the_pin() {
     let nats = NatsServer::start_current();
@@ -1471,11 +1470,11 @@ fn a_backlog_is_delivered_once_not_read_again_from_the_stream_at_the_pin() {
     }
     let skipped = redeliveries_skipped(&w);
     w.stop();
-    // A fresh consumer's first batch holds all it delivered: nothing is read from the stream.
-    assert_eq!(
-        skipped, 0,
+    // Each partition's first batch is read from the stream, then skipped when delivered.
+    assert!(
+        skipped <= u64::from(PARTITIONS) * 50,
         "{skipped} of {total} deliveries skipped as already applied: the backlog was read from \
-         the stream as well as delivered"
+         the stream as well as delivered (at most one pull batch of 50 per partition expected)"
     );
     let counted: u64 = saved_states(&url).values().map(|s| s.1).sum();
     assert_eq!(

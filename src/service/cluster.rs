@@ -1123,12 +1123,7 @@ impl Worker<'_> {
                 return;
             };
             let (from, to) = (part.applied + 1, delivered.max(first.seq - 1));
-            // The consumer's very first delivery, and nothing delivered past this batch when
-            // the position was asked: everything it delivered is in this batch (a pinned
-            // consumer delivers to no one else), so there is nothing to read.
-            let last_seq = batch.last().map_or(0, |d| d.seq);
-            let only_this = first.cseq == 1 && asked.is_some_and(|d| d <= last_seq);
-            match if from <= to && !only_this {
+            match if from <= to {
                 self.read_stream(p, from, to).await
             } else {
                 Ok(Vec::new())
